@@ -1,0 +1,26 @@
+"""graphprune: a structured-pruning compiler for PyTorch.
+
+``analyze`` traces a model, finds its channel groups (channels that must be pruned together) and
+derives the exact MACs/params model in the groups' keep ratios.
+"""
+
+from .budget import BudgetModel
+from .errors import BudgetError, ExampleInputError, ExportError, GraphPruneError, ModelSpecError, TraceError
+from .groups import ChannelGroup, GroupGraph, Member, analyze
+from .trace import trace
+
+__all__ = [
+    "analyze",
+    "trace",
+    "GroupGraph",
+    "ChannelGroup",
+    "Member",
+    "BudgetModel",
+    "GraphPruneError",
+    "TraceError",
+    "ExampleInputError",
+    "BudgetError",
+    "ExportError",
+    "ModelSpecError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,363 @@
+"""Run the rule table over a traced graph: the context every rule reads from and writes to."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from . import rules
+from .channels import AtomGraph, ChannelMap, compress, label_tensor
+from .trace import TensorSpec, TracedModel
+
+ParamRef = tuple[str, str]  # (module qualified name, attribute name)
+
+
+@dataclasses.dataclass
+class MemberRecord:
+    """A parameter dim whose index ``i`` holds atom ``labels[i]``."""
+
+    module: str
+    param: str
+    dim: int
+    labels: np.ndarray
+    role: str
+
+
+@dataclasses.dataclass
+class MacTerm:
+    """``macs`` multiply-accumulates at full width, scaling linearly with each factor map's count."""
+
+    node: fx.Node
+    macs: int
+    factors: list[ChannelMap]
+
+
+class Analysis:
+    """Walks the graph once in topological order, dispatching each node to its rule."""
+
+    def __init__(self, traced: TracedModel):
+        self.traced = traced
+        self.gm = traced.gm
+        self.atoms = AtomGraph()
+        self.maps: dict[fx.Node, Any] = {}
+        self.opaque: dict[fx.Node, str] = {}
+        self.members: dict[tuple[str, str, int], MemberRecord] = {}
+        self.mac_terms: list[MacTerm] = []
+        self.spaces: list[tuple[fx.Node, ChannelMap]] = []
+        self.param_users: dict[ParamRef, set[fx.Node]] = {}
+        self._modules = dict(self.gm.named_modules())
+        self._fallback = {f.module: f for f in traced.fallbacks}
+        self._order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
+        self._current: fx.Node | None = None
+
+    # ---------------------------------------------------------------- driving
+    def run(self) -> "Analysis":
+        for node in self.gm.graph.nodes:
+            self._current = node
+            if node.op == "placeholder":
+                self.set(node, None, opaque=f"model input '{node.target}'")
+            elif node.op == "get_attr":
+                self.set(node, None)
+            elif node.op == "output":
+                for m in _flatten(fx.node.map_arg(node.args, self.maps.get)):
+                    if isinstance(m, ChannelMap):
+                        self.atoms.freeze(m.labels, "model output")
+            else:
+                self._dispatch(node)
+        self._check_param_uses()
+        self._account_unmodelled_macs()
+        return self
+
+    def _dispatch(self, node: fx.Node) -> None:
+        m = self._modules.get(node.target) if node.op == "call_module" else None
+        if node.op == "call_module" and node.target in self._fallback:
+            f = self._fallback[node.target]
+            return rules.unknown(self, node, f"could not be traced ({f.error}); it is an opaque leaf")
+        rule = rules.node_rule(node, m)
+        if rule is None:
+            return rules.unknown(self, node)
+        rule(self, node)
+
+    # ---------------------------------------------------------------- reading
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self._modules[node.target]
+
+    def spec(self, arg: fx.Node) -> TensorSpec:
+        return self.traced.values[arg]
+
+    def is_tensor(self, arg: Any) -> bool:
+        return isinstance(arg, fx.Node) and isinstance(self.traced.values.get(arg), TensorSpec)
+
+    def map(self, arg: Any) -> ChannelMap | None:
+        m = self.maps.get(arg) if isinstance(arg, fx.Node) else None
+        return m if isinstance(m, ChannelMap) else None
+
+    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """Tensor inputs that carry data into the result (shape-only arguments excluded)."""
+        skip = rules.SHAPE_ONLY_ARGS.get(node.target) if node.op == "call_method" else None
+        shape_only = node.args[skip] if skip is not None and len(node.args) > skip else None
+        return [a for a in node.all_input_nodes if self.is_tensor(a) and a is not shape_only]
+
+    def bound_args(self, node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
+        bound = dict(zip(names, node.args))
+        bound.update(node.kwargs)
+        return bound
+
+    def param_ref(self, arg: Any) -> ParamRef | None:
+        """(module, attribute) of a get_attr argument that is a parameter or buffer, else None."""
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            return None
+        module, _, name = arg.target.rpartition(".")
+        owner = self._modules.get(module)
+        if owner is None or not isinstance(getattr(owner, name, None), torch.Tensor):
+            return None
+        return module, name
+
+    def describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"'{node.target}' ({type(self.module(node)).__name__})"
+        if node.op == "call_method":
+            return f"'{node.name}' (.{node.target}())"
+        target = getattr(node.target, "__name__", str(node.target))
+        return f"'{node.name}' ({target})"
+
+    def origin(self, node: fx.Node) -> str:
+        if node in self.opaque:
+            return self.opaque[node]
+        return f"'{node.name}', whose channels no rule could trace"
+
+    # ---------------------------------------------------------------- writing
+    def set(self, node: fx.Node, value: Any, opaque: str | None = None) -> None:
+        self.maps[node] = value
+        if opaque is not None:
+            self.opaque[node] = opaque
+        for m in _flatten(value):
+            if isinstance(m, ChannelMap):
+                self.spaces.append((node, m))
+
+    def member(self, ref: ParamRef, dim: int, labels: np.ndarray, role: str) -> None:
+        """Parameter ``ref`` must be sliced along ``dim`` with the channels ``labels``.
+
+        A parameter registered twice (a module called twice, a shared weight) links both uses.
+        """
+        module, name = ref
+        key = (module, name, dim)
+        if key in self.members:
+            self.atoms.link(self.members[key].labels, labels)
+        else:
+            self.members[key] = MemberRecord(module, name, dim, np.asarray(labels), role)
+        self.param_users.setdefault(ref, set()).add(self._current)
+
+    def macs(self, node: fx.Node, factors: list[ChannelMap], macs: int | None = None) -> None:
+        total = self.traced.flops.get(node, 0) // 2 if macs is None else macs
+        self.mac_terms.append(MacTerm(node, total, list(factors)))
+
+    # ---------------------------------------------------------------- demanding channels
+    def demand(self, x: fx.Node, dim: int, consumer: fx.Node) -> ChannelMap:
+        """The channels of ``x`` along ``dim``, as ``consumer`` needs them.
+
+        If ``x`` has no channel map there, it is derived from parameters (a get_attr, possibly
+        reshaped or combined elementwise); failing that, the channels are opaque and frozen.
+        """
+        m = self.map(x)
+        if m is not None:
+            if m.dim == dim:
+                return m
+            self.atoms.freeze(m.labels, f"{self.describe(consumer)} mixes dim {m.dim} of '{x.name}', which carries channels")
+        derived = self._derive(x, dim, set())
+        if derived is not None:
+            return derived
+        size = self.spec(x).shape[dim]
+        reason = f"{self.describe(consumer)} reads channels from {self.origin(x)}, which graphprune cannot slice"
+        return ChannelMap(dim, self.atoms.new(size, origin=f"'{x.name}'", frozen=reason))
+
+    def _derive(self, x: fx.Node, dim: int, chain: set[fx.Node]) -> ChannelMap | None:
+        ref = self.param_ref(x)
+        if ref is not None:
+            labels = self.atoms.new(self.spec(x).shape[dim], origin=f"parameter '{x.target}'")
+            self.member(ref, dim, labels, "channelwise")
+            self.param_users[ref] |= chain | {x}
+            return ChannelMap(dim, labels)
+        kind = rules.rule_kind(x, self._modules.get(x.target) if x.op == "call_module" else None)
+        chain = chain | {x}
+        if kind == rules.RuleKind.ELEMENTWISE:
+            linked = None
+            for a in self.tensor_inputs(x):
+                d = dim - (self.spec(x).ndim - self.spec(a).ndim)
+                if d < 0 or self.spec(a).shape[d] == 1:
+                    continue
+                sub = self._derive(a, d, chain)
+                if sub is None:
+                    return None
+                if linked is not None:
+                    self.atoms.link(linked, sub.labels)
+                linked = sub.labels
+            return None if linked is None else ChannelMap(dim, linked)
+        if kind == rules.RuleKind.MOVEMENT and len(self.tensor_inputs(x)) == 1:
+            (src,) = self.tensor_inputs(x)
+            for d, size in enumerate(self.spec(src).shape):
+                if self._moves_to(x, src, d, dim):
+                    sub = self._derive(src, d, chain)
+                    if sub is None:
+                        return None
+                    out = self.execute_on_labels(x, {src: sub})
+                    return out if isinstance(out, ChannelMap) else None
+        return None
+
+    def _moves_to(self, x: fx.Node, src: fx.Node, src_dim: int, dim: int) -> bool:
+        """Does movement op ``x`` carry dim ``src_dim`` of ``src`` onto its dim ``dim``, one to one?"""
+        scratch = AtomGraph()
+        probe = ChannelMap(src_dim, scratch.new(self.spec(src).shape[src_dim], "probe"))
+        out = self._run_labels(x, {src: probe}, scratch)
+        return (
+            isinstance(out, ChannelMap)
+            and out.dim == dim
+            and scratch.graph.number_of_edges() == 0
+            and np.array_equal(np.sort(out.labels), probe.labels)
+        )
+
+    # ---------------------------------------------------------------- label execution
+    def execute_on_labels(self, node: fx.Node, given: dict[fx.Node, ChannelMap] | None = None) -> Any:
+        """Channel maps of a movement node's output(s), found by running it on label tensors."""
+        if node.target is operator.getitem and not self.is_tensor(node.args[0]):
+            container = self.maps.get(node.args[0])
+            return container[node.args[1]] if isinstance(container, (tuple, list)) else None
+        given = dict(given or {})
+        data = self.tensor_inputs(node)
+        found = {a: given.get(a) or self.map(a) for a in data}
+        mapped = [m for m in found.values() if m is not None]
+        if not mapped:
+            return None
+        for a, m in found.items():
+            if m is None:
+                if self.spec(a).ndim != self.spec(_first_mapped(found)).ndim:
+                    return rules.unknown(self, node, "mixes tensors of different ranks")
+                found[a] = self.demand(a, mapped[0].dim, node)
+        try:
+            return self._run_labels(node, found, self.atoms)
+        except Exception as exc:  # the op does something a label tensor cannot stand in for
+            rules.unknown(self, node, f"cannot be followed channel by channel ({type(exc).__name__}: {exc})")
+            return self.maps[node]
+
+    def _run_labels(self, node: fx.Node, maps: dict[fx.Node, ChannelMap], atoms: AtomGraph) -> Any:
+        labels, offset = {}, 0
+        for a, m in maps.items():
+            labels[a] = label_tensor(m, self.spec(a).shape, offset)
+            offset += m.size
+        atom_of = np.concatenate([m.labels for m in maps.values()])
+
+        def substitute(n: fx.Node) -> Any:
+            if n in labels:
+                return labels[n]
+            value = self.traced.values[n]
+            if isinstance(value, TensorSpec):  # shape-only argument (expand_as, view_as, ...)
+                return torch.empty(value.shape, dtype=torch.float64)
+            return value
+
+        args = fx.node.map_arg(node.args, substitute)
+        kwargs = fx.node.map_arg(node.kwargs, substitute)
+        fn = rules.label_callable(node, self._modules.get(node.target) if node.op == "call_module" else None)
+        out = fn(*args, **kwargs)
+        return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node)))
+
+    # ---------------------------------------------------------------- checks at the end
+    def check_shape_uses(self, node: fx.Node, m: ChannelMap) -> None:
+        """A channel count read at run time may only feed reshapes, which follow the new count."""
+        ndim = self.spec(node.args[0]).ndim
+        for use in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim):
+            kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None)
+            if kind != rules.RuleKind.MOVEMENT:
+                self.atoms.freeze(m.labels, f"{self.describe(use)} uses the channel count read by '{node.name}'; pruning would change it")
+                return
+
+    def _check_param_uses(self) -> None:
+        """A sliced parameter may only be used where a rule accounted for its channels."""
+        targets: dict[ParamRef, list[fx.Node]] = {}
+        for n in self.gm.graph.nodes:
+            if n.op == "get_attr":
+                module, _, name = n.target.rpartition(".")
+                targets.setdefault((module, name), []).append(n)
+        for (module, name, dim), rec in self.members.items():
+            allowed = self.param_users.get((module, name), set())
+            for g in targets.get((module, name), []):
+                stray = [u for u in g.users if u not in allowed and not (u.op == "output")]
+                if g not in allowed or stray:
+                    where = self.describe(stray[0]) if stray else f"'{g.name}'"
+                    self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {where}, which graphprune cannot follow")
+
+    def _account_unmodelled_macs(self) -> None:
+        """Ops whose MACs no rule modelled keep them as a constant and freeze what they read."""
+        modelled: dict[fx.Node, int] = {}
+        for t in self.mac_terms:
+            modelled[t.node] = modelled.get(t.node, 0) + t.macs
+        for node, flops in self.traced.flops.items():
+            measured = flops // 2
+            if modelled.get(node, 0) == measured:
+                continue
+            reason = f"{self.describe(node)} performs MACs graphprune does not model"
+            for t in [t for t in self.mac_terms if t.node is node]:
+                for f in t.factors:
+                    self.atoms.freeze(f.labels, reason)
+            self.mac_terms = [t for t in self.mac_terms if t.node is not node]
+            for a in self.tensor_inputs(node) if node.op not in ("placeholder", "output", "get_attr") else []:
+                m = self.map(a)
+                if m is not None:
+                    self.atoms.freeze(m.labels, reason)
+            if measured:
+                self.mac_terms.append(MacTerm(node, measured, []))
+
+
+def _first_mapped(found: dict[fx.Node, ChannelMap | None]) -> fx.Node:
+    return next(a for a, m in found.items() if m is not None)
+
+
+def _flatten(value: Any) -> Iterable[Any]:
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _flatten(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _flatten(v)
+    else:
+        yield value
+
+
+def _map_tensors(value: Any, fn) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_map_tensors(v, fn) for v in value)
+    return None
+
+
+def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
+    """True: the value is the channel count (or a product with it); None: a tuple of sizes; False: unrelated."""
+    if node.op == "call_function":  # getattr(x, name)
+        return None if node.args[1] == "shape" else False
+    if node.target == "size":
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return None if d is None else d % ndim == dim
+    return node.target == "numel"
+
+
+def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int) -> Iterable[fx.Node]:
+    """Tensor ops reached from a shape value through python arithmetic and indexing.
+
+    ``reads`` None means ``node`` is a tuple of sizes: only indexing it at ``dim`` reads channels.
+    """
+    if reads is False:
+        return
+    for use in node.users:
+        if reads is None and use.op == "call_function" and use.target is operator.getitem and use.args[0] is node:
+            idx = use.args[1]
+            hit = idx % ndim == dim if isinstance(idx, int) else True
+            yield from _channel_count_sinks(use, hit, dim, ndim)
+        elif use.op == "call_function" and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):
+            yield from _channel_count_sinks(use, True, dim, ndim)
+        else:
+            yield use

@@ -1,0 +1,177 @@
+"""The exact cost model: MACs and parameter count as polynomials in the groups' keep ratios.
+
+Counting convention (the same as ``torch.utils.flop_counter.FlopCounterMode`` divided by two):
+one MAC per multiply-accumulate of conv, conv-transpose, linear, matmul/bmm and scaled dot-product
+attention; elementwise ops, norms and pooling cost nothing. Parameters are ``model.parameters()``
+(buffers excluded), each counted once.
+
+Every MAC-carrying op costs ``macs_full * prod(count_i(a) / full_i)`` over the channel maps it
+scales with, and each count is linear in the ratios (a concat's count is a sum of parts, frozen
+parts are constants), so the cost is a polynomial, quadratic for all the ops graphprune models.
+Coefficients are exact fractions; with integer channel counts the evaluation is an exact integer.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import sympy
+import torch
+
+from .errors import BudgetError
+
+if TYPE_CHECKING:
+    from .groups import GroupGraph
+
+Poly = dict[tuple[int, ...], Fraction]  # sorted tuple of group positions -> coefficient
+METRICS = ("macs", "params")
+
+
+def _mul(p: Poly, q: Poly) -> Poly:
+    out: Poly = {}
+    for m1, c1 in p.items():
+        for m2, c2 in q.items():
+            m = tuple(sorted(m1 + m2))
+            out[m] = out.get(m, 0) + c1 * c2
+    return out
+
+
+def _add_into(acc: Poly, p: Poly, scale: Fraction | int = 1) -> None:
+    for m, c in p.items():
+        acc[m] = acc.get(m, 0) + c * scale
+
+
+class BudgetModel:
+    """MACs and params as exact polynomials in one keep-ratio symbol per prunable group."""
+
+    def __init__(self, gg: "GroupGraph"):
+        self._gg = gg
+        self.groups = gg.prunable_groups
+        self._pos = {g.id: i for i, g in enumerate(self.groups)}
+        self.symbols = sympy.symbols([f"a_{g.id}" for g in self.groups]) if self.groups else []
+        self._polys: dict[str, Poly] = {"macs": self._macs_poly(), "params": self._params_poly()}
+        self._compiled = {k: self._compile(p) for k, p in self._polys.items()}
+
+    # --------------------------------------------------------------- building
+    def _linear_form(self, labels: np.ndarray) -> Poly:
+        """Kept count of a channel map divided by its full count, linear in the ratios."""
+        form: Poly = {}
+        full = len(labels)
+        for gid, n in self._gg.group_counts(labels).items():
+            key = (self._pos[gid],) if gid in self._pos else ()
+            form[key] = form.get(key, 0) + Fraction(n, full)
+        return form
+
+    def _macs_poly(self) -> Poly:
+        acc: Poly = {}
+        for term in self._gg.mac_terms:
+            p: Poly = {(): Fraction(1)}
+            for f in term.factors:
+                p = _mul(p, self._linear_form(f.labels))
+            _add_into(acc, p, term.macs)
+        return acc
+
+    def _params_poly(self) -> Poly:
+        gm = self._gg.gm
+        by_tensor: dict[int, dict[int, np.ndarray]] = {}
+        for rec in self._gg._analysis.members.values():
+            t = getattr(gm.get_submodule(rec.module), rec.param)
+            if isinstance(t, torch.nn.Parameter):
+                by_tensor.setdefault(id(t), {}).setdefault(rec.dim, rec.labels)
+        acc: Poly = {}
+        for p in gm.parameters():
+            poly: Poly = {(): Fraction(1)}
+            for labels in by_tensor.get(id(p), {}).values():
+                poly = _mul(poly, self._linear_form(labels))
+            _add_into(acc, poly, p.numel())
+        return acc
+
+    def _compile(self, poly: Poly) -> tuple[np.ndarray, np.ndarray]:
+        """Monomials as an index matrix (-1 = padding) and float coefficients, for vector evaluation."""
+        degree = max((len(m) for m in poly), default=0)
+        idx = np.full((len(poly), max(degree, 1)), -1, dtype=np.int64)
+        coef = np.empty(len(poly), dtype=np.float64)
+        for row, (m, c) in enumerate(poly.items()):
+            idx[row, : len(m)] = m
+            coef[row] = float(c)
+        return idx, coef
+
+    # --------------------------------------------------------------- symbolic views
+    def expr(self, metric: str = "macs") -> sympy.Expr:
+        """The exact cost as a sympy expression in the symbols ``a_<group id>``."""
+        terms = []
+        for m, c in self._poly(metric).items():
+            terms.append(sympy.Rational(c.numerator, c.denominator) * sympy.Mul(*[self.symbols[i] for i in m]))
+        return sympy.Add(*terms)
+
+    def quadratic(self, metric: str = "macs") -> tuple[np.ndarray, np.ndarray, float]:
+        """``(F_A, F_B, c)`` with cost(a) = aᵀ F_A a + F_Bᵀ a + c, F_A symmetric, in group order."""
+        n = len(self.groups)
+        fa, fb, c = np.zeros((n, n)), np.zeros(n), 0.0
+        for m, coef in self._poly(metric).items():
+            if len(m) == 0:
+                c += float(coef)
+            elif len(m) == 1:
+                fb[m[0]] += float(coef)
+            elif len(m) == 2:
+                i, j = m
+                fa[i, j] += float(coef) / (1 if i == j else 2)
+                if i != j:
+                    fa[j, i] += float(coef) / 2
+            else:
+                raise BudgetError(f"the {metric} model has a term of degree {len(m)}; it is not quadratic")
+        return fa, fb, c
+
+    # --------------------------------------------------------------- evaluation
+    def _poly(self, metric: str) -> Poly:
+        if metric not in self._polys:
+            raise BudgetError(f"unknown metric {metric!r}; use one of {METRICS}")
+        return self._polys[metric]
+
+    def exact(self, metric: str, keep: Mapping[int, int] | None = None) -> int:
+        """Exact cost with ``keep`` = {group id: kept channel count}; groups left out stay whole."""
+        keep = keep or {}
+        unknown = set(keep) - set(self._pos)
+        if unknown:
+            raise BudgetError(f"groups {sorted(unknown)} are not prunable groups of this model")
+        ratio = [Fraction(keep.get(g.id, g.size), g.size) for g in self.groups]
+        total = Fraction(0)
+        for m, c in self._poly(metric).items():
+            v = c
+            for i in m:
+                v *= ratio[i]
+            total += v
+        return int(round(total))
+
+    def macs(self, keep: Mapping[int, int] | None = None) -> int:
+        return self.exact("macs", keep)
+
+    def params(self, keep: Mapping[int, int] | None = None) -> int:
+        return self.exact("params", keep)
+
+    def evaluate(self, metric: str, ratios: np.ndarray) -> np.ndarray:
+        """Fast float cost for keep ratios of shape (n_groups,) or (batch, n_groups)."""
+        idx, coef = self._compiled[metric] if metric in self._compiled else self._compile(self._poly(metric))
+        r = np.atleast_2d(np.asarray(ratios, dtype=np.float64))
+        padded = np.concatenate([r, np.ones((r.shape[0], 1))], axis=1)
+        vals = padded[:, idx].prod(axis=2) @ coef
+        return vals if np.ndim(ratios) > 1 else vals[0]
+
+    def torch(self, metric: str, ratios: torch.Tensor) -> torch.Tensor:
+        """Differentiable cost of keep ratios (a tensor of shape (n_groups,))."""
+        idx, coef = self._compiled[metric] if metric in self._compiled else self._compile(self._poly(metric))
+        padded = torch.cat([ratios, ratios.new_ones(1)])
+        index = torch.from_numpy(np.where(idx < 0, len(self.groups), idx)).to(ratios.device)
+        return (padded[index].prod(dim=1) * torch.as_tensor(coef, dtype=ratios.dtype, device=ratios.device)).sum()
+
+    def prunable_share(self, metric: str = "macs") -> float:
+        """Share of the full cost that shrinks when the prunable groups shrink (1 - cost(0)/cost(1))."""
+        poly = self._poly(metric)
+        full = sum(poly.values())
+        return float(1 - poly.get((), Fraction(0)) / full) if full else 0.0
+
+    def ratios(self, keep: Mapping[int, int] | None = None) -> np.ndarray:
+        keep = keep or {}
+        return np.array([keep.get(g.id, g.size) / g.size for g in self.groups], dtype=np.float64)

@@ -1,0 +1,25 @@
+"""Exceptions raised by graphprune. Every message says what the user can do about it."""
+
+
+class GraphPruneError(Exception):
+    """Base class of every error graphprune raises on purpose."""
+
+
+class TraceError(GraphPruneError):
+    """The model could not be turned into an fx graph, even with leaf-module fallbacks."""
+
+
+class ExampleInputError(GraphPruneError):
+    """Running the traced model on the example inputs failed (usually a wrong input shape)."""
+
+
+class BudgetError(GraphPruneError):
+    """A pruning budget cannot be met."""
+
+
+class ExportError(GraphPruneError):
+    """ONNX export or its onnxruntime verification failed."""
+
+
+class ModelSpecError(GraphPruneError):
+    """A MODEL string on the command line does not name a model graphprune can build."""

@@ -1,0 +1,597 @@
+"""The rule table: how channels flow through each op kind.
+
+Every fx node is handled by exactly one rule, looked up by module type, function or method name.
+A rule reads the channel maps of its inputs from the :class:`~graphprune.groups.Analysis` context,
+links atoms that must be pruned together, registers the parameters that must be sliced (members),
+the MACs it performs, and sets the channel map of its output. An op without a rule is *unknown*:
+every channel it touches is frozen with a reason. To support a new op, add a rule here.
+
+Rule kinds:
+  producer    conv / conv-transpose / linear / embedding: output channels are new atoms
+  norm        batch/instance/group/layer norm, PReLU: per-channel parameters follow the input
+  elementwise activations, dropout, add/sub/mul/div/where...: operands share atoms (broadcasting)
+  mixing      pooling, interpolate, softmax, reductions: must not mix the channel dim
+  movement    view/reshape/permute/cat/split/slice/pad/pixel-shuffle...: executed on labels
+  contraction matmul/bmm/scaled-dot-product attention: contracted dims share atoms
+  shape       x.size(), x.shape: python values; checked for uses that pruning would change
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .channels import ChannelMap
+
+if TYPE_CHECKING:
+    from .groups import Analysis
+
+Rule = Callable[["Analysis", fx.Node], None]
+
+
+class RuleKind:
+    PRODUCER = "producer"
+    NORM = "norm"
+    ELEMENTWISE = "elementwise"
+    MIXING = "mixing"
+    MOVEMENT = "movement"
+    CONTRACTION = "contraction"
+    SHAPE = "shape"
+
+
+def _kind(kind: str):
+    def tag(fn):
+        fn.kind = kind
+        return fn
+
+    return tag
+
+
+# ----------------------------------------------------------------------------------------- producers
+
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _producer(
+    ctx: "Analysis",
+    node: fx.Node,
+    x: fx.Node,
+    in_dim: int,
+    out_dim: int,
+    out_channels: int,
+    groups: int,
+    params: "ParamSlots",
+) -> None:
+    """Shared logic of conv, conv-transpose and linear (functional or module).
+
+    ``params`` names where each parameter dim lives. Grouped convs are pruned a whole conv group
+    at a time: the input and output channels of one group are linked into one channel, so the
+    group count shrinks and each group keeps its width.
+    """
+    who = ctx.describe(node)
+    in_map = ctx.demand(x, in_dim, node)
+    out = ctx.atoms.new(out_channels, origin=who)
+    out_map = ChannelMap(out_dim, out)
+    if groups == 1:
+        ctx.member(params.weight, params.weight_out_dim, out, "out")
+        ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
+        factors = [in_map, out_map]
+    else:
+        ki, ko = in_map.size // groups, out_channels // groups
+        for g in range(groups):
+            ctx.atoms.link_all(np.concatenate([in_map.labels[g * ki : (g + 1) * ki], out[g * ko : (g + 1) * ko]]))
+        # the weight dim of size C/groups stays whole; only the dim of full size is sliced
+        if params.transposed:
+            ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
+        else:
+            ctx.member(params.weight, params.weight_out_dim, out, "out")
+        factors = [out_map]
+    if params.bias is not None:
+        ctx.member(params.bias, 0, out, "out")
+    ctx.macs(node, factors)
+    ctx.set(node, out_map)
+
+
+class ParamSlots:
+    """Where a producer's weight and bias live (module attribute or get_attr target)."""
+
+    def __init__(self, weight, bias, weight_out_dim: int, weight_in_dim: int, transposed: bool = False):
+        self.weight, self.bias = weight, bias
+        self.weight_out_dim, self.weight_in_dim = weight_out_dim, weight_in_dim
+        self.transposed = transposed
+
+
+@_kind(RuleKind.PRODUCER)
+def conv_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    transposed = isinstance(m, _CONV_T_TYPES)
+    slots = ParamSlots(
+        (node.target, "weight"),
+        (node.target, "bias") if m.bias is not None else None,
+        weight_out_dim=1 if transposed else 0,
+        weight_in_dim=0 if transposed else 1,
+        transposed=transposed,
+    )
+    _producer(ctx, node, node.args[0], 1, 1, m.out_channels, m.groups, slots)
+
+
+@_kind(RuleKind.PRODUCER)
+def conv_function(ctx: "Analysis", node: fx.Node) -> None:
+    args = ctx.bound_args(node, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
+    weight, bias = ctx.param_ref(args.get("weight")), ctx.param_ref(args.get("bias"))
+    if weight is None or (args.get("bias") is not None and bias is None):
+        return unknown(ctx, node, "its weight is computed in forward, so graphprune cannot slice it")
+    out_channels = ctx.spec(node).shape[1]
+    slots = ParamSlots(weight, bias, weight_out_dim=0, weight_in_dim=1)
+    _producer(ctx, node, args["input"], 1, 1, out_channels, int(args.get("groups", 1) or 1), slots)
+
+
+@_kind(RuleKind.PRODUCER)
+def linear_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    slots = ParamSlots((node.target, "weight"), (node.target, "bias") if m.bias is not None else None, 0, 1)
+    _linear(ctx, node, node.args[0], m.out_features, slots)
+
+
+@_kind(RuleKind.PRODUCER)
+def linear_function(ctx: "Analysis", node: fx.Node) -> None:
+    args = ctx.bound_args(node, ("input", "weight", "bias"))
+    weight, bias = ctx.param_ref(args.get("weight")), ctx.param_ref(args.get("bias"))
+    if weight is None or (args.get("bias") is not None and bias is None):
+        return unknown(ctx, node, "its weight is computed in forward, so graphprune cannot slice it")
+    _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 0, 1))
+
+
+def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots: ParamSlots) -> None:
+    last = ctx.spec(x).ndim - 1
+    m = ctx.map(x)
+    if m is not None and m.dim != last:
+        # a linear over a non-channel dim (e.g. tokens) is channel-wise for the dim it leaves alone;
+        # its own weights are then not tied to any channel
+        ctx.macs(node, [m])
+        ctx.set(node, m)
+        return
+    _producer(ctx, node, x, last, last, out_features, 1, slots)
+
+
+@_kind(RuleKind.PRODUCER)
+def embedding_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    out = ctx.atoms.new(m.embedding_dim, origin=ctx.describe(node))
+    ctx.member((node.target, "weight"), 1, out, "out")
+    ctx.set(node, ChannelMap(ctx.spec(node).ndim - 1, out))
+
+
+# --------------------------------------------------------------------------------------- norms
+
+def _norm(ctx: "Analysis", node: fx.Node, x: fx.Node, params: list, channel_dim: int | None, group_count: int = 0) -> None:
+    """Per-channel parameters (``params``: refs, None for absent) follow the input's channels.
+
+    ``channel_dim`` None means the norm normalizes *across* the last dim (LayerNorm): pruning is
+    allowed but not exact, and the group is marked as such.
+    """
+    who = ctx.describe(node)
+    if channel_dim is None:
+        m = ctx.map(x)
+        last = ctx.spec(x).ndim - 1
+        if m is None or m.dim != last:
+            ctx.set(node, m)
+            return
+        ctx.atoms.mark_inexact(m.labels, f"{who} normalizes across these channels")
+    else:
+        m = ctx.demand(x, channel_dim, node)
+    if group_count:
+        per = m.size // group_count
+        for g in range(group_count):
+            ctx.atoms.link_all(m.labels[g * per : (g + 1) * per])
+    for ref in params:
+        if ref is not None:
+            ctx.member(ref, 0, m.labels, "channelwise")
+    ctx.set(node, m)
+
+
+def _module_params(node: fx.Node, m: nn.Module, names: tuple[str, ...]) -> list:
+    return [(node.target, n) if getattr(m, n, None) is not None else None for n in names]
+
+
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+@_kind(RuleKind.NORM)
+def batchnorm_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    _norm(ctx, node, node.args[0], _module_params(node, m, _BN_PARAMS), 1)
+
+
+@_kind(RuleKind.NORM)
+def groupnorm_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    _norm(ctx, node, node.args[0], _module_params(node, m, ("weight", "bias")), 1, m.num_groups)
+
+
+@_kind(RuleKind.NORM)
+def layernorm_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    if len(m.normalized_shape) != 1:
+        return unknown(ctx, node, "it normalizes over several dims")
+    _norm(ctx, node, node.args[0], _module_params(node, m, ("weight", "bias")), None)
+
+
+@_kind(RuleKind.NORM)
+def prelu_module(ctx: "Analysis", node: fx.Node) -> None:
+    m = ctx.module(node)
+    if m.num_parameters == 1:
+        return elementwise(ctx, node)
+    _norm(ctx, node, node.args[0], [(node.target, "weight")], 1)
+
+
+def _functional_params(ctx: "Analysis", node: fx.Node, names: tuple[str, ...], signature: tuple[str, ...]):
+    args = ctx.bound_args(node, signature)
+    refs = []
+    for n in names:
+        a = args.get(n)
+        ref = ctx.param_ref(a)
+        if a is not None and ref is None:
+            return args, None
+        refs.append(ref)
+    return args, refs
+
+
+@_kind(RuleKind.NORM)
+def batchnorm_function(ctx: "Analysis", node: fx.Node) -> None:
+    sig = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    args, refs = _functional_params(ctx, node, ("running_mean", "running_var", "weight", "bias"), sig)
+    if refs is None:
+        return unknown(ctx, node, "its parameters are computed in forward")
+    _norm(ctx, node, args["input"], refs, 1)
+
+
+@_kind(RuleKind.NORM)
+def groupnorm_function(ctx: "Analysis", node: fx.Node) -> None:
+    args, refs = _functional_params(ctx, node, ("weight", "bias"), ("input", "num_groups", "weight", "bias", "eps"))
+    if refs is None:
+        return unknown(ctx, node, "its parameters are computed in forward")
+    _norm(ctx, node, args["input"], refs, 1, int(args["num_groups"]))
+
+
+@_kind(RuleKind.NORM)
+def layernorm_function(ctx: "Analysis", node: fx.Node) -> None:
+    args, refs = _functional_params(ctx, node, ("weight", "bias"), ("input", "normalized_shape", "weight", "bias", "eps"))
+    if refs is None or len(tuple(args["normalized_shape"])) != 1:
+        return unknown(ctx, node, "its parameters are computed in forward or it normalizes over several dims")
+    _norm(ctx, node, args["input"], refs, None)
+
+
+# -------------------------------------------------------------------------------- elementwise
+
+@_kind(RuleKind.ELEMENTWISE)
+def elementwise(ctx: "Analysis", node: fx.Node) -> None:
+    """Operands share channels where they are not broadcast (residual add, SE gating, where...)."""
+    out_spec = ctx.spec(node)
+    operands = [a for a in ctx.tensor_inputs(node)]
+    out_ndim = out_spec.ndim
+    mapped = {}
+    for a in operands:
+        m = ctx.map(a)
+        if m is not None and m.size == out_spec.shape[m.dim + out_ndim - ctx.spec(a).ndim] and m.size > 1:
+            mapped.setdefault(m.dim + out_ndim - ctx.spec(a).ndim, []).append((a, m))
+    if not mapped:
+        return ctx.set(node, None)
+    if len(mapped) > 1:
+        for pairs in mapped.values():
+            for _, m in pairs:
+                ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} combines two channel dims in one tensor")
+        return ctx.set(node, None)
+    (out_dim, pairs), = mapped.items()
+    labels = pairs[0][1].labels
+    for a in operands:
+        d = out_dim - (out_ndim - ctx.spec(a).ndim)
+        if d < 0 or ctx.spec(a).shape[d] == 1:
+            continue  # broadcast along the channel dim: no per-channel values
+        ctx.atoms.link(labels, ctx.demand(a, d, node).labels)
+    ctx.set(node, ChannelMap(out_dim, labels))
+
+
+# ------------------------------------------------------------------------------------- mixing
+
+def _mixing(mixed_dims: Callable[["Analysis", fx.Node], tuple[int, ...]], reduces: bool = False, exact_sum: bool = False) -> Rule:
+    """Ops that combine values along ``mixed_dims``: fine for other dims, frozen on the channel dim.
+
+    ``reduces``: the mixed dims disappear (unless keepdim), so the channel dim index shifts.
+    ``exact_sum``: summing over the channel dim is exact (pruned channels contribute zeros).
+    """
+
+    @_kind(RuleKind.MIXING)
+    def rule(ctx: "Analysis", node: fx.Node) -> None:
+        x = node.args[0] if node.args else next(iter(node.kwargs.values()))
+        m = ctx.map(x)
+        if m is None:
+            return ctx.set(node, None)
+        ndim = ctx.spec(x).ndim
+        dims = sorted({d % ndim for d in mixed_dims(ctx, node)})
+        if m.dim in dims:
+            if not exact_sum:
+                ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} combines values across the channels")
+            return ctx.set(node, None)
+        out_ndim = ctx.spec(node).ndim
+        shift = sum(d < m.dim for d in dims) if reduces and out_ndim < ndim else 0
+        ctx.set(node, m.moved(m.dim - shift))
+
+    return rule
+
+
+def _spatial(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
+    return tuple(range(2, ctx.spec(node.args[0]).ndim))
+
+
+def _dim_arg(*names: str, default=None):
+    def dims(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
+        args = ctx.bound_args(node, ("input",) + names)
+        d = args.get(names[0], default)
+        if d is None:
+            return tuple(range(ctx.spec(node.args[0]).ndim))
+        return tuple(d) if isinstance(d, (tuple, list)) else (int(d),)
+
+    return dims
+
+
+def _module_dim(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
+    return (ctx.module(node).dim,)
+
+
+pool = _mixing(_spatial)
+softmax = _mixing(_dim_arg("dim"))
+softmax_module = _mixing(_module_dim)
+reduce_sum = _mixing(_dim_arg("dim"), reduces=True, exact_sum=True)
+reduce_other = _mixing(_dim_arg("dim"), reduces=True)
+
+
+# ----------------------------------------------------------------------------------- movement
+
+@_kind(RuleKind.MOVEMENT)
+def movement(ctx: "Analysis", node: fx.Node) -> None:
+    """Pure data movement: run the op on label tensors, read the channel map off the result."""
+    ctx.set(node, ctx.execute_on_labels(node))
+
+
+def _pad_module_as_function(m: nn.Module):
+    if isinstance(m, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+        return lambda x: F.pad(x, m.padding, "constant", -1.0)
+    return m
+
+
+def pad_function(x, pad, mode="constant", value=None):
+    """F.pad on labels: constant padding holds no channel (label -1)."""
+    return F.pad(x, pad, mode, -1.0 if mode == "constant" else None)
+
+
+# -------------------------------------------------------------------------------- contraction
+
+@_kind(RuleKind.CONTRACTION)
+def matmul(ctx: "Analysis", node: fx.Node) -> None:
+    a, b = ctx.tensor_inputs(node)[:2]
+    sa, sb, so = ctx.spec(a), ctx.spec(b), ctx.spec(node)
+    if sa.ndim < 2 or sb.ndim < 2:
+        return unknown(ctx, node, "matrix-vector products are not supported")
+    ma, mb = ctx.map(a), ctx.map(b)
+    factors, out_map = [], None
+    if (ma is not None and ma.dim == sa.ndim - 1) or (mb is not None and mb.dim == sb.ndim - 2):
+        ka, kb = ctx.demand(a, sa.ndim - 1, node), ctx.demand(b, sb.ndim - 2, node)
+        ctx.atoms.link(ka.labels, kb.labels)
+        factors.append(ka)
+        ma = None if ma is not None and ma.dim == sa.ndim - 1 else ma
+        mb = None if mb is not None and mb.dim == sb.ndim - 2 else mb
+    for m, keep_dim, offset in ((ma, sa.ndim - 2, so.ndim - 2), (mb, sb.ndim - 1, so.ndim - 1)):
+        if m is None:
+            continue
+        if m.dim != keep_dim or out_map is not None:
+            ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} mixes batch and channel dims")
+            continue
+        out_map = m.moved(offset)
+        factors.append(m)
+    ctx.macs(node, factors)
+    ctx.set(node, out_map)
+
+
+@_kind(RuleKind.CONTRACTION)
+def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
+    args = ctx.bound_args(node, ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"))
+    q, k, v = args["query"], args["key"], args["value"]
+    last = ctx.spec(q).ndim - 1
+    who = ctx.describe(node)
+    qm, km = ctx.demand(q, last, node), ctx.demand(k, last, node)
+    ctx.atoms.link(qm.labels, km.labels)
+    if args.get("scale") is None:
+        ctx.atoms.freeze(qm.labels, f"{who} derives its scale from the head dim; pass scale= explicitly to prune it")
+    vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
+    mask = args.get("attn_mask")
+    if isinstance(mask, fx.Node) and ctx.map(mask) is not None:
+        ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
+    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev
+    sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
+    rows = math.prod(sq[:-1]) * sv[-2]
+    ctx.macs(node, [qm], macs=rows * sq[-1])
+    ctx.macs(node, [vm], macs=rows * sv[-1])
+    ctx.set(node, vm)
+
+
+# ------------------------------------------------------------------------------------- shapes
+
+@_kind(RuleKind.SHAPE)
+def shape_read(ctx: "Analysis", node: fx.Node) -> None:
+    """``x.size()``/``x.shape``: fine where the value only feeds reshapes (they follow the new size)."""
+    x = node.args[0]
+    m = ctx.map(x)
+    if m is not None:
+        ctx.check_shape_uses(node, m)
+    ctx.set(node, None)
+
+
+# ------------------------------------------------------------------------------------- unknown
+
+def unknown(ctx: "Analysis", node: fx.Node, why: str | None = None) -> None:
+    """Freeze every channel the op touches; its output is opaque."""
+    reason = f"{ctx.describe(node)} " + (why or "is not in graphprune's rule table")
+    for a in ctx.tensor_inputs(node):
+        m = ctx.map(a)
+        if m is not None:
+            ctx.atoms.freeze(m.labels, reason)
+    ctx.set(node, None, opaque=reason)
+
+
+unknown.kind = None
+
+
+# --------------------------------------------------------------------------------- the table
+
+_ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Threshold, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+_POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
+    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+)
+_MOVEMENT_MODULES = (
+    nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
+)
+
+MODULE_RULES: dict[type | str, Rule] = {
+    **{t: conv_module for t in _CONV_TYPES + _CONV_T_TYPES},
+    nn.Linear: linear_module,
+    nn.Embedding: embedding_module,
+    **{t: batchnorm_module for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                                      nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    nn.GroupNorm: groupnorm_module,
+    nn.LayerNorm: layernorm_module,
+    nn.PReLU: prelu_module,
+    **{t: elementwise for t in _ACTIVATION_MODULES},
+    **{t: pool for t in _POOL_MODULES},
+    nn.Softmax: softmax_module,
+    nn.LogSoftmax: softmax_module,
+    **{t: movement for t in _MOVEMENT_MODULES},
+    # subclasses whose forward differs from their base only in ways that keep channel semantics
+    "timm.layers.conv2d_same.Conv2dSame": conv_module,
+}
+
+_ELEMENTWISE_FUNCTIONS = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
+    operator.imul, operator.isub, operator.itruediv, operator.pow,
+    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
+    torch.where, torch.maximum, torch.minimum, torch.clamp, torch.clip, torch.neg, torch.abs,
+    torch.exp, torch.sqrt, torch.rsqrt, torch.pow, torch.relu, torch.sigmoid, torch.tanh,
+    torch.erf, torch.square, torch.reciprocal, torch.log, torch.sin, torch.cos,
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.softsign, F.logsigmoid, F.threshold,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+)
+_MOVEMENT_FUNCTIONS = (
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims,
+    torch.movedim, torch.moveaxis, torch.squeeze, torch.unsqueeze, torch.cat, torch.concat,
+    torch.concatenate, torch.stack, torch.split, torch.chunk, torch.unbind, torch.tensor_split,
+    torch.narrow, torch.flip, torch.roll, torch.t, torch.unflatten, operator.getitem,
+    F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
+    torch.channel_shuffle, F.channel_shuffle,
+)
+_POOL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample, F.lp_pool2d,
+    torch.max_pool2d, torch.avg_pool1d,
+)
+
+FUNCTION_RULES: dict[Callable, Rule] = {
+    F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
+    F.linear: linear_function,
+    F.batch_norm: batchnorm_function, F.instance_norm: batchnorm_function,
+    F.group_norm: groupnorm_function, F.layer_norm: layernorm_function,
+    **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
+    **{f: movement for f in _MOVEMENT_FUNCTIONS},
+    F.pad: movement,
+    **{f: pool for f in _POOL_FUNCTIONS},
+    F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
+    torch.sum: reduce_sum,
+    torch.mean: reduce_other, torch.amax: reduce_other, torch.amin: reduce_other,
+    torch.std: reduce_other, torch.var: reduce_other,
+    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
+    F.scaled_dot_product_attention: scaled_dot_product_attention,
+    getattr: shape_read,
+}
+
+METHOD_RULES: dict[str, Rule] = {
+    **{n: elementwise for n in (
+        "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "neg", "abs", "exp", "sqrt",
+        "rsqrt", "pow", "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip",
+        "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "detach",
+        "square", "reciprocal", "masked_fill", "where", "maximum", "minimum", "erf",
+    )},
+    **{n: movement for n in (
+        "view", "reshape", "flatten", "permute", "transpose", "t", "movedim", "squeeze",
+        "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "split", "chunk",
+        "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
+    )},
+    "softmax": softmax, "log_softmax": softmax,
+    "sum": reduce_sum,
+    "mean": reduce_other, "amax": reduce_other, "amin": reduce_other, "std": reduce_other,
+    "var": reduce_other,
+    "matmul": matmul, "bmm": matmul, "mm": matmul,
+    "size": shape_read, "dim": shape_read, "numel": shape_read,
+}
+
+#: tensor arguments that only pass a shape or dtype: they carry no data into the result
+SHAPE_ONLY_ARGS = {"expand_as": 1, "view_as": 1, "reshape_as": 1, "type_as": 1}
+
+#: how a movement op runs on label tensors when calling it as-is would be wrong
+LABEL_OVERRIDES: dict = {F.pad: pad_function}
+
+
+def module_rule(m: nn.Module) -> Rule | None:
+    """Rule for a leaf module: its type, or a registered base whose forward it does not override."""
+    t = type(m)
+    name = f"{t.__module__}.{t.__qualname__}"
+    if t in MODULE_RULES or name in MODULE_RULES:
+        return MODULE_RULES.get(t) or MODULE_RULES[name]
+    for base in t.__mro__[1:]:
+        if base in MODULE_RULES and t.forward is base.forward:
+            return MODULE_RULES[base]
+    return None
+
+
+def label_callable(node: fx.Node, m: nn.Module | None):
+    """What to call when executing a movement node on label tensors."""
+    if node.op == "call_module":
+        return _pad_module_as_function(m)
+    if node.op == "call_method":
+        return lambda self, *a, **k: getattr(self, node.target)(*a, **k)
+    return LABEL_OVERRIDES.get(node.target, node.target)
+
+
+def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
+    if node.op == "call_module":
+        return module_rule(m)
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target)
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target)
+    return None
+
+
+def rule_kind(node: fx.Node, m: nn.Module | None) -> str | None:
+    rule = node_rule(node, m)
+    return getattr(rule, "kind", None) if rule is not None else None
+

@@ -1,0 +1,1 @@
+"""Method passes: one module per pruning method (see the registry in later issues)."""
