@@ -54,6 +54,7 @@ class Analysis:
         self._fallback = {f.module: f for f in traced.fallbacks}
         self._order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         self._current: fx.Node | None = None
+        self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
 
     # ---------------------------------------------------------------- driving
     def run(self) -> "Analysis":
@@ -75,13 +76,15 @@ class Analysis:
 
     def _dispatch(self, node: fx.Node) -> None:
         m = self._modules.get(node.target) if node.op == "call_module" else None
-        if node.op == "call_module" and node.target in self._fallback:
+        if not self.tensor_inputs(node) and not _holds_tensor(self.traced.values.get(node)):
+            return self.set(node, None)  # python arithmetic on sizes and constants
+        rule = rules.node_rule(node, m)
+        if rule is not None:
+            return rule(self, node)
+        if node.target in self._fallback and node.op == "call_module":
             f = self._fallback[node.target]
             return rules.unknown(self, node, f"could not be traced ({f.error}); it is an opaque leaf")
-        rule = rules.node_rule(node, m)
-        if rule is None:
-            return rules.unknown(self, node)
-        rule(self, node)
+        rules.unknown(self, node)
 
     # ---------------------------------------------------------------- reading
     def module(self, node: fx.Node) -> torch.nn.Module:
@@ -172,9 +175,11 @@ class Analysis:
         derived = self._derive(x, dim, set())
         if derived is not None:
             return derived
-        size = self.spec(x).shape[dim]
-        reason = f"{self.describe(consumer)} reads channels from {self.origin(x)}, which graphprune cannot slice"
-        return ChannelMap(dim, self.atoms.new(size, origin=f"'{x.name}'", frozen=reason))
+        if (x, dim) not in self._opaque_maps:  # every consumer of an opaque tensor shares its channels
+            reason = f"{self.describe(consumer)} reads channels from {self.origin(x)}, which graphprune cannot slice"
+            atoms = self.atoms.new(self.spec(x).shape[dim], origin=f"'{x.name}'", frozen=reason)
+            self._opaque_maps[(x, dim)] = ChannelMap(dim, atoms)
+        return self._opaque_maps[(x, dim)]
 
     def _derive(self, x: fx.Node, dim: int, chain: set[fx.Node]) -> ChannelMap | None:
         ref = self.param_ref(x)
@@ -285,10 +290,9 @@ class Analysis:
         for (module, name, dim), rec in self.members.items():
             allowed = self.param_users.get((module, name), set())
             for g in targets.get((module, name), []):
-                stray = [u for u in g.users if u not in allowed and not (u.op == "output")]
-                if g not in allowed or stray:
-                    where = self.describe(stray[0]) if stray else f"'{g.name}'"
-                    self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {where}, which graphprune cannot follow")
+                stray = [u for u in g.users if u not in allowed]
+                if stray:
+                    self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {self.describe(stray[0])}, which graphprune cannot follow")
 
     def _account_unmodelled_macs(self) -> None:
         """Ops whose MACs no rule modelled keep them as a constant and freeze what they read."""
@@ -310,6 +314,10 @@ class Analysis:
                     self.atoms.freeze(m.labels, reason)
             if measured:
                 self.mac_terms.append(MacTerm(node, measured, []))
+
+
+def _holds_tensor(value: Any) -> bool:
+    return any(isinstance(v, TensorSpec) for v in _flatten(value))
 
 
 def _first_mapped(found: dict[fx.Node, ChannelMap | None]) -> fx.Node:

@@ -74,14 +74,14 @@ class BudgetModel:
         return acc
 
     def _params_poly(self) -> Poly:
-        gm = self._gg.gm
+        model = self._gg.traced.model  # the user's model: modules the graph never calls count too
         by_tensor: dict[int, dict[int, np.ndarray]] = {}
         for rec in self._gg._analysis.members.values():
-            t = getattr(gm.get_submodule(rec.module), rec.param)
+            t = getattr(self._gg.gm.get_submodule(rec.module), rec.param)
             if isinstance(t, torch.nn.Parameter):
                 by_tensor.setdefault(id(t), {}).setdefault(rec.dim, rec.labels)
         acc: Poly = {}
-        for p in gm.parameters():
+        for p in model.parameters():
             poly: Poly = {(): Fraction(1)}
             for labels in by_tensor.get(id(p), {}).values():
                 poly = _mul(poly, self._linear_form(labels))

@@ -123,8 +123,9 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     dim = max(support, key=lambda d: (pos.shape[d], d))
     rows = pos.movedim(dim, 0).reshape(pos.shape[dim], -1)
     idx, col = torch.nonzero(rows >= 0, as_tuple=True)
-    pairs = torch.unique(torch.stack([idx, rows[idx, col]], 1), dim=0).numpy()
-    pairs[:, 1] = atom_of[pairs[:, 1]]
+    span = len(atom_of)
+    keys = torch.unique(idx * span + rows[idx, col]).numpy()  # sorted distinct (row, position)
+    pairs = np.stack([keys // span, atom_of[keys % span]], 1)
     same_row = pairs[1:, 0] == pairs[:-1, 0]
     atoms.link(pairs[:-1, 1][same_row], pairs[1:, 1][same_row])
     reps = np.full(pos.shape[dim], CONSTANT, dtype=np.int64)

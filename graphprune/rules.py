@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channels import ChannelMap
+from .trace import TensorSpec
 
 if TYPE_CHECKING:
     from .groups import Analysis
@@ -276,7 +277,9 @@ def layernorm_function(ctx: "Analysis", node: fx.Node) -> None:
 def elementwise(ctx: "Analysis", node: fx.Node) -> None:
     """Operands share channels where they are not broadcast (residual add, SE gating, where...)."""
     out_spec = ctx.spec(node)
-    operands = [a for a in ctx.tensor_inputs(node)]
+    if not isinstance(out_spec, TensorSpec):
+        return unknown(ctx, node, "returns a non-tensor computed from tensors")
+    operands = ctx.tensor_inputs(node)
     out_ndim = out_spec.ndim
     mapped = {}
     for a in operands:
@@ -533,6 +536,12 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     getattr: shape_read,
 }
 
+#: functions of other libraries, by qualified name (importing those libraries is not required)
+NAMED_FUNCTION_RULES: dict[str, Rule] = {
+    # drops whole samples or elements with a mask broadcast over channels
+    "torchvision.ops.stochastic_depth.stochastic_depth": elementwise,
+}
+
 METHOD_RULES: dict[str, Rule] = {
     **{n: elementwise for n in (
         "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "neg", "abs", "exp", "sqrt",
@@ -585,7 +594,9 @@ def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
     if node.op == "call_module":
         return module_rule(m)
     if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target)
+        rule = FUNCTION_RULES.get(node.target)
+        name = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__qualname__', '')}"
+        return rule or NAMED_FUNCTION_RULES.get(name)
     if node.op == "call_method":
         return METHOD_RULES.get(node.target)
     return None

@@ -46,6 +46,7 @@ class Fallback:
 class TracedModel:
     """An fx graph plus, per node, its example value (TensorSpec for tensors) and its FLOPs."""
 
+    model: torch.nn.Module
     gm: fx.GraphModule
     values: dict[fx.Node, Any]
     flops: dict[fx.Node, int]
@@ -153,6 +154,7 @@ class _ShapeRecorder(fx.Interpreter):
         try:
             with counter:
                 out = super().run_node(n)
+            out = _detach(out)
         except Exception as exc:
             args = ", ".join(_describe(self.env.get(a)) for a in n.all_input_nodes)
             raise ExampleInputError(
@@ -164,6 +166,15 @@ class _ShapeRecorder(fx.Interpreter):
         self.values[n] = _spec(out)
         self.flops[n] = int(counter.get_total_flops())
         return out
+
+
+def _detach(value: Any) -> Any:
+    """Keep autograd graphs local to one node: grad mode stays on so ops take their training paths."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_detach(v) for v in value)
+    return value
 
 
 def _describe(value: Any) -> str:
@@ -187,7 +198,8 @@ def trace(
 
     ``example_inputs`` is a tensor, a tuple of positional inputs, or a dict of keyword inputs.
     The model's modules run in eval mode during propagation (so BatchNorm statistics are not
-    updated) and get their previous mode back afterwards.
+    updated) and get their previous mode back afterwards. Grad mode stays enabled, so modules with
+    inference fast paths (nn.MultiheadAttention) run, and are counted, as they do in training.
     """
     args, kwargs = _split_inputs(example_inputs)
     gm, fallbacks = symbolic_trace(model, leaf_modules, concrete_args)
@@ -197,12 +209,11 @@ def trace(
     gm.eval()
     recorder = _ShapeRecorder(gm)
     try:
-        with torch.no_grad():
-            recorder.run(*flat)
+        recorder.run(*flat)
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return TracedModel(gm, recorder.values, recorder.flops, fallbacks, args, kwargs)
+    return TracedModel(model, gm, recorder.values, recorder.flops, fallbacks, args, kwargs)
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
