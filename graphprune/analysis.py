@@ -274,7 +274,7 @@ class Analysis:
     def check_shape_uses(self, node: fx.Node, m: ChannelMap) -> None:
         """A channel count read at run time may only feed reshapes, which follow the new count."""
         ndim = self.spec(node.args[0]).ndim
-        for use in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim):
+        for use in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
             kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None)
             if kind != rules.RuleKind.MOVEMENT:
                 self.atoms.freeze(m.labels, f"{self.describe(use)} uses the channel count read by '{node.name}'; pruning would change it")
@@ -353,7 +353,7 @@ def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
     return node.target == "numel"
 
 
-def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int) -> Iterable[fx.Node]:
+def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int, is_tensor) -> Iterable[fx.Node]:
     """Tensor ops reached from a shape value through python arithmetic and indexing.
 
     ``reads`` None means ``node`` is a tuple of sizes: only indexing it at ``dim`` reads channels.
@@ -364,8 +364,8 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int)
         if reads is None and use.op == "call_function" and use.target is operator.getitem and use.args[0] is node:
             idx = use.args[1]
             hit = idx % ndim == dim if isinstance(idx, int) else True
-            yield from _channel_count_sinks(use, hit, dim, ndim)
-        elif use.op == "call_function" and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):
-            yield from _channel_count_sinks(use, True, dim, ndim)
+            yield from _channel_count_sinks(use, hit, dim, ndim, is_tensor)
+        elif use.op == "call_function" and not is_tensor(use) and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):
+            yield from _channel_count_sinks(use, True, dim, ndim, is_tensor)
         else:
             yield use

@@ -101,8 +101,9 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     """Turn executed position labels back into a channel map (``atom_of[position]`` is its atom).
 
     The channel dim is the one along which the positions vary; if they vary along several dims
-    (a channel dim split into heads or shuffle groups), the largest is kept and the atoms along
-    the others are linked, since those dims must then be pruned in lockstep. Indices along the
+    (a channel dim split into heads or shuffle groups, or interleaved with space by a pixel
+    shuffle), the dim holding the most distinct channels is kept and the atoms along the others
+    are linked, since those dims must then be pruned in lockstep. Indices along the
     channel dim that hold only constants (zero padding of channels) get atoms of their own.
     """
     pos = positions.to(torch.int64)
@@ -120,7 +121,13 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     if not support:
         atoms.freeze(atom_of[pos[valid][:1].numpy()], f"{what} reduces the channels to a single one")
         return None
-    dim = max(support, key=lambda d: (pos.shape[d], d))
+    first = [int(i[0]) for i in torch.nonzero(valid, as_tuple=True)]
+
+    def distinct_along(d: int) -> int:  # channel indices met walking along d from a valid element
+        fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(first))]
+        return int(torch.unique(fiber[fiber >= 0]).numel())
+
+    dim = max(support, key=lambda d: (distinct_along(d), d))
     rows = pos.movedim(dim, 0).reshape(pos.shape[dim], -1)
     idx, col = torch.nonzero(rows >= 0, as_tuple=True)
     span = len(atom_of)

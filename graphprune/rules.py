@@ -305,11 +305,11 @@ def elementwise(ctx: "Analysis", node: fx.Node) -> None:
 
 # ------------------------------------------------------------------------------------- mixing
 
-def _mixing(mixed_dims: Callable[["Analysis", fx.Node], tuple[int, ...]], reduces: bool = False, exact_sum: bool = False) -> Rule:
-    """Ops that combine values along ``mixed_dims``: fine for other dims, frozen on the channel dim.
+def _mixing(mixed_dims: Callable[["Analysis", fx.Node], tuple[int, ...]], reduces: bool = False) -> Rule:
+    """Ops that combine values along ``mixed_dims``: fine for other dims, frozen on the channel dim
+    (a pruned channel's value, e.g. sigmoid(0), would be missing from the combination).
 
     ``reduces``: the mixed dims disappear (unless keepdim), so the channel dim index shifts.
-    ``exact_sum``: summing over the channel dim is exact (pruned channels contribute zeros).
     """
 
     @_kind(RuleKind.MIXING)
@@ -321,8 +321,7 @@ def _mixing(mixed_dims: Callable[["Analysis", fx.Node], tuple[int, ...]], reduce
         ndim = ctx.spec(x).ndim
         dims = sorted({d % ndim for d in mixed_dims(ctx, node)})
         if m.dim in dims:
-            if not exact_sum:
-                ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} combines values across the channels")
+            ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} combines values across the channels")
             return ctx.set(node, None)
         out_ndim = ctx.spec(node).ndim
         shift = sum(d < m.dim for d in dims) if reduces and out_ndim < ndim else 0
@@ -353,8 +352,7 @@ def _module_dim(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
 pool = _mixing(_spatial)
 softmax = _mixing(_dim_arg("dim"))
 softmax_module = _mixing(_module_dim)
-reduce_sum = _mixing(_dim_arg("dim"), reduces=True, exact_sum=True)
-reduce_other = _mixing(_dim_arg("dim"), reduces=True)
+reduce = _mixing(_dim_arg("dim"), reduces=True)
 
 
 # ----------------------------------------------------------------------------------- movement
@@ -378,6 +376,12 @@ def pad_function(x, pad, mode="constant", value=None):
 
 # -------------------------------------------------------------------------------- contraction
 
+def _contraction_is_inexact(ctx: "Analysis", node: fx.Node, contracted: ChannelMap) -> None:
+    """Two activations contracted over channels: no weight is there to zero, so removing a channel
+    is exact only if its values are zero at the product (true for q/k straight from a linear)."""
+    ctx.atoms.mark_inexact(contracted.labels, f"{ctx.describe(node)} contracts two activations over these channels")
+
+
 @_kind(RuleKind.CONTRACTION)
 def matmul(ctx: "Analysis", node: fx.Node) -> None:
     a, b = ctx.tensor_inputs(node)[:2]
@@ -389,6 +393,7 @@ def matmul(ctx: "Analysis", node: fx.Node) -> None:
     if (ma is not None and ma.dim == sa.ndim - 1) or (mb is not None and mb.dim == sb.ndim - 2):
         ka, kb = ctx.demand(a, sa.ndim - 1, node), ctx.demand(b, sb.ndim - 2, node)
         ctx.atoms.link(ka.labels, kb.labels)
+        _contraction_is_inexact(ctx, node, ka)
         factors.append(ka)
         ma = None if ma is not None and ma.dim == sa.ndim - 1 else ma
         mb = None if mb is not None and mb.dim == sb.ndim - 2 else mb
@@ -412,6 +417,7 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     who = ctx.describe(node)
     qm, km = ctx.demand(q, last, node), ctx.demand(k, last, node)
     ctx.atoms.link(qm.labels, km.labels)
+    _contraction_is_inexact(ctx, node, qm)
     if args.get("scale") is None:
         ctx.atoms.freeze(qm.labels, f"{who} derives its scale from the head dim; pass scale= explicitly to prune it")
     vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
@@ -528,9 +534,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.pad: movement,
     **{f: pool for f in _POOL_FUNCTIONS},
     F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
-    torch.sum: reduce_sum,
-    torch.mean: reduce_other, torch.amax: reduce_other, torch.amin: reduce_other,
-    torch.std: reduce_other, torch.var: reduce_other,
+    **{f: reduce for f in (torch.sum, torch.mean, torch.amax, torch.amin, torch.std, torch.var)},
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,
     getattr: shape_read,
@@ -555,9 +559,7 @@ METHOD_RULES: dict[str, Rule] = {
         "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
     )},
     "softmax": softmax, "log_softmax": softmax,
-    "sum": reduce_sum,
-    "mean": reduce_other, "amax": reduce_other, "amin": reduce_other, "std": reduce_other,
-    "var": reduce_other,
+    **{n: reduce for n in ("sum", "mean", "amax", "amin", "std", "var")},
     "matmul": matmul, "bmm": matmul, "mm": matmul,
     "size": shape_read, "dim": shape_read, "numel": shape_read,
 }

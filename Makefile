@@ -1,0 +1,25 @@
+# `make demo` and `make test` work on a fresh clone: both create .venv when it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/digits_demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# the full torchvision zoo and the timm subset (minutes; CI runs it after the default suite)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

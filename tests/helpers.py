@@ -1,0 +1,72 @@
+"""Shared test tools: find groups by member, and the leak oracle for channel groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import graphprune
+
+
+def groups_with(gg: graphprune.GroupGraph, module: str, param: str = "weight", dim: int = 0) -> list[graphprune.ChannelGroup]:
+    """Groups having a member (module, param, dim), in group order."""
+    return [g for g in gg.groups if any(m.module == module and m.param == param and m.dim == dim for m in g.members)]
+
+
+def group_with(gg, module: str, param: str = "weight", dim: int = 0) -> graphprune.ChannelGroup:
+    found = groups_with(gg, module, param, dim)
+    assert len(found) == 1, f"{module}.{param}:{dim} is in {len(found)} groups"
+    return found[0]
+
+
+def member(group: graphprune.ChannelGroup, module: str, param: str = "weight", dim: int = 0):
+    (m,) = [m for m in group.members if m.module == module and m.param == param and m.dim == dim]
+    return m
+
+
+def random_keep(gg, rng: np.random.Generator) -> dict[int, list[int]]:
+    """A random non-empty subset of channels for every prunable group that normalizes exactly."""
+    keep = {}
+    for g in gg.prunable_groups:
+        if g.inexact or g.size < 2:
+            continue
+        k = int(rng.integers(1, g.size))
+        keep[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
+    return keep
+
+
+def _slices(model: torch.nn.Module, gg, keep: dict[int, list[int]], roles: set[str]):
+    """(member, tensor, pruned indices) for every member of a pruned group with one of ``roles``."""
+    for gid, kept in keep.items():
+        g = gg.groups[gid]
+        dropped = sorted(set(range(g.size)) - set(kept))
+        for m in g.members:
+            if m.role in roles:
+                yield m, getattr(model.get_submodule(m.module), m.param), torch.tensor(m.indices(dropped), dtype=torch.long)
+
+
+def leak_check(model: torch.nn.Module, gg, keep: dict[int, list[int]], inputs: tuple, seed: int = 0) -> float:
+    """Max output change when the pruned channels carry garbage.
+
+    The pruned channels' consumer weights ("in" members) are zeroed; then their producers and
+    per-channel parameters ("out"/"channelwise" members) are overwritten with large random values.
+    If the groups are right, nothing of that garbage reaches the output: the result is 0.
+    """
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for m, t, idx in _slices(model, gg, keep, {"in"}):
+            t.index_fill_(m.dim, idx, 0.0)
+        before = _flat(model(*inputs))
+        for m, t, idx in _slices(model, gg, keep, {"out", "channelwise"}):
+            noise = torch.randn_like(t.index_select(m.dim, idx)) * 10 + 5
+            t.index_copy_(m.dim, idx, noise.abs() if m.param == "running_var" else noise)
+        after = _flat(model(*inputs))
+    return float((before - after).abs().max())
+
+
+def _flat(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.flatten()
+    if isinstance(out, dict):
+        out = list(out.values())
+    return torch.cat([_flat(o) for o in out])

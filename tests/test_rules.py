@@ -1,0 +1,160 @@
+"""One small model per channel rule: exact groups, sizes, member indices, and no leaks."""
+
+import numpy as np
+import pytest
+import torch
+
+import graphprune
+import toy_models
+from helpers import group_with, groups_with, leak_check, member, random_keep
+
+
+def analyze(name):
+    model, x = toy_models.build(name)
+    return model, x, graphprune.analyze(model, x)
+
+
+def test_residual_add_ties_both_producers():
+    _, _, gg = analyze("residual")
+    g = group_with(gg, "stem")
+    assert g is group_with(gg, "conv2") is group_with(gg, "bn2", "running_var")
+    assert g is group_with(gg, "head", dim=1) and g.size == 8 and g.prunable
+    inner = group_with(gg, "conv1")
+    assert inner is not g and inner.size == 6 and inner is group_with(gg, "conv2", dim=1)
+
+
+def test_dense_concat_offsets():
+    _, _, gg = analyze("dense_concat")
+    a, b = group_with(gg, "a"), group_with(gg, "b")
+    assert (a.size, b.size) == (8, 4)
+    assert member(a, "c", dim=1).indices(range(8)) == list(range(8))
+    assert member(b, "c", dim=1).indices([0, 2]) == [8, 10]
+
+
+def test_split_then_cat_splits_the_producer_into_two_groups():
+    _, _, gg = analyze("split_cat")
+    first, second = groups_with(gg, "a")
+    assert (first.size, second.size) == (3, 5)
+    assert member(first, "a").indices(range(3)) == [0, 1, 2]
+    assert member(second, "a").indices([0]) == [3]
+    # cat([q, p]): the first split part lands after the second one
+    assert member(first, "b", dim=1).indices([1]) == [6]
+    assert member(second, "b", dim=1).indices([4]) == [4]
+
+
+def test_depthwise_conv_is_channelwise():
+    _, _, gg = analyze("depthwise")
+    g = group_with(gg, "a")
+    assert g is group_with(gg, "dw") is group_with(gg, "b", dim=1) and g.size == 16
+
+
+def test_grouped_conv_prunes_whole_conv_groups():
+    _, _, gg = analyze("grouped")
+    g = group_with(gg, "a")
+    assert g is group_with(gg, "g") and g.size == 4
+    assert member(g, "a").indices([1]) == [4, 5, 6, 7]
+    assert member(g, "g").indices([1]) == [2, 3]
+    assert member(g, "b", dim=1).indices([3]) == [6, 7]
+
+
+def test_pixel_shuffle_interleaves_r_squared_channels():
+    _, _, gg = analyze("pixel_shuffle")
+    g = group_with(gg, "a")
+    assert g.size == 4 and g.prunable
+    assert member(g, "a").indices([1]) == [4, 5, 6, 7]
+    assert member(g, "b", dim=1).indices([1, 3]) == [1, 3]
+
+
+def test_channel_shuffle_links_one_channel_per_shuffle_group():
+    _, _, gg = analyze("channel_shuffle")
+    g = group_with(gg, "a")
+    assert g.size == 4
+    assert member(g, "a").indices([1]) == [1, 5]
+    assert member(g, "b", dim=1).indices([1]) == [2, 3]
+
+
+@pytest.mark.parametrize("name, expected", [("flatten_linear", list(range(9, 18))), ("flatten_linear_cl", list(range(1, 36, 4)))])
+def test_flatten_into_linear_maps_channel_blocks(name, expected):
+    _, _, gg = analyze(name)
+    g = group_with(gg, "a")
+    assert g.size == 4 and member(g, "fc", dim=1).indices([1]) == expected
+
+
+def test_squeeze_excite_gate_shares_the_gated_channels():
+    _, _, gg = analyze("squeeze_excite")
+    g = group_with(gg, "a")
+    assert g is group_with(gg, "fc2") and g is group_with(gg, "fc1", dim=1) and g.size == 8
+    assert group_with(gg, "fc1").size == 2
+
+
+def test_groupnorm_prunes_whole_norm_groups():
+    _, _, gg = analyze("group_norm")
+    g = group_with(gg, "a")
+    assert g is group_with(gg, "gn") and g.size == 4
+    assert member(g, "gn").indices([3]) == [6, 7]
+
+
+def test_channels_last_block_with_layernorm_and_layer_scale():
+    _, _, gg = analyze("channels_last")
+    stream = group_with(gg, "stem")
+    assert stream is group_with(gg, "dw") is group_with(gg, "fc2") is group_with(gg, "", "gamma")
+    assert stream is group_with(gg, "norm") and stream is group_with(gg, "fc1", dim=1)
+    assert stream.prunable and stream.inexact and "normalizes across" in stream.inexact
+    hidden = group_with(gg, "fc1")
+    assert hidden.size == 32 and hidden.prunable and hidden.inexact is None
+
+
+def test_unknown_op_freezes_what_it_touches_and_nothing_else():
+    _, _, gg = analyze("unknown_op")
+    frozen = group_with(gg, "a")
+    assert not frozen.prunable and "cumsum" in frozen.reason
+    assert not group_with(gg, "b", dim=1).prunable
+    assert group_with(gg, "b").prunable
+
+
+def test_shared_module_links_both_calls():
+    model, _, gg = analyze("shared_conv")
+    g = group_with(gg, "shared")
+    assert g is group_with(gg, "a") and g is group_with(gg, "shared", dim=1)
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+
+
+def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
+    _, _, gg = analyze("shape_use")
+    assert not group_with(gg, "a").prunable and "channel count" in group_with(gg, "a").reason
+    assert group_with(gg, "b").prunable
+
+
+def test_reductions_over_channels_freeze():
+    _, _, gg = analyze("reductions")
+    assert "combines values across the channels" in group_with(gg, "a").reason
+    assert "combines values across the channels" in group_with(gg, "b").reason
+
+
+def test_input_and_output_channels_are_frozen():
+    _, _, gg = analyze("residual")
+    assert "model input" in group_with(gg, "stem", dim=1).reason
+    assert group_with(gg, "head").reason == "model output"
+
+
+@pytest.mark.parametrize("name", sorted(toy_models.ALL))
+def test_pruned_channels_never_leak_into_the_output(name):
+    model, x, gg = analyze(name)
+    for seed in range(3):
+        keep = random_keep(gg, np.random.default_rng(seed))
+        assert leak_check(model, gg, keep, (x,), seed) == 0.0
+
+
+def test_leak_oracle_detects_a_wrong_group():
+    """The oracle itself: claiming a concat part belongs to the wrong producer must leak."""
+    model, x, gg = analyze("dense_concat")
+    b = group_with(gg, "b")
+    wrong = member(b, "c", dim=1)
+    wrong.positions = wrong.positions - 4  # point at channels of 'a' instead
+    assert leak_check(model, gg, {b.id: [0]}, (x,)) > 0
+
+
+def test_member_indices_accept_any_iterable_and_keep_order():
+    _, _, gg = analyze("dense_concat")
+    m = member(group_with(gg, "b"), "c", dim=1)
+    assert m.indices({3, 1}) == [9, 11] and m.indices(np.array([2])) == [10] and m.indices([]) == []

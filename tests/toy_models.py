@@ -1,0 +1,204 @@
+"""Small hand-built models, one per channel rule, used by the rule and oracle tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv(i, o, k=3, **kw):
+    return nn.Conv2d(i, o, k, padding=k // 2, **kw)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = conv(3, 8)
+        self.conv1, self.bn1 = conv(8, 6), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = conv(6, 8), nn.BatchNorm2d(8)
+        self.head = conv(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.head(F.relu(x + y))
+
+
+class DenseConcat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 4), conv(12, 5)
+
+    def forward(self, x):
+        a = F.relu(self.a(x))
+        return self.c(torch.cat([a, F.relu(self.b(a))], dim=1))
+
+
+class SplitCat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8), conv(8, 5)
+
+    def forward(self, x):
+        p, q = self.a(x).split([3, 5], dim=1)
+        return self.b(torch.cat([q, p], dim=1))
+
+
+class Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.dw, self.b = conv(3, 16, 1), conv(16, 16, groups=16), conv(16, 5, 1)
+
+    def forward(self, x):
+        return self.b(F.relu6(self.dw(F.relu6(self.a(x)))))
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.g, self.b = conv(3, 16, 1), conv(16, 8, groups=4), conv(8, 5, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.g(F.relu(self.a(x)))))
+
+
+class PixelShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.up, self.b = conv(3, 16), nn.PixelShuffle(2), conv(4, 3)
+
+    def forward(self, x):
+        return self.b(F.relu(self.up(self.a(x))))
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8, 1), conv(8, 5, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.size()
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.b(y)
+
+
+class FlattenLinear(nn.Module):
+    def __init__(self, channels_last: bool = False):
+        super().__init__()
+        self.channels_last = channels_last
+        self.a, self.fc = conv(3, 4, stride=2), nn.Linear(4 * 9, 10)
+
+    def forward(self, x):  # x: 6x6 -> 3x3
+        y = F.relu(self.a(x))
+        if self.channels_last:
+            y = y.permute(0, 2, 3, 1)
+        return self.fc(y.flatten(1))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc1, self.fc2, self.b = conv(3, 8), conv(8, 2, 1), conv(2, 8, 1), conv(8, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(y, 1)))))
+        return self.b(y * s)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.gn, self.b = conv(3, 8), nn.GroupNorm(4, 8), conv(8, 5)
+
+    def forward(self, x):
+        return self.b(F.relu(self.gn(self.a(x))))
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt block: depthwise conv, permute, LayerNorm, MLP, permute back, layer scale, residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.dw = conv(3, 8), conv(8, 8, 7, groups=8)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(8), nn.Linear(8, 32), nn.Linear(32, 8)
+        self.gamma = nn.Parameter(torch.ones(8, 1, 1))
+        self.head = conv(8, 5, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(F.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return self.head(x + self.gamma * y)
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 6), conv(6, 5)
+
+    def forward(self, x):
+        y = torch.cumsum(self.a(x), dim=1)  # mixes channels: not in the rule table
+        return self.c(F.relu(self.b(y)))
+
+
+class SharedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.shared, self.b = conv(3, 8), conv(8, 8), conv(8, 5)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.b(self.shared(y) + self.shared(F.relu(self.shared(y))))
+
+
+class ShapeUse(nn.Module):
+    """The channel count flows into arithmetic (frozen) and into a reshape (fine)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 6), conv(6, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y / y.size(1)
+        z = self.b(y)
+        z = z.view(z.size(0), z.size(1), -1).view_as(z)
+        return self.c(z)
+
+
+class Reductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8), conv(3, 6)
+
+    def forward(self, x):
+        return self.a(x).sum(1, keepdim=True) + self.b(x).mean(1, keepdim=True)
+
+
+ALL = {
+    "residual": (Residual, (2, 3, 8, 8)),
+    "dense_concat": (DenseConcat, (2, 3, 8, 8)),
+    "split_cat": (SplitCat, (2, 3, 8, 8)),
+    "depthwise": (Depthwise, (2, 3, 8, 8)),
+    "grouped": (Grouped, (2, 3, 8, 8)),
+    "pixel_shuffle": (PixelShuffle, (2, 3, 8, 8)),
+    "channel_shuffle": (ChannelShuffle, (2, 3, 8, 8)),
+    "flatten_linear": (FlattenLinear, (2, 3, 6, 6)),
+    "flatten_linear_cl": (lambda: FlattenLinear(channels_last=True), (2, 3, 6, 6)),
+    "squeeze_excite": (SqueezeExcite, (2, 3, 8, 8)),
+    "group_norm": (GroupNormNet, (2, 3, 8, 8)),
+    "channels_last": (ChannelsLast, (2, 3, 8, 8)),
+    "unknown_op": (UnknownOp, (2, 3, 8, 8)),
+    "shared_conv": (SharedConv, (2, 3, 8, 8)),
+    "shape_use": (ShapeUse, (2, 3, 8, 8)),
+    "reductions": (Reductions, (2, 3, 8, 8)),
+}
+
+
+def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    factory, shape = ALL[name]
+    torch.manual_seed(0)
+    return factory().eval(), torch.randn(*shape)
