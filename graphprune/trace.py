@@ -8,6 +8,7 @@ and tracing is retried. Every fallback is recorded, because a leaf is opaque to 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import traceback
 from typing import Any, Iterable, Mapping
@@ -204,7 +205,8 @@ def trace(
     args, kwargs = _split_inputs(example_inputs)
     gm, fallbacks = symbolic_trace(model, leaf_modules, concrete_args)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    flat = _bind_placeholders(placeholders, args, kwargs)
+    names = _forward_parameters(model, len(placeholders))
+    flat = _bind_placeholders(placeholders, names, args, {**(concrete_args or {}), **kwargs})
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
     recorder = _ShapeRecorder(gm)
@@ -229,25 +231,27 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]
     )
 
 
-def _bind_placeholders(placeholders: list[fx.Node], args: tuple, kwargs: dict) -> list[Any]:
-    """Match positional and keyword example inputs to the graph's placeholders."""
+def _forward_parameters(model: torch.nn.Module, count: int) -> list[str]:
+    """Names of forward's parameters, in placeholder order (fx may rename its placeholders)."""
+    if isinstance(model, fx.GraphModule):
+        return [n.target.lstrip("*") for n in model.graph.nodes if n.op == "placeholder"]
+    names = [p for p in inspect.signature(model.forward).parameters]
+    return names[:count]
+
+
+def _bind_placeholders(placeholders: list[fx.Node], names: list[str], args: tuple, kwargs: dict) -> list[Any]:
+    """Match positional and keyword example inputs (and concrete args, which fx keeps as checked
+    placeholders) to the graph's placeholders."""
+    if len(args) > len(placeholders):
+        raise ExampleInputError(f"{len(args)} example inputs given but the model takes {len(placeholders)}: {names}")
     values: list[Any] = []
-    for i, p in enumerate(placeholders):
-        name = p.target.lstrip("*")
+    for i, (p, name) in enumerate(zip(placeholders, names)):
         if i < len(args):
             values.append(args[i])
         elif name in kwargs:
             values.append(kwargs[name])
-        elif p.args:  # placeholder default value
+        elif p.args:  # the parameter's default value
             values.append(p.args[0])
         else:
-            raise ExampleInputError(
-                f"no example value for model input '{name}': pass it positionally or as a keyword "
-                f"(the model takes {[q.target for q in placeholders]})"
-            )
-    if len(args) > len(placeholders):
-        raise ExampleInputError(
-            f"{len(args)} example inputs given but the model takes {len(placeholders)}: "
-            f"{[q.target for q in placeholders]}"
-        )
+            raise ExampleInputError(f"no example value for model input '{name}': pass it positionally or as a keyword (the model takes {names})")
     return values
