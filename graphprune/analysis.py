@@ -52,7 +52,6 @@ class Analysis:
         self.param_users: dict[ParamRef, set[fx.Node]] = {}
         self._modules = dict(self.gm.named_modules())
         self._fallback = {f.module: f for f in traced.fallbacks}
-        self._order = {n: i for i, n in enumerate(self.gm.graph.nodes)}
         self._current: fx.Node | None = None
         self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
 
@@ -177,14 +176,14 @@ class Analysis:
             return derived
         if (x, dim) not in self._opaque_maps:  # every consumer of an opaque tensor shares its channels
             reason = f"{self.describe(consumer)} reads channels from {self.origin(x)}, which graphprune cannot slice"
-            atoms = self.atoms.new(self.spec(x).shape[dim], origin=f"'{x.name}'", frozen=reason)
+            atoms = self.atoms.new(self.spec(x).shape[dim], frozen=reason)
             self._opaque_maps[(x, dim)] = ChannelMap(dim, atoms)
         return self._opaque_maps[(x, dim)]
 
     def _derive(self, x: fx.Node, dim: int, chain: set[fx.Node]) -> ChannelMap | None:
         ref = self.param_ref(x)
         if ref is not None:
-            labels = self.atoms.new(self.spec(x).shape[dim], origin=f"parameter '{x.target}'")
+            labels = self.atoms.new(self.spec(x).shape[dim])
             self.member(ref, dim, labels, "channelwise")
             self.param_users[ref] |= chain | {x}
             return ChannelMap(dim, labels)

@@ -40,7 +40,10 @@ class ChannelMap:
 
 
 class AtomGraph:
-    """Atoms (one per channel position of a producer) and the links between them."""
+    """Atoms (one per channel position of a producer) and the links between them.
+
+    Only linked atoms enter the networkx graph; an atom no rule linked is a channel on its own.
+    """
 
     def __init__(self) -> None:
         self.graph = nx.Graph()
@@ -48,10 +51,12 @@ class AtomGraph:
         self.inexact: dict[int, str] = {}
         self._next = 0
 
-    def new(self, n: int, origin: str, frozen: str | None = None) -> np.ndarray:
+    def __len__(self) -> int:
+        return self._next
+
+    def new(self, n: int, frozen: str | None = None) -> np.ndarray:
         ids = np.arange(self._next, self._next + n, dtype=np.int64)
         self._next += n
-        self.graph.add_nodes_from(ids.tolist(), origin=origin)
         if frozen is not None:
             self.freeze(ids, frozen)
         return ids
@@ -62,10 +67,14 @@ class AtomGraph:
         keep = (a >= 0) & (b >= 0) & (a != b)
         self.graph.add_edges_from(zip(a[keep].tolist(), b[keep].tolist()))
 
+    def link_rows(self, rows: np.ndarray) -> None:
+        """Each row of a 2-D array of atoms is one channel."""
+        rows = np.asarray(rows)
+        self.link(rows[:, :-1].ravel(), rows[:, 1:].ravel())
+
     def link_all(self, atoms: np.ndarray) -> None:
         """All of ``atoms`` are one channel."""
-        atoms = np.asarray(atoms)
-        self.link(atoms[:-1], atoms[1:])
+        self.link_rows(np.asarray(atoms).reshape(1, -1))
 
     def mark_inexact(self, atoms: np.ndarray, reason: str) -> None:
         for a in np.asarray(atoms).tolist():
@@ -78,10 +87,11 @@ class AtomGraph:
 
     def components(self) -> np.ndarray:
         """Component id of every atom, numbered in order of each component's smallest atom."""
-        comp = np.empty(self._next, dtype=np.int64)
-        for cid, atoms in enumerate(sorted(nx.connected_components(self.graph), key=min)):
-            comp[list(atoms)] = cid
-        return comp
+        smallest = np.arange(self._next, dtype=np.int64)
+        for atoms in nx.connected_components(self.graph):
+            members = np.fromiter(atoms, dtype=np.int64)
+            smallest[members] = members.min()
+        return np.unique(smallest, return_inverse=True)[1]
 
 
 def label_tensor(cmap: ChannelMap | None, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
@@ -110,6 +120,10 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     valid = pos >= 0
     if not bool(valid.any()):
         return None
+    fast = _single_dim(pos, valid)
+    if fast is not None:
+        dim, fiber = fast
+        return ChannelMap(dim, _atoms_with_constants(fiber.numpy(), atom_of, atoms, what))
     support = []
     for d in range(pos.ndim):
         if pos.shape[d] == 1:
@@ -139,7 +153,29 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     first = np.ones(len(pairs), dtype=bool)
     first[1:] = ~same_row
     reps[pairs[first, 0]] = pairs[first, 1]
-    empty = reps == CONSTANT
-    if empty.any():
-        reps[empty] = atoms.new(int(empty.sum()), origin=f"constant channels added by {what}")
-    return ChannelMap(dim, reps)
+    return ChannelMap(dim, _atoms_with_constants(reps, None, atoms, what))
+
+
+def _single_dim(pos: torch.Tensor, valid: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+    """The common case in one pass: positions vary along one dim only (constants included)."""
+    origin = [int(i[0]) for i in torch.nonzero(valid, as_tuple=True)]
+    for d in range(pos.ndim):
+        if pos.shape[d] == 1:
+            continue
+        fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(origin))]
+        if int(torch.unique(fiber[fiber >= 0]).numel()) < 2:
+            continue
+        shape = [1] * pos.ndim
+        shape[d] = -1
+        return (d, fiber) if torch.equal(pos, fiber.view(shape).expand_as(pos)) else None
+    return None
+
+
+def _atoms_with_constants(labels: np.ndarray, atom_of: np.ndarray | None, atoms: AtomGraph, what: str) -> np.ndarray:
+    """Positions (or atoms, if ``atom_of`` is None) to atoms; constant-only channels get new atoms."""
+    out = np.full(len(labels), CONSTANT, dtype=np.int64)
+    real = labels >= 0
+    out[real] = labels[real] if atom_of is None else atom_of[labels[real]]
+    if (~real).any():
+        out[~real] = atoms.new(int((~real).sum()))
+    return out

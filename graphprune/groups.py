@@ -143,15 +143,19 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
     maps: list[np.ndarray] = [m.labels for _, m in analysis.spaces]
     maps += [rec.labels for rec in analysis.members.values()]
     maps += [f.labels for t in analysis.mac_terms for f in t.factors]
-    signature: list[list[tuple[int, int]]] = [[] for _ in range(n_channels)]
+    # (channel, map, multiplicity) triples, sorted by channel then map: a channel's signature
+    triples = []
     for i, labels in enumerate(maps):
         chans, counts = np.unique(channel[labels], return_counts=True)
-        for c, k in zip(chans.tolist(), counts.tolist()):
-            signature[c].append((i, k))
-    group_of_sig: dict[tuple, int] = {}
+        triples.append(np.stack([chans, np.full(len(chans), i), counts], 1))
+    table = np.concatenate(triples) if triples else np.zeros((0, 3), dtype=np.int64)
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
+    bounds = np.searchsorted(table[:, 0], np.arange(n_channels + 1))
+    group_of_sig: dict[bytes, int] = {}
     channel_group = np.empty(n_channels, dtype=np.int64)
     for c in range(n_channels):  # channels are numbered by their first atom: groups come in graph order
-        channel_group[c] = group_of_sig.setdefault(tuple(signature[c]), len(group_of_sig))
+        key = table[bounds[c] : bounds[c + 1], 1:].tobytes()
+        channel_group[c] = group_of_sig.setdefault(key, len(group_of_sig))
     channel_index = np.empty(n_channels, dtype=np.int64)
     sizes = np.zeros(len(group_of_sig), dtype=np.int64)
     for c in range(n_channels):

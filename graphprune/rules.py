@@ -79,16 +79,14 @@ def _producer(
     """
     who = ctx.describe(node)
     in_map = ctx.demand(x, in_dim, node)
-    out = ctx.atoms.new(out_channels, origin=who)
+    out = ctx.atoms.new(out_channels)
     out_map = ChannelMap(out_dim, out)
     if groups == 1:
         ctx.member(params.weight, params.weight_out_dim, out, "out")
         ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
         factors = [in_map, out_map]
     else:
-        ki, ko = in_map.size // groups, out_channels // groups
-        for g in range(groups):
-            ctx.atoms.link_all(np.concatenate([in_map.labels[g * ki : (g + 1) * ki], out[g * ko : (g + 1) * ko]]))
+        ctx.atoms.link_rows(np.concatenate([in_map.labels.reshape(groups, -1), out.reshape(groups, -1)], axis=1))
         # the weight dim of size C/groups stays whole; only the dim of full size is sliced
         if params.transposed:
             ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
@@ -166,7 +164,7 @@ def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots
 @_kind(RuleKind.PRODUCER)
 def embedding_module(ctx: "Analysis", node: fx.Node) -> None:
     m = ctx.module(node)
-    out = ctx.atoms.new(m.embedding_dim, origin=ctx.describe(node))
+    out = ctx.atoms.new(m.embedding_dim)
     ctx.member((node.target, "weight"), 1, out, "out")
     ctx.set(node, ChannelMap(ctx.spec(node).ndim - 1, out))
 
@@ -190,9 +188,7 @@ def _norm(ctx: "Analysis", node: fx.Node, x: fx.Node, params: list, channel_dim:
     else:
         m = ctx.demand(x, channel_dim, node)
     if group_count:
-        per = m.size // group_count
-        for g in range(group_count):
-            ctx.atoms.link_all(m.labels[g * per : (g + 1) * per])
+        ctx.atoms.link_rows(m.labels.reshape(group_count, -1))
     for ref in params:
         if ref is not None:
             ctx.member(ref, 0, m.labels, "channelwise")

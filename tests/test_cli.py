@@ -1,0 +1,59 @@
+"""The graphprune command line: inspect on every kind of MODEL spec, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from graphprune.cli import main
+from graphprune.errors import ModelSpecError
+from graphprune.modelspec import build_model, parse_shape
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "graphprune.cli", *args], capture_output=True, text=True)
+
+
+def test_inspect_json_for_a_zoo_model():
+    out = run("inspect", "graphprune.models:digits_cnn", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["params"] == 78554 and data["prunable_mac_share"] == 1.0
+    assert [g["size"] for g in data["groups"] if g["prunable"]] == [32, 32, 32, 16, 64]
+
+
+def test_inspect_torchvision_writes_dot_and_png(tmp_path):
+    dot, png = tmp_path / "g.dot", tmp_path / "g.png"
+    assert main(["inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--dot", str(dot), "--png", str(png)]) == 0
+    assert dot.read_text().startswith("digraph") and '"conv1:1"' in dot.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inspect_python_file_factory(tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))\n")
+    out = run("inspect", f"{f}:make", "--input-shape", "1,3,16,16", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [g["size"] for g in json.loads(out.stdout)["groups"] if g["prunable"]] == [8]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nocolon", "cannot read MODEL"),
+    ("foo:bar", "unknown model source"),
+    ("torchvision:not_a_model", "torchvision has no model"),
+    ("graphprune.models:nope", "unknown model"),
+    ("missing.py:make", "no such file"),
+])
+def test_bad_model_specs(spec, message):
+    with pytest.raises(ModelSpecError, match=message):
+        build_model(spec)
+    out = run("inspect", spec)
+    assert out.returncode == 2 and "error:" in out.stdout
+
+
+def test_bad_input_shape():
+    with pytest.raises(ModelSpecError):
+        parse_shape("1,x,3")
+    out = run("inspect", "graphprune.models:digits_cnn", "--input-shape", "1,3,8,8")
+    assert out.returncode == 2 and "example inputs" in out.stdout

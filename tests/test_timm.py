@@ -1,0 +1,23 @@
+"""A timm subset: analysis succeeds, counts are exact, untraceable parts fall back to reported leaves."""
+
+import pytest
+import torch
+
+from zoo import check_model
+
+timm = pytest.importorskip("timm")
+
+MODELS = [
+    "resnet50d", "efficientnet_b0", "mobilenetv3_large_100", "ghostnet_100", "rexnet_100", "cspdarknet53",
+    "dla34", "hrnet_w18_small", "res2net50_14w_8s", "repvgg_a0", "mobilevit_s", "tf_efficientnetv2_s",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_timm_models(name):
+    size = 256 if name.startswith("mobilevit") else 96
+    gg = check_model(timm.create_model(name, pretrained=False), torch.randn(1, 3, size, size), name)
+    if name == "mobilevit_s":
+        assert {f.module for f in gg.fallbacks} == {"stages.2.1", "stages.3.1", "stages.4.1"}
+        assert any("'stages.2.1' (MobileVitBlock) could not be traced" in (g.reason or "") for g in gg.groups)

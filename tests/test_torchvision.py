@@ -1,0 +1,37 @@
+"""torchvision classification models: a representative subset by default, the whole zoo when slow."""
+
+import pytest
+import torchvision
+
+from zoo import TOO_LARGE, check_model, input_for
+
+SUBSET = [
+    "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "regnet_y_400mf",
+    "convnext_tiny", "shufflenet_v2_x1_0", "googlenet", "inception_v3", "squeezenet1_0", "vgg16_bn",
+    "resnext50_32x4d", "swin_t", "vit_b_16",
+]
+ALL = torchvision.models.list_models(module=torchvision.models)
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_representative_models(name):
+    kwargs, x = input_for(name, reduced=True)
+    check_model(torchvision.models.get_model(name, weights=None, **kwargs), x, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ALL if n not in SUBSET])
+def test_whole_zoo(name):
+    if name in TOO_LARGE:
+        pytest.skip(f"too large for this machine: {TOO_LARGE[name]}")
+    kwargs, x = input_for(name, reduced=True)
+    check_model(torchvision.models.get_model(name, weights=None, **kwargs), x, name)
+
+
+def test_transformers_report_what_is_frozen_and_why():
+    kwargs, x = input_for("vit_b_16", reduced=True)
+    gg = check_model(torchvision.models.get_model("vit_b_16", weights=None, **kwargs), x, "vit_b_16", leak_seeds=0)
+    reasons = {g.reason for g in gg.groups if not g.prunable}
+    assert any("MultiheadAttention" in r for r in reasons)
+    mlp = [g for g in gg.prunable_groups if any(m.module.endswith("mlp.0") for m in g.members)]
+    assert len(mlp) == 12 and all(g.size == 3072 for g in mlp)

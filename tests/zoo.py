@@ -1,0 +1,49 @@
+"""What the zoo tests check for one model: exact counts, coverage, frozen reasons, no leaks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import graphprune
+from helpers import leak_check, random_keep
+
+#: torchvision families whose every channel space except image input and logits must be prunable
+CNN_FAMILIES = (
+    "resnet", "resnext", "wide_resnet", "mobilenet", "efficientnet", "mnasnet", "densenet", "regnet",
+    "vgg", "squeezenet", "googlenet", "inception_v3", "shufflenet_v2", "alexnet",
+)
+
+#: too large to build on a 24 GiB machine next to its analysis
+TOO_LARGE = {"vit_h_14": "632M parameters at 518x518", "regnet_y_128gf": "645M parameters"}
+
+
+def input_for(name: str, reduced: bool) -> tuple[dict, torch.Tensor]:
+    """Model kwargs and an example input: small inputs where the architecture allows them."""
+    if name.startswith("vit"):
+        return ({"image_size": 64}, torch.randn(1, 3, 64, 64)) if reduced else ({}, torch.randn(1, 3, 224, 224))
+    if name.startswith("inception"):
+        return {}, torch.randn(1, 3, 96, 96) if reduced else torch.randn(1, 3, 299, 299)
+    if name.startswith(("swin", "maxvit")):
+        return {}, torch.randn(1, 3, 224, 224)
+    return {}, torch.randn(1, 3, 64, 64) if reduced else torch.randn(1, 3, 224, 224)
+
+
+def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: int = 1) -> graphprune.GroupGraph:
+    model.eval()
+    gg = graphprune.analyze(model, x)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.prunable_groups, f"{name}: no prunable group"
+    for g in gg.groups:
+        assert g.prunable or g.reason, f"{name}: group {g.id} frozen without a reason"
+    if name.startswith(CNN_FAMILIES):
+        frozen = {g.reason for g in gg.groups if not g.prunable}
+        assert all("model input" in r or r == "model output" for r in frozen), f"{name}: {frozen}"
+        assert gg.prunable_mac_share() == 1.0
+    for seed in range(leak_seeds):
+        assert leak_check(model, gg, random_keep(gg, np.random.default_rng(seed)), (x,), seed) == 0.0
+    return gg
