@@ -68,15 +68,14 @@ class ChannelGroup:
 class GroupGraph:
     """The result of analysis: traced graph, channel groups and the exact budget model."""
 
-    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray, atom_index: np.ndarray):
+    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray):
         from .budget import BudgetModel
 
         self.traced = traced
         self.gm = traced.gm
         self.groups = groups
         self._analysis = analysis
-        self._atom_group = atom_group
-        self._atom_index = atom_index
+        self._atom_group = atom_group  # atom -> group id
         self.budget = BudgetModel(self)
 
     @property
@@ -102,9 +101,6 @@ class GroupGraph:
 
     def groups_of(self, labels: np.ndarray) -> np.ndarray:
         return self._atom_group[labels]
-
-    def channels_of(self, labels: np.ndarray) -> np.ndarray:
-        return self._atom_index[labels]
 
     def prunable_mac_share(self) -> float:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
@@ -135,7 +131,7 @@ class GroupGraph:
         return f"GroupGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
 
 
-def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray]:
+def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGroup], np.ndarray]:
     """Partition channels into groups by their multiplicity signature; attach members and reasons."""
     atoms = analysis.atoms
     channel = atoms.components()
@@ -183,9 +179,7 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
         if reason is None and not members[g]:
             reason = "no parameter produces these channels"
         groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g), round_to))
-    atom_group = channel_group[channel]
-    atom_index = channel_index[channel]
-    return groups, atom_group, atom_index
+    return groups, channel_group[channel]
 
 
 def analyze(
@@ -202,5 +196,5 @@ def analyze(
     """
     traced = trace(model, example_inputs, leaf_modules, concrete_args)
     analysis = Analysis(traced).run()
-    groups, atom_group, atom_index = build_groups(analysis, round_to)
-    return GroupGraph(traced, analysis, groups, atom_group, atom_index)
+    groups, atom_group = build_groups(analysis, round_to)
+    return GroupGraph(traced, analysis, groups, atom_group)
