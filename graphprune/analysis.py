@@ -54,6 +54,7 @@ class Analysis:
         self._fallback = {f.module: f for f in traced.fallbacks}
         self._current: fx.Node | None = None
         self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
+        self._derived_from: dict[fx.Node, set[ParamRef]] = {}
 
     # ---------------------------------------------------------------- driving
     def run(self) -> "Analysis":
@@ -169,6 +170,8 @@ class Analysis:
         m = self.map(x)
         if m is not None:
             if m.dim == dim:
+                for ref in self._derived_from.get(x, ()):  # a parameter's channels, used once more
+                    self.param_users[ref].add(self._current)
                 return m
             self.atoms.freeze(m.labels, f"{self.describe(consumer)} mixes dim {m.dim} of '{x.name}', which carries channels")
         derived = self._derive(x, dim, set())
@@ -186,9 +189,13 @@ class Analysis:
             labels = self.atoms.new(self.spec(x).shape[dim])
             self.member(ref, dim, labels, "channelwise")
             self.param_users[ref] |= chain | {x}
+            if self.maps.get(x) is None:
+                self.set(x, ChannelMap(dim, labels))
+                self._derived_from[x] = {ref}
             return ChannelMap(dim, labels)
         kind = rules.rule_kind(x, self._modules.get(x.target) if x.op == "call_module" else None)
         chain = chain | {x}
+        derived = None
         if kind == rules.RuleKind.ELEMENTWISE:
             linked = None
             for a in self.tensor_inputs(x):
@@ -201,17 +208,19 @@ class Analysis:
                 if linked is not None:
                     self.atoms.link(linked, sub.labels)
                 linked = sub.labels
-            return None if linked is None else ChannelMap(dim, linked)
-        if kind == rules.RuleKind.MOVEMENT and len(self.tensor_inputs(x)) == 1:
+            derived = None if linked is None else ChannelMap(dim, linked)
+        elif kind == rules.RuleKind.MOVEMENT and len(self.tensor_inputs(x)) == 1:
             (src,) = self.tensor_inputs(x)
-            for d, size in enumerate(self.spec(src).shape):
+            for d in range(self.spec(src).ndim):
                 if self._moves_to(x, src, d, dim):
                     sub = self._derive(src, d, chain)
-                    if sub is None:
-                        return None
-                    out = self.execute_on_labels(x, {src: sub})
-                    return out if isinstance(out, ChannelMap) else None
-        return None
+                    out = None if sub is None else self.execute_on_labels(x, {src: sub})
+                    derived = out if isinstance(out, ChannelMap) else None
+                    break
+        if derived is not None and self.maps.get(x) is None:
+            self.set(x, derived)  # later consumers and the slim pass see the parameter's channels
+            self._derived_from[x] = set().union(*(self._derived_from.get(a, set()) for a in self.tensor_inputs(x)))
+        return derived
 
     def _moves_to(self, x: fx.Node, src: fx.Node, src_dim: int, dim: int) -> bool:
         """Does movement op ``x`` carry dim ``src_dim`` of ``src`` onto its dim ``dim``, one to one?"""

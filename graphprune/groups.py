@@ -68,7 +68,7 @@ class ChannelGroup:
 class GroupGraph:
     """The result of analysis: traced graph, channel groups and the exact budget model."""
 
-    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray):
+    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray, atom_channel: np.ndarray):
         from .budget import BudgetModel
 
         self.traced = traced
@@ -76,6 +76,7 @@ class GroupGraph:
         self.groups = groups
         self._analysis = analysis
         self._atom_group = atom_group  # atom -> group id
+        self._atom_channel = atom_channel  # atom -> channel index within its group
         self.budget = BudgetModel(self)
 
     @property
@@ -101,6 +102,15 @@ class GroupGraph:
 
     def groups_of(self, labels: np.ndarray) -> np.ndarray:
         return self._atom_group[labels]
+
+    def kept(self, labels: np.ndarray, keep: dict[int, Iterable[int]]) -> np.ndarray:
+        """Which positions of a channel map survive when group ``g`` keeps channels ``keep[g]``."""
+        mask = np.ones(len(labels), dtype=bool)
+        groups, channels = self._atom_group[labels], self._atom_channel[labels]
+        for gid, kept in keep.items():
+            here = groups == gid
+            mask[here] = np.isin(channels[here], np.fromiter(kept, dtype=np.int64))
+        return mask
 
     def prunable_mac_share(self) -> float:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
@@ -131,7 +141,7 @@ class GroupGraph:
         return f"GroupGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
 
 
-def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGroup], np.ndarray]:
+def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray]:
     """Partition channels into groups by their multiplicity signature; attach members and reasons."""
     atoms = analysis.atoms
     channel = atoms.components()
@@ -179,7 +189,7 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
         if reason is None and not members[g]:
             reason = "no parameter produces these channels"
         groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g), round_to))
-    return groups, channel_group[channel]
+    return groups, channel_group[channel], channel_index[channel]
 
 
 def analyze(
@@ -196,5 +206,5 @@ def analyze(
     """
     traced = trace(model, example_inputs, leaf_modules, concrete_args)
     analysis = Analysis(traced).run()
-    groups, atom_group = build_groups(analysis, round_to)
-    return GroupGraph(traced, analysis, groups, atom_group)
+    groups, atom_group, atom_channel = build_groups(analysis, round_to)
+    return GroupGraph(traced, analysis, groups, atom_group, atom_channel)
