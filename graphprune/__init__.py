@@ -7,10 +7,16 @@ derives the exact MACs/params model in the groups' keep ratios.
 from .budget import BudgetModel
 from .errors import BudgetError, ExampleInputError, ExportError, GraphPruneError, ModelSpecError, TraceError
 from .groups import ChannelGroup, GroupGraph, Member, analyze
+from .plan import Plan, PlanError
+from .slim import SlimError, slim
 from .trace import trace
 
 __all__ = [
     "analyze",
+    "slim",
+    "Plan",
+    "PlanError",
+    "SlimError",
     "trace",
     "GroupGraph",
     "ChannelGroup",

@@ -52,8 +52,7 @@ class TracedModel:
     values: dict[fx.Node, Any]
     flops: dict[fx.Node, int]
     fallbacks: list[Fallback]
-    example_inputs: tuple[Any, ...]
-    example_kwargs: dict[str, Any]
+    placeholder_values: list[Any]
 
 
 class _FallbackTracer(fx.Tracer):
@@ -207,15 +206,24 @@ def trace(
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     names = _forward_parameters(model, len(placeholders))
     flat = _bind_placeholders(placeholders, names, args, {**(concrete_args or {}), **kwargs})
+    values, flops = propagate(gm, flat)
+    return TracedModel(model, gm, values, flops, fallbacks, flat)
+
+
+def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[fx.Node, Any], dict[fx.Node, int]]:
+    """Run ``gm`` once: every node's example value (specs for tensors) and FLOPs.
+
+    Modules run in eval mode (BatchNorm statistics are not updated) and get their mode back.
+    """
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
     recorder = _ShapeRecorder(gm)
     try:
-        recorder.run(*flat)
+        recorder.run(*placeholder_values)
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return TracedModel(model, gm, recorder.values, recorder.flops, fallbacks, args, kwargs)
+    return recorder.values, recorder.flops
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -75,3 +75,35 @@ def _flat(out) -> torch.Tensor:
     if isinstance(out, dict):
         out = list(out.values())
     return torch.cat([_flat(o) for o in out])
+
+
+def random_plan(gg, rng: np.random.Generator, ratio: float | None = None) -> graphprune.Plan:
+    """Random kept channels in every prunable group (about ``ratio`` of them, if given)."""
+    keep = {}
+    for g in gg.prunable_groups:
+        k = max(1, int(round(g.size * ratio))) if ratio is not None else int(rng.integers(1, g.size + 1))
+        keep[g.id] = sorted(rng.choice(g.size, size=k, replace=False).tolist())
+    return graphprune.Plan(keep, {g: gg.groups[g].size for g in keep})
+
+
+def zero_pruned(model: torch.nn.Module, gg, plan) -> None:
+    """Make the pruned channels carry no signal: zero their slice in every member."""
+    with torch.no_grad():
+        for gid, kept in plan.keep.items():
+            g = gg.groups[gid]
+            dropped = sorted(set(range(g.size)) - set(kept))
+            for m in g.members:
+                t = getattr(model.get_submodule(m.module), m.param)
+                t.index_fill_(m.dim, torch.tensor(m.indices(dropped), dtype=torch.long), 0.0)
+
+
+def slim_error(model: torch.nn.Module, gg, plan, inputs: tuple) -> float:
+    """Max |slim - original| / max |original| after zeroing the pruned channels in the original."""
+    slim = graphprune.slim(gg, plan)
+    zero_pruned(model, gg, plan)
+    model.eval()
+    slim.eval()
+    with torch.no_grad():
+        want, got = _flat(model(*inputs)), _flat(slim(*inputs))
+    assert want.shape == got.shape
+    return float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))

@@ -1,0 +1,322 @@
+"""The slim pass: rewrite the traced graph into physically smaller layers.
+
+Works on a deep copy (the user's model is untouched). Three steps, each driven by the analysis:
+1. every member parameter (and buffer) is sliced along its dim to the kept positions;
+2. module attributes that ``forward`` reads (conv ``groups``, GroupNorm ``num_groups``, LayerNorm
+   ``normalized_shape``, ...) follow the new channel counts, through the fixup table below;
+3. constants in the graph that encode channel counts (split sizes, chunk counts, slice bounds,
+   literal view/reshape sizes, pad amounts, functional ``groups``) are recomputed.
+Then the slim graph is run once on the example inputs and every node's shape is checked against
+the shape the plan implies, so a constant that was not rewritten is an error, never a wrong model.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .channels import ChannelMap
+from .errors import GraphPruneError
+from .groups import GroupGraph
+from .plan import Plan
+from .trace import TensorSpec, propagate
+
+
+class SlimError(GraphPruneError):
+    """The slim graph does not have the shapes the plan implies."""
+
+
+class _Slimmer:
+    def __init__(self, gg: GroupGraph, plan: Plan):
+        self.gg = gg
+        self.keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
+        self.maps = gg._analysis.maps
+        self.values = gg.traced.values
+
+    # ------------------------------------------------------------- counts
+    def mask(self, cmap: ChannelMap) -> np.ndarray:
+        return self.gg.kept(cmap.labels, self.keep)
+
+    def size_after(self, old: fx.Node, dim: int) -> int:
+        """Size of ``old``'s dim ``dim`` after slimming."""
+        m = self.maps.get(old)
+        ndim = self.values[old].ndim
+        if isinstance(m, ChannelMap) and m.dim == dim % ndim:
+            return int(self.mask(m).sum())
+        return self.values[old].shape[dim]
+
+    def expected(self, old: fx.Node) -> Any:
+        """The example value of ``old`` with every channel dim shrunk to its kept count."""
+        def shrink(value, cmap):
+            if isinstance(value, TensorSpec) and isinstance(cmap, ChannelMap):
+                shape = list(value.shape)
+                shape[cmap.dim] = int(self.mask(cmap).sum())
+                return TensorSpec(tuple(shape), value.dtype)
+            if isinstance(value, (tuple, list)) and isinstance(cmap, (tuple, list)):
+                return type(value)(shrink(v, c) for v, c in zip(value, cmap))
+            return value
+        return shrink(self.values[old], self.maps.get(old))
+
+    # ------------------------------------------------------------- the pass
+    def run(self) -> fx.GraphModule:
+        gm = copy.deepcopy(self.gg.gm)
+        for (module, name, dim), rec in self.gg._analysis.members.items():
+            mask = self.gg.kept(rec.labels, self.keep)
+            if not mask.all():
+                _slice_tensor(gm.get_submodule(module), name, dim, torch.from_numpy(np.nonzero(mask)[0]))
+        new_nodes = {n.name: n for n in gm.graph.nodes}
+        for old in self.gg.gm.graph.nodes:
+            new = new_nodes[old.name]
+            if old.op == "call_module":
+                m = gm.get_submodule(old.target)
+                fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
+                if fix is not None:
+                    fix(self, old, m)
+            elif old.op in ("call_function", "call_method"):
+                rewrite = GRAPH_REWRITES.get(old.target)
+                if rewrite is not None:
+                    rewrite(self, old, new)
+        _keep_unused_modules(self.gg.traced.model, gm)
+        gm.recompile()
+        return gm
+
+    def verify(self, gm: fx.GraphModule) -> None:
+        values, _ = propagate(gm, self.gg.traced.placeholder_values)
+        got = {n.name: v for n, v in values.items()}
+        for old in self.gg.gm.graph.nodes:
+            if old.op in ("output", "get_attr"):
+                continue
+            want = self.expected(old)
+            if _tensor_shapes(got.get(old.name)) != _tensor_shapes(want):
+                raise SlimError(
+                    f"after slimming, node '{old.name}' has shape {_tensor_shapes(got.get(old.name))} but the plan implies "
+                    f"{_tensor_shapes(want)}: graphprune could not rewrite a constant of this op. Report it, or keep "
+                    f"the module as a leaf (leaf_modules=...) so its channels are frozen."
+                )
+
+
+def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
+    """A physically smaller copy of the analyzed model that keeps ``plan``'s channels."""
+    plan.validate(gg)
+    slimmer = _Slimmer(gg, plan)
+    gm = slimmer.run()
+    if verify:
+        slimmer.verify(gm)
+    return gm
+
+
+def _tensor_shapes(value: Any) -> Any:
+    if isinstance(value, TensorSpec):
+        return value.shape
+    if isinstance(value, (tuple, list)):
+        return tuple(_tensor_shapes(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tensor_shapes(v) for k, v in value.items()}
+    return None
+
+
+def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Submodules the traced graph never calls (e.g. auxiliary heads in eval mode) are carried over
+    unchanged, so the slim model has every parameter the budget counts; they stay unpruned."""
+    present = dict(gm.named_modules())
+    for name, module in model.named_modules():
+        parent = name.rpartition(".")[0]
+        if name and name not in present and (not parent or parent in present):
+            gm.add_submodule(name, copy.deepcopy(module))
+            present.update({f"{name}.{n}" if n else name: m for n, m in module.named_modules()})
+
+
+def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
+    t = getattr(owner, name)
+    sliced = t.detach().index_select(dim, index).clone()
+    if isinstance(t, nn.Parameter):
+        setattr(owner, name, nn.Parameter(sliced, requires_grad=t.requires_grad))
+    elif name in owner._buffers:
+        owner._buffers[name] = sliced
+    else:
+        setattr(owner, name, sliced)
+
+
+# ------------------------------------------------------------------ module attribute fixups
+
+def _fix_conv(s: _Slimmer, old: fx.Node, m: nn.Module) -> None:
+    new_in, new_out = s.size_after(old.args[0], 1), s.size_after(old, 1)
+    if m.groups > 1:  # whole conv groups were pruned: the group count follows the channels
+        m.groups = m.groups * new_out // m.out_channels
+    m.in_channels, m.out_channels = new_in, new_out
+
+
+def _fix_linear(s: _Slimmer, old: fx.Node, m: nn.Linear) -> None:
+    m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
+
+
+def _fix_batchnorm(s: _Slimmer, old: fx.Node, m: nn.Module) -> None:
+    m.num_features = s.size_after(old.args[0], 1)
+
+
+def _fix_groupnorm(s: _Slimmer, old: fx.Node, m: nn.GroupNorm) -> None:
+    new = s.size_after(old.args[0], 1)
+    m.num_groups, m.num_channels = m.num_groups * new // m.num_channels, new
+
+
+def _fix_layernorm(s: _Slimmer, old: fx.Node, m: nn.LayerNorm) -> None:
+    if len(m.normalized_shape) == 1:
+        m.normalized_shape = (s.size_after(old.args[0], -1),)
+
+
+def _fix_prelu(s: _Slimmer, old: fx.Node, m: nn.PReLU) -> None:
+    m.num_parameters = m.weight.numel()
+
+
+def _fix_embedding(s: _Slimmer, old: fx.Node, m: nn.Embedding) -> None:
+    m.embedding_dim = m.weight.shape[1]
+
+
+MODULE_FIXUPS: dict[type, Callable[[_Slimmer, fx.Node, nn.Module], None]] = {
+    nn.modules.conv._ConvNd: _fix_conv,
+    nn.Linear: _fix_linear,
+    nn.modules.batchnorm._NormBase: _fix_batchnorm,
+    nn.GroupNorm: _fix_groupnorm,
+    nn.LayerNorm: _fix_layernorm,
+    nn.PReLU: _fix_prelu,
+    nn.Embedding: _fix_embedding,
+}
+
+
+# ------------------------------------------------------------------ graph constant rewrites
+
+def _arg(node: fx.Node, pos: int, name: str, default=None):
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def _set_arg(node: fx.Node, pos: int, name: str, value) -> None:
+    if len(node.args) > pos:
+        args = list(node.args)
+        args[pos] = value
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
+def _split_sizes(s: _Slimmer, old: fx.Node) -> tuple[list[int], int] | None:
+    """New part sizes of a split/chunk along the channel dim (None: it splits another dim)."""
+    x = old.args[0]
+    m = s.maps.get(x)
+    parts = s.maps.get(old)
+    ndim = s.values[x].ndim
+    dim = _arg(old, 2, "dim", 0)
+    if not isinstance(m, ChannelMap) or m.dim != dim % ndim or not isinstance(parts, (tuple, list)):
+        return None
+    sizes = [int(s.mask(p).sum()) if isinstance(p, ChannelMap) else v.shape[dim] for p, v in zip(parts, s.values[old])]
+    return sizes, dim
+
+
+def _rewrite_split(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    """split/chunk/tensor_split along the channel dim become split with the kept part sizes."""
+    found = _split_sizes(s, old)
+    if found is None:
+        return
+    sizes, dim = found
+    new.args, new.kwargs = (new.args[0], sizes, dim), {}
+    if new.op == "call_method":
+        new.target = "split"
+    else:
+        new.target = torch.split
+
+
+def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    x, index = old.args[0], new.args[1]
+    m = s.maps.get(x)
+    if not isinstance(m, ChannelMap) or not isinstance(s.values.get(x), TensorSpec):
+        return
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    dim = 0
+    for pos, item in enumerate(items):
+        if item is Ellipsis:
+            dim += s.values[x].ndim - consumed
+            continue
+        if item is None:
+            continue
+        if dim == m.dim and isinstance(item, slice):
+            if item.step not in (None, 1):
+                raise SlimError(f"'{old.name}' slices the channel dim with step {item.step}; graphprune cannot rewrite it")
+            start, stop, _ = item.indices(m.size)
+            mask = s.mask(m)
+            items[pos] = slice(int(mask[:start].sum()), int(mask[:stop].sum()))
+            new.args = (new.args[0], tuple(items) if isinstance(index, tuple) else items[0])
+            return
+        dim += 1
+
+
+def _rewrite_narrow(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    x = old.args[0]
+    m = s.maps.get(x)
+    dim, start, length = new.args[1:4]
+    if isinstance(m, ChannelMap) and isinstance(start, int) and isinstance(length, int) and dim % s.values[x].ndim == m.dim:
+        mask = s.mask(m)
+        new.args = (new.args[0], dim, int(mask[:start].sum()), int(mask[start : start + length].sum()))
+
+
+def _rewrite_sizes(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    """view/reshape/expand with literal sizes: the channel dim's literal becomes the kept count."""
+    out = s.maps.get(old)
+    if not isinstance(out, ChannelMap):
+        return
+    packed = len(new.args) == 2 and isinstance(new.args[1], (tuple, list))
+    sizes = list(new.args[1] if packed else new.args[1:])
+    if isinstance(sizes[out.dim], int) and sizes[out.dim] != -1:
+        sizes[out.dim] = int(s.mask(out).sum())
+        new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
+
+
+def _rewrite_pad(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    out = s.maps.get(old)
+    pad = list(_arg(new, 1, "pad"))
+    ndim = s.values[old].ndim
+    at = 2 * (ndim - 1 - out.dim) if isinstance(out, ChannelMap) else len(pad)
+    if at + 1 < len(pad) and all(isinstance(p, int) for p in pad[at : at + 2]):
+        mask = s.mask(out)
+        before, after = pad[at], pad[at + 1]
+        pad[at], pad[at + 1] = int(mask[:before].sum()), int(mask[len(mask) - after :].sum())
+        _set_arg(new, 1, "pad", pad)
+
+
+def _rewrite_conv_groups(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    groups = _arg(new, 6, "groups", 1)
+    if isinstance(groups, int) and groups > 1:
+        _set_arg(new, 6, "groups", groups * s.size_after(old, 1) // s.values[old].shape[1])
+
+
+def _rewrite_group_norm(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    x = old.args[0]
+    groups = _arg(new, 1, "num_groups")
+    _set_arg(new, 1, "num_groups", groups * s.size_after(x, 1) // s.values[x].shape[1])
+
+
+def _rewrite_layer_norm(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+    shape = tuple(_arg(new, 1, "normalized_shape"))
+    if len(shape) == 1:
+        _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
+
+
+GRAPH_REWRITES: dict[Any, Callable[[_Slimmer, fx.Node, fx.Node], None]] = {
+    **{t: _rewrite_split for t in ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)},
+    operator.getitem: _rewrite_getitem,
+    "narrow": _rewrite_narrow,
+    torch.narrow: _rewrite_narrow,
+    **{t: _rewrite_sizes for t in ("view", "reshape", "expand", torch.reshape)},
+    F.pad: _rewrite_pad,
+    **{f: _rewrite_conv_groups for f in (F.conv1d, F.conv2d, F.conv3d)},
+    F.group_norm: _rewrite_group_norm,
+    F.layer_norm: _rewrite_layer_norm,
+}
