@@ -4,16 +4,28 @@
 derives the exact MACs/params model in the groups' keep ratios.
 """
 
+from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
 from .budget import BudgetModel
+from .budget_target import Budget
 from .errors import BudgetError, ExampleInputError, ExportError, GraphPruneError, ModelSpecError, TraceError
 from .groups import ChannelGroup, GroupGraph, Member, analyze
+from .export import ExportReport, export_onnx
 from .plan import Plan, PlanError
 from .slim import SlimError, slim
 from .trace import trace
 
 __all__ = [
     "analyze",
+    "apply",
+    "apply_plan",
+    "prepare",
+    "Session",
+    "PruneResult",
+    "PruneReport",
+    "Budget",
     "slim",
+    "export_onnx",
+    "ExportReport",
     "Plan",
     "PlanError",
     "SlimError",

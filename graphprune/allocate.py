@@ -1,0 +1,82 @@
+"""Turn channel scores into a plan that meets a budget, using the exact budget model.
+
+Every method that ranks channels (l1, l2, random, NAP's OBS scores, ...) ends here. Channels are
+removed in increasing order of score across all groups; a binary search over how many to remove
+finds the largest removal whose cost is within the budget. Per-group floors (``min_channels``,
+``min_ratio``) and ``round_to`` are respected: a group never drops below its floor and keeps a
+multiple of its ``round_to`` unless that would exceed its size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .budget_target import Budget
+from .errors import BudgetError
+from .groups import GroupGraph
+from .plan import Plan
+
+
+def floor_of(size: int, round_to: int, min_channels: int, min_ratio: float) -> int:
+    """The fewest channels a group of ``size`` may keep."""
+    return min(size, round_up(max(min_channels, math.ceil(min_ratio * size), 1), round_to, size))
+
+
+def round_up(count: int, round_to: int, size: int) -> int:
+    return min(size, int(math.ceil(count / round_to) * round_to)) if round_to > 1 else min(size, count)
+
+
+class Allocation:
+    """Kept counts of the prunable groups as a function of how many low-score channels are removed."""
+
+    def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0):
+        self.gg = gg
+        self.groups = [g for g in gg.prunable_groups if g.id in scores]
+        self.scores = scores
+        order = [(s, gid) for gid in scores for s in scores[gid]]
+        self.ranked_groups = np.array([gid for _, gid in sorted(order, key=lambda t: t[0])], dtype=np.int64)
+        self.floors = {g.id: floor_of(g.size, g.round_to, min_channels, min_ratio) for g in self.groups}
+
+    def counts(self, removed: int) -> dict[int, int]:
+        dropped = np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))
+        return {
+            g.id: max(self.floors[g.id], round_up(g.size - int(dropped[g.id]), g.round_to, g.size))
+            for g in self.groups
+        }
+
+    def plan(self, counts: dict[int, int]) -> Plan:
+        """Keep each group's highest-scoring channels."""
+        keep = {gid: sorted(np.argsort(-self.scores[gid], kind="stable")[:n].tolist()) for gid, n in counts.items()}
+        return Plan.from_counts(self.gg, keep)
+
+
+def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]) -> float:
+    """The absolute target; BudgetError if even the floors cost more."""
+    full = gg.budget.exact(budget.metric)
+    target = budget.target(full)
+    lowest = gg.budget.exact(budget.metric, floor_counts)
+    if lowest > target:
+        raise BudgetError(
+            f"a {budget.metric} budget of {target / full:.4f} of the model is unreachable: with every prunable "
+            f"group at its floor the model keeps {lowest / full:.4f}. Lower min_channels/min_ratio/round_to "
+            f"or unfreeze groups (see graphprune inspect)."
+        )
+    return target
+
+
+def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Budget, min_channels: int = 1, min_ratio: float = 0.0) -> Plan:
+    """Remove the globally lowest-scoring channels until ``budget`` is met (as few as possible)."""
+    alloc = Allocation(gg, scores, min_channels, min_ratio)
+    total = len(alloc.ranked_groups)
+    target = check_reachable(gg, budget, alloc.counts(total))
+    lo, hi = 0, total  # cost falls as more channels are removed: find the fewest removals that fit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if gg.budget.exact(budget.metric, alloc.counts(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return alloc.plan(alloc.counts(lo))

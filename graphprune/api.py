@@ -1,0 +1,139 @@
+"""The entry points: ``apply`` for data-free methods, ``prepare`` for methods that train."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+
+from .budget_target import Budget
+from .groups import GroupGraph, analyze
+from .plan import Plan
+from .slim import slim
+
+
+@dataclasses.dataclass
+class PruneReport:
+    method: str
+    metric: str
+    target: float  # the budget as a ratio of the full model
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    groups: list[tuple[int, int, int, str]]  # (group id, kept, size, members)
+    seconds: float
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before
+
+    @property
+    def achieved(self) -> float:
+        """The achieved ratio of the budgeted metric."""
+        return self.macs_ratio if self.metric == "macs" else self.params_ratio
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        table = Table(title=f"{self.method}: {self.metric} budget {self.target:.4f}, achieved {self.achieved:.4f}")
+        for col in ("", "before", "after", "ratio"):
+            table.add_column(col, justify="right")
+        table.add_row("MACs", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_ratio:.4f}")
+        table.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}", f"{self.params_ratio:.4f}")
+        console.print(table)
+        groups = Table(title="kept channels per prunable group")
+        for col in ("group", "kept", "size", "%", "members"):
+            groups.add_column(col, justify="left" if col == "members" else "right")
+        for gid, kept, size, members in self.groups:
+            groups.add_row(str(gid), str(kept), str(size), f"{100 * kept / size:.0f}", members)
+        console.print(groups)
+        console.print(f"done in {self.seconds:.2f}s")
+
+
+@dataclasses.dataclass
+class PruneResult:
+    model: fx.GraphModule
+    plan: Plan
+    report: PruneReport
+    groups: GroupGraph
+
+
+def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds: float) -> PruneReport:
+    b = gg.budget
+    counts = plan.counts()
+    full = b.exact(budget.metric)
+    return PruneReport(
+        method, budget.metric, budget.target(full) / full, b.macs(), b.macs(counts), b.params(), b.params(counts),
+        plan.summary(gg), seconds,
+    )
+
+
+class Session:
+    """A method pass attached to a model. Call the hooks from any training loop, then ``finish``."""
+
+    def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget):
+        self.model, self.gg, self.method, self.budget = model, gg, method_pass, budget
+        self._start = time.perf_counter()
+        method_pass.attach()
+
+    def before_step(self, step: int) -> None:
+        self.method.before_step(step)
+
+    def after_step(self, step: int, loss: float | None = None) -> None:
+        self.method.after_step(step, loss)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.method.end_epoch(epoch)
+
+    def finish(self) -> PruneResult:
+        """Decide the plan, remove the method's instrumentation, and slim the model."""
+        plan = self.method.plan()
+        self.method.detach()
+        small = slim(self.gg, plan)
+        report = report_for(self.gg, plan, self.method.name, self.budget, time.perf_counter() - self._start)
+        return PruneResult(small, plan, report, self.gg)
+
+
+def prepare(
+    model: torch.nn.Module,
+    method: str,
+    budget: Budget | float,
+    example_inputs: Any,
+    *,
+    leaf_modules: Sequence[str | type] = (),
+    round_to: int = 1,
+    min_channels: int = 1,
+    min_ratio: float = 0.0,
+    **method_options: Any,
+) -> Session:
+    """Analyze ``model`` and attach ``method``; for methods that train before deciding."""
+    from . import passes
+
+    budget = Budget.of(budget)
+    gg = analyze(model, example_inputs, leaf_modules=leaf_modules, round_to=round_to)
+    pass_cls = passes.get(method)
+    method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
+    return Session(model, gg, method_pass, budget)
+
+
+def apply(model: torch.nn.Module, method: str, budget: Budget | float, example_inputs: Any, **options: Any) -> PruneResult:
+    """Prune ``model`` to ``budget`` with a data-free ``method`` ("l1", "l2", "uniform", "random").
+
+    Returns the slim model (a GraphModule; the user's model is untouched), the plan and a report.
+    """
+    return prepare(model, method, budget, example_inputs, **options).finish()
+
+
+def apply_plan(model: torch.nn.Module, plan: Plan, example_inputs: Any, **analyze_options: Any) -> fx.GraphModule:
+    """Re-apply a saved plan to a fresh instance of the same architecture."""
+    return slim(analyze(model, example_inputs, **analyze_options), plan)

@@ -1,0 +1,46 @@
+"""The interface every method pass implements."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from graphprune.budget_target import Budget
+from graphprune.groups import GroupGraph
+from graphprune.plan import Plan
+
+
+class MethodPass:
+    """A pruning method: sees the analysis and the budget, may instrument and train, returns a Plan.
+
+    Data-free methods only implement :meth:`plan`. Methods that train also get the hooks, called
+    by ``graphprune.fit`` or by a user's own loop through the session ``graphprune.prepare`` returns.
+    """
+
+    name: ClassVar[str]
+    trains: ClassVar[bool] = False
+
+    def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):
+        self.gg, self.budget, self.model = gg, budget, model
+        self.min_channels, self.min_ratio = min_channels, min_ratio
+        if options:
+            raise TypeError(f"method {self.name!r} got unknown options: {', '.join(options)}")
+
+    def attach(self) -> None:
+        """Instrument the model (masks, hooks, parametrizations) before training."""
+
+    def before_step(self, step: int) -> None:
+        """Called before each optimizer step."""
+
+    def after_step(self, step: int, loss: float | None = None) -> None:
+        """Called after each optimizer step."""
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called at the end of each epoch."""
+
+    def plan(self) -> Plan:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Remove whatever :meth:`attach` added."""

@@ -1,0 +1,78 @@
+"""Data-free magnitude baselines: l1, l2 and random channel importance, allocated globally.
+
+A channel's importance is the norm of its slices summed over *all* members of its group (the
+producer's filters, the consumers' input columns, norm scales): what removing the channel takes
+away. Scores are divided by their group's mean, so groups of different scales rank on one list
+(each group's average channel scores 1); the budget model then decides how many of the globally
+lowest channels go.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from graphprune.allocate import allocate_by_score
+from graphprune.plan import Plan
+
+from . import register
+from .base import MethodPass
+
+
+def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
+    """Per prunable group, each channel's p-norm summed over the group's members."""
+    scores = {}
+    with torch.no_grad():
+        for g in gg.prunable_groups:
+            total = np.zeros(g.size)
+            for m in g.members:
+                t = getattr(model.get_submodule(m.module), m.param).detach().float()
+                if m.param in ("running_mean", "running_var"):
+                    continue  # statistics, not weights
+                per_pos = t.abs().pow(p).movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(1)
+                np.add.at(total, m.channels, per_pos[torch.from_numpy(m.positions)].numpy())
+            scores[g.id] = total ** (1.0 / p)
+    return scores
+
+
+def normalized(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    return {g: s / s.mean() if s.mean() > 0 else np.ones_like(s) for g, s in scores.items()}
+
+
+class _ScorePass(MethodPass):
+    def scores(self) -> dict[int, np.ndarray]:
+        raise NotImplementedError
+
+    def plan(self) -> Plan:
+        return allocate_by_score(self.gg, normalized(self.scores()), self.budget, self.min_channels, self.min_ratio)
+
+
+@register
+class L1Pass(_ScorePass):
+    name = "l1"
+
+    def scores(self):
+        return member_norms(self.model, self.gg, 1)
+
+
+@register
+class L2Pass(_ScorePass):
+    name = "l2"
+
+    def scores(self):
+        return member_norms(self.model, self.gg, 2)
+
+
+@register
+class RandomPass(_ScorePass):
+    """Random importance: the control every method must beat. ``seed`` fixes it."""
+
+    name = "random"
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def scores(self):
+        rng = np.random.default_rng(self.seed)
+        return {g.id: rng.uniform(0.5, 1.5, g.size) for g in self.gg.prunable_groups}
