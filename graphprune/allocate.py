@@ -2,7 +2,9 @@
 
 Every method that ranks channels (l1, l2, random, NAP's OBS scores, ...) ends here. Channels are
 removed in increasing order of score across all groups; a binary search over how many to remove
-finds the largest removal whose cost is within the budget. Per-group floors (``min_channels``,
+finds the fewest removals whose cost is within the budget. The last channel removed can be a big
+step (a wide layer's channel), so removed channels are then given back, most important first,
+wherever the budget still allows. Per-group floors (``min_channels``,
 ``min_ratio``) and ``round_to`` are respected: a group never drops below its floor and keeps a
 multiple of its ``round_to`` unless that would exceed its size.
 """
@@ -30,7 +32,7 @@ def round_up(count: int, round_to: int, size: int) -> int:
 
 
 class Allocation:
-    """Kept counts of the prunable groups as a function of how many low-score channels are removed."""
+    """Kept counts of the prunable groups as a function of which low-score channels are removed."""
 
     def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0):
         self.gg = gg
@@ -40,12 +42,16 @@ class Allocation:
         self.ranked_groups = np.array([gid for _, gid in sorted(order, key=lambda t: t[0])], dtype=np.int64)
         self.floors = {g.id: floor_of(g.size, g.round_to, min_channels, min_ratio) for g in self.groups}
 
+    def dropped(self, removed: int) -> dict[int, int]:
+        """Channels dropped per group when the ``removed`` lowest-ranked channels go."""
+        counts = np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))
+        return {g.id: int(counts[g.id]) for g in self.groups}
+
+    def kept(self, dropped: dict[int, int]) -> dict[int, int]:
+        return {g.id: max(self.floors[g.id], round_up(g.size - dropped[g.id], g.round_to, g.size)) for g in self.groups}
+
     def counts(self, removed: int) -> dict[int, int]:
-        dropped = np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))
-        return {
-            g.id: max(self.floors[g.id], round_up(g.size - int(dropped[g.id]), g.round_to, g.size))
-            for g in self.groups
-        }
+        return self.kept(self.dropped(removed))
 
     def plan(self, counts: dict[int, int]) -> Plan:
         """Keep each group's highest-scoring channels."""
@@ -79,4 +85,16 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
             hi = mid
         else:
             lo = mid + 1
-    return alloc.plan(alloc.counts(lo))
+    searched = dropped = alloc.dropped(lo)
+    margin = 1e-9 * gg.budget.exact(budget.metric)  # float checks, confirmed exactly below
+
+    def fits(d: dict[int, int]) -> bool:
+        return float(gg.budget.evaluate(budget.metric, gg.budget.ratios(alloc.kept(d)))) <= target - margin
+
+    for gid in alloc.ranked_groups[:lo][::-1].tolist():  # give back, most important first
+        trial = {**dropped, gid: dropped[gid] - 1}
+        if alloc.kept(trial) != alloc.kept(dropped) and fits(trial):
+            dropped = trial
+    if gg.budget.exact(budget.metric, alloc.kept(dropped)) > target:
+        dropped = searched
+    return alloc.plan(alloc.kept(dropped))

@@ -81,9 +81,9 @@ def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds:
 class Session:
     """A method pass attached to a model. Call the hooks from any training loop, then ``finish``."""
 
-    def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget):
+    def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget, started: float):
         self.model, self.gg, self.method, self.budget = model, gg, method_pass, budget
-        self._start = time.perf_counter()
+        self._start = started
         method_pass.attach()
 
     def before_step(self, step: int) -> None:
@@ -119,11 +119,12 @@ def prepare(
     """Analyze ``model`` and attach ``method``; for methods that train before deciding."""
     from . import passes
 
+    started = time.perf_counter()
     budget = Budget.of(budget)
     gg = analyze(model, example_inputs, leaf_modules=leaf_modules, round_to=round_to)
     pass_cls = passes.get(method)
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
-    return Session(model, gg, method_pass, budget)
+    return Session(model, gg, method_pass, budget, started)
 
 
 def apply(model: torch.nn.Module, method: str, budget: Budget | float, example_inputs: Any, **options: Any) -> PruneResult:

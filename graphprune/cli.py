@@ -9,7 +9,10 @@ import sys
 import torch
 from rich.console import Console
 
+from .api import prepare
+from .budget_target import Budget
 from .errors import GraphPruneError
+from .export import export_onnx
 from .groups import analyze
 from .modelspec import build_model, parse_shape
 
@@ -33,6 +36,34 @@ def _inspect(args: argparse.Namespace, console: Console) -> None:
         console.print(f"wrote {args.png}")
 
 
+def _prune(args: argparse.Namespace, console: Console) -> None:
+    model, default_shape = build_model(args.model)
+    shape = parse_shape(args.input_shape) if args.input_shape else default_shape
+    model.eval()
+    x = torch.randn(*shape)
+    budget = Budget(**{args.metric: args.budget})
+    with console.status(f"analyzing {args.model} on input {list(shape)}"):
+        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels)
+    console.print(f"[green]analyzed[/green]: {len(session.gg.prunable_groups)} prunable groups of {len(session.gg.groups)}")
+    with console.status(f"{args.method}: allocating channels and slimming"):
+        result = session.finish()
+    result.report.print(console)
+    if args.plan:
+        with open(args.plan, "w") as f:
+            f.write(result.plan.to_json())
+        console.print(f"wrote plan {args.plan}")
+    if args.save:
+        torch.save(result.model, args.save)
+        console.print(f"wrote slim model {args.save}")
+    if args.onnx:
+        with console.status("exporting ONNX and checking it in onnxruntime"):
+            rep = export_onnx(result.model, args.onnx, x)
+        console.print(
+            f"wrote {args.onnx} ({rep.file_bytes / 1e6:.1f} MB, {rep.exporter} exporter, opset {rep.opset}); "
+            f"onnxruntime max |diff| {rep.max_abs_diff:.2e} ({rep.provider})"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="graphprune", description="Structured-pruning compiler for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,11 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--dot", metavar="F", help="write the channel-space graph as Graphviz dot")
     p.add_argument("--png", metavar="F", help="draw the channel-space graph to a PNG")
+    p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
+    p.add_argument("--method", default="l1", help="pruning method (l1, l2, uniform, random, ...)")
+    p.add_argument("--budget", type=float, required=True, help="ratio of the full model to keep (<= 1) or an absolute count")
+    p.add_argument("--metric", choices=("macs", "params"), default="macs")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
+    p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
+    p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")
+    p.add_argument("--plan", metavar="F", help="write the pruning plan as JSON")
+    p.add_argument("--save", metavar="F", help="torch.save the slim model")
     args = parser.parse_args(argv)
     console = Console(stderr=args.command == "inspect" and getattr(args, "json", False))
     try:
         if args.command == "inspect":
             _inspect(args, console)
+        elif args.command == "prune":
+            _prune(args, console)
     except GraphPruneError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

@@ -58,8 +58,8 @@ class TracedModel:
 class _FallbackTracer(fx.Tracer):
     """Symbolic tracer that remembers which non-leaf module was being traced when an error hit."""
 
-    def __init__(self, leaf_names: set[str], leaf_types: tuple[type, ...]):
-        super().__init__()
+    def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
+        super().__init__()  # defaults: GraphModule unpickling builds a tracer with no arguments
         self.leaf_names = leaf_names
         self.leaf_types = leaf_types
         self._stack: list[str] = []

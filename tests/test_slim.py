@@ -1,0 +1,159 @@
+"""The slim pass: exactness, exact budgets on the slim model, plans, and the things users do with it."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import graphprune
+import toy_models
+from helpers import group_with, random_plan, slim_error
+
+
+def exact_plan(gg, seed, ratio=None):
+    """A random plan over the groups that normalize exactly (LayerNorm groups stay whole)."""
+    plan = random_plan(gg, np.random.default_rng(seed), ratio)
+    return graphprune.Plan({g: k for g, k in plan.keep.items() if not gg.groups[g].inexact}, plan.sizes)
+
+
+def slim_costs(slim, x):
+    with FlopCounterMode(display=False) as counter:
+        slim(x)
+    return counter.get_total_flops() // 2, sum(p.numel() for p in slim.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(set(toy_models.ALL)))
+def test_slim_is_exact_and_costs_what_the_budget_says(name):
+    model, x = toy_models.build(name)
+    gg = graphprune.analyze(model, x)
+    for seed in range(3):
+        plan = exact_plan(gg, seed)
+        slim = graphprune.slim(gg, plan)
+        assert slim_costs(slim, x) == (gg.budget.macs(plan.counts()), gg.budget.params(plan.counts()))
+        model, x = toy_models.build(name)
+        assert slim_error(model, gg, plan, (x,)) <= 1e-5
+
+
+def test_layernorm_groups_are_close_but_not_exact():
+    model, x = toy_models.build("channels_last")
+    gg = graphprune.analyze(model, x)
+    stream = group_with(gg, "stem")
+    plan = graphprune.Plan({stream.id: list(range(0, 8, 2))})
+    error = slim_error(model, gg, plan, (x,))
+    assert 0 < error < 1.0  # the normalization statistics change: documented, not exact
+
+
+def test_user_model_is_untouched_and_slim_model_trains_and_saves():
+    model, x = toy_models.build("residual")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = graphprune.apply(model, "l1", 0.5, x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    slim = result.model.train()
+    opt = torch.optim.SGD(slim.parameters(), lr=0.1)
+    slim(x).square().mean().backward()
+    opt.step()
+    slim.eval()
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x), slim(x))
+
+
+def test_module_attributes_follow_the_channels():
+    model, x = toy_models.build("grouped")
+    gg = graphprune.analyze(model, x)
+    g = group_with(gg, "g")
+    slim = graphprune.slim(gg, graphprune.Plan({g.id: [0, 3]}))
+    assert (slim.g.groups, slim.g.in_channels, slim.g.out_channels) == (2, 8, 4)
+    assert slim.a.out_channels == 8 and slim.b.in_channels == 4
+    model, x = toy_models.build("group_norm")
+    gg = graphprune.analyze(model, x)
+    slim = graphprune.slim(gg, graphprune.Plan({group_with(gg, "gn").id: [1, 2, 3]}))
+    assert (slim.gn.num_groups, slim.gn.num_channels) == (3, 6)
+
+
+def test_split_constants_are_rewritten():
+    model, x = toy_models.build("split_cat")
+    gg = graphprune.analyze(model, x)
+    first, second = (g.id for g in gg.prunable_groups[:2])
+    slim = graphprune.slim(gg, graphprune.Plan({first: [1], second: [0, 4]}))
+    split = next(n for n in slim.graph.nodes if n.target == "split")
+    assert split.args[1] == [1, 2]
+
+
+def test_strided_channel_slice_is_refused_not_miscompiled():
+    class Strided(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x)[:, ::2])
+
+    model, x = Strided().eval(), torch.randn(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
+    even = next(g for g in gg.prunable_groups if any(m.module == "b" for m in g.members))
+    with pytest.raises(graphprune.SlimError, match="step 2"):
+        graphprune.slim(gg, graphprune.Plan({even.id: [0, 1]}))
+
+
+def test_plan_json_round_trip_and_reapply_to_a_fresh_instance():
+    model, x = toy_models.build("dense_concat")
+    result = graphprune.apply(model, "l2", 0.4, x)
+    plan = graphprune.Plan.from_json(result.plan.to_json())
+    assert plan == result.plan
+    fresh, _ = toy_models.build("dense_concat")
+    slim = graphprune.apply_plan(fresh, plan, x)
+    assert [p.shape for p in slim.parameters()] == [p.shape for p in result.model.parameters()]
+    other, y = toy_models.build("residual")
+    with pytest.raises(graphprune.PlanError):
+        graphprune.apply_plan(other, plan, y)
+
+
+def test_plan_validation():
+    model, x = toy_models.build("residual")
+    gg = graphprune.analyze(model, x)
+    g = group_with(gg, "conv1")
+    frozen = group_with(gg, "head")
+    for bad, match in [({g.id: []}, "no channel"), ({g.id: [0, 99]}, "distinct and in"), ({frozen.id: [0]}, "frozen"), ({99: [0]}, "same architecture")]:
+        with pytest.raises(graphprune.PlanError, match=match):
+            graphprune.slim(gg, graphprune.Plan(bad))
+
+
+def test_round_to_and_floors_are_respected():
+    model, x = toy_models.build("residual")
+    gg = graphprune.analyze(model, x)
+    result = graphprune.apply(model, "l1", 0.5, x, round_to=4, min_channels=2)
+    for gid, kept in result.plan.keep.items():
+        size = gg.groups[gid].size
+        assert len(kept) >= 2 and (len(kept) % 4 == 0 or len(kept) == size)
+    with pytest.raises(graphprune.BudgetError, match="unreachable.*keeps 0\\.") as info:
+        graphprune.apply(model, "l1", 0.01, x, min_ratio=0.5)
+    assert "min_channels/min_ratio/round_to" in str(info.value)
+
+
+def test_params_budget_and_absolute_budget():
+    import torchvision
+
+    model, x = torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 32, 32)
+    result = graphprune.apply(model, "l1", graphprune.Budget(params=0.5), x)
+    assert 0.495 <= result.report.params_ratio <= 0.5
+    assert sum(p.numel() for p in result.model.parameters()) == result.report.params_after
+    full = result.report.macs_before
+    absolute = graphprune.apply(model, "uniform", full // 2, x)
+    assert absolute.report.macs_after <= full // 2
+    with pytest.raises(graphprune.BudgetError):
+        graphprune.Budget(macs=0.5, params=0.5)
+
+
+def test_random_method_is_seeded():
+    model, x = toy_models.build("dense_concat")
+    a = graphprune.apply(model, "random", 0.5, x, seed=1).plan
+    b = graphprune.apply(model, "random", 0.5, x, seed=1).plan
+    c = graphprune.apply(model, "random", 0.5, x, seed=2).plan
+    assert a == b and a != c
+    with pytest.raises(TypeError, match="unknown options"):
+        graphprune.apply(model, "l1", 0.5, x, seed=1)
