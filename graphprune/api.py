@@ -114,14 +114,19 @@ def prepare(
     round_to: int = 1,
     min_channels: int = 1,
     min_ratio: float = 0.0,
+    analysis: GroupGraph | None = None,
     **method_options: Any,
 ) -> Session:
-    """Analyze ``model`` and attach ``method``; for methods that train before deciding."""
+    """Analyze ``model`` and attach ``method``; for methods that train before deciding.
+
+    ``analysis``: a GroupGraph of this model from an earlier call, to sweep budgets without
+    analyzing again (``leaf_modules`` and ``round_to`` then come from it).
+    """
     from . import passes
 
     started = time.perf_counter()
     budget = Budget.of(budget)
-    gg = analyze(model, example_inputs, leaf_modules=leaf_modules, round_to=round_to)
+    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules, round_to=round_to)
     pass_cls = passes.get(method)
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
     return Session(model, gg, method_pass, budget, started)

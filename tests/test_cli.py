@@ -57,3 +57,19 @@ def test_bad_input_shape():
         parse_shape("1,x,3")
     out = run("inspect", "graphprune.models:digits_cnn", "--input-shape", "1,3,8,8")
     assert out.returncode == 2 and "example inputs" in out.stdout
+
+
+def test_prune_writes_plan_model_and_verified_onnx(tmp_path):
+    plan, onnx, saved = tmp_path / "plan.json", tmp_path / "slim.onnx", tmp_path / "slim.pt"
+    out = run("prune", "graphprune.models:digits_cnn", "--method", "l1", "--budget", "0.5",
+              "--plan", str(plan), "--onnx", str(onnx), "--save", str(saved))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "achieved" in out.stdout and "onnxruntime max |diff|" in out.stdout
+    data = json.loads(plan.read_text())
+    assert data["format"] == "graphprune.plan/1" and data["groups"]
+    assert onnx.stat().st_size > 0 and saved.stat().st_size > 0
+
+
+def test_prune_reports_unreachable_budgets():
+    out = run("prune", "graphprune.models:digits_cnn", "--budget", "0.001")
+    assert out.returncode == 2 and "unreachable" in out.stdout

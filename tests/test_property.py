@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphprune
-from helpers import leak_check, random_keep
+from helpers import leak_check, random_keep, random_plan, slim_error
 
 OPS = ("conv", "bn_relu", "add", "cat", "split", "depthwise", "grouped", "pixel_shuffle", "channel_shuffle", "se", "group_norm")
 
@@ -123,3 +123,19 @@ def test_random_dags_count_exactly_and_never_leak(program, seed):
     for g in gg.prunable_groups:
         for m in g.members:
             assert sorted(m.indices(range(g.size))) == sorted(m.positions.tolist())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs, seed=st.integers(0, 2**16))
+def test_random_dags_slim_exactly(program, seed):
+    torch.manual_seed(seed)
+    model = RandomNet(program).eval()
+    x = torch.randn(2, 3, 6, 6)
+    gg = graphprune.analyze(model, x)
+    plan = random_plan(gg, np.random.default_rng(seed))
+    slim = graphprune.slim(gg, plan)
+    with FlopCounterMode(display=False) as counter:
+        slim(x)
+    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert slim_error(model, gg, plan, (x,)) <= 1e-5

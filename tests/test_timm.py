@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zoo import check_model
+from zoo import check_model, check_slim
 
 timm = pytest.importorskip("timm")
 
@@ -15,9 +15,11 @@ MODELS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
-def test_timm_models(name):
+def test_timm_models(name, tmp_path):
     size = 256 if name.startswith("mobilevit") else 96
-    gg = check_model(timm.create_model(name, pretrained=False), torch.randn(1, 3, size, size), name)
+    model, x = timm.create_model(name, pretrained=False), torch.randn(1, 3, size, size)
+    gg = check_model(model, x, name)
+    check_slim(model, gg, x, str(tmp_path / "slim.onnx"))
     if name == "mobilevit_s":
         assert {f.module for f in gg.fallbacks} == {"stages.2.1", "stages.3.1", "stages.4.1"}
         assert any("'stages.2.1' (MobileVitBlock) could not be traced" in (g.reason or "") for g in gg.groups)

@@ -3,7 +3,7 @@
 import pytest
 import torchvision
 
-from zoo import TOO_LARGE, check_model, input_for
+from zoo import TOO_LARGE, check_model, check_slim, input_for
 
 SUBSET = [
     "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "regnet_y_400mf",
@@ -13,19 +13,24 @@ SUBSET = [
 ALL = torchvision.models.list_models(module=torchvision.models)
 
 
-@pytest.mark.parametrize("name", SUBSET)
-def test_representative_models(name):
+def analyze_and_slim(name, onnx_path):
     kwargs, x = input_for(name, reduced=True)
-    check_model(torchvision.models.get_model(name, weights=None, **kwargs), x, name)
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    gg = check_model(model, x, name)
+    check_slim(model, gg, x, onnx_path)
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_representative_models(name, tmp_path):
+    analyze_and_slim(name, str(tmp_path / "slim.onnx"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ALL if n not in SUBSET])
-def test_whole_zoo(name):
+def test_whole_zoo(name, tmp_path):
     if name in TOO_LARGE:
         pytest.skip(f"too large for this machine: {TOO_LARGE[name]}")
-    kwargs, x = input_for(name, reduced=True)
-    check_model(torchvision.models.get_model(name, weights=None, **kwargs), x, name)
+    analyze_and_slim(name, str(tmp_path / "slim.onnx"))
 
 
 def test_transformers_report_what_is_frozen_and_why():
