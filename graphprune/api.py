@@ -111,7 +111,7 @@ def prepare(
     example_inputs: Any,
     *,
     leaf_modules: Sequence[str | type] = (),
-    round_to: int = 1,
+    round_to: int | None = None,
     min_channels: int = 1,
     min_ratio: float = 0.0,
     analysis: GroupGraph | None = None,
@@ -119,14 +119,18 @@ def prepare(
 ) -> Session:
     """Analyze ``model`` and attach ``method``; for methods that train before deciding.
 
-    ``analysis``: a GroupGraph of this model from an earlier call, to sweep budgets without
-    analyzing again (``leaf_modules`` and ``round_to`` then come from it).
+    ``round_to``: every group keeps a multiple of this many channels (unless it keeps all);
+    None leaves each group's own ``round_to`` (1 unless set). ``analysis``: a GroupGraph of this
+    model from an earlier call, to sweep budgets without analyzing again.
     """
     from . import passes
 
     started = time.perf_counter()
     budget = Budget.of(budget)
-    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules, round_to=round_to)
+    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules)
+    if round_to is not None:
+        for g in gg.groups:
+            g.round_to = round_to
     pass_cls = passes.get(method)
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
     return Session(model, gg, method_pass, budget, started)
