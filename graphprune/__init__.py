@@ -13,6 +13,7 @@ from .export import ExportReport, export_onnx
 from .plan import Plan, PlanError
 from .slim import SlimError, slim
 from .trace import trace
+from .train import EpochRecord, accuracy, fit, seed_everything
 
 __all__ = [
     "analyze",
@@ -30,6 +31,10 @@ __all__ = [
     "PlanError",
     "SlimError",
     "trace",
+    "fit",
+    "accuracy",
+    "seed_everything",
+    "EpochRecord",
     "GroupGraph",
     "ChannelGroup",
     "Member",
