@@ -107,17 +107,24 @@ programs = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(program=programs, seed=st.integers(0, 2**16))
-def test_random_dags_count_exactly_and_never_leak(program, seed):
+def analyzed(program, seed):
     torch.manual_seed(seed)
     model = RandomNet(program).eval()
     x = torch.randn(2, 3, 6, 6)
-    gg = graphprune.analyze(model, x)
+    return model, x, graphprune.analyze(model, x)
+
+
+def costs(model, x):
     with FlopCounterMode(display=False) as counter:
         model(x)
-    assert gg.budget.macs() == counter.get_total_flops() // 2
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=programs, seed=st.integers(0, 2**16))
+def test_random_dags_count_exactly_and_never_leak(program, seed):
+    model, x, gg = analyzed(program, seed)
+    assert (gg.budget.macs(), gg.budget.params()) == costs(model, x)
     keep = random_keep(gg, np.random.default_rng(seed))
     assert leak_check(model, gg, keep, (x,), seed) == 0.0
     for g in gg.prunable_groups:
@@ -128,14 +135,8 @@ def test_random_dags_count_exactly_and_never_leak(program, seed):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs, seed=st.integers(0, 2**16))
 def test_random_dags_slim_exactly(program, seed):
-    torch.manual_seed(seed)
-    model = RandomNet(program).eval()
-    x = torch.randn(2, 3, 6, 6)
-    gg = graphprune.analyze(model, x)
+    model, x, gg = analyzed(program, seed)
     plan = random_plan(gg, np.random.default_rng(seed))
     slim = graphprune.slim(gg, plan)
-    with FlopCounterMode(display=False) as counter:
-        slim(x)
-    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
-    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert costs(slim, x) == (gg.budget.macs(plan.counts()), gg.budget.params(plan.counts()))
     assert slim_error(model, gg, plan, (x,)) <= 1e-5
