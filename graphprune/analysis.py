@@ -55,6 +55,7 @@ class Analysis:
         self._current: fx.Node | None = None
         self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
         self._derived_from: dict[fx.Node, set[ParamRef]] = {}
+        self._shape_reads: list[tuple[fx.Node, ChannelMap]] = []
 
     # ---------------------------------------------------------------- driving
     def run(self) -> "Analysis":
@@ -70,6 +71,7 @@ class Analysis:
                         self.atoms.freeze(m.labels, "model output")
             else:
                 self._dispatch(node)
+        self._check_shape_uses()
         self._check_param_uses()
         self._account_unmodelled_macs()
         return self
@@ -280,13 +282,21 @@ class Analysis:
 
     # ---------------------------------------------------------------- checks at the end
     def check_shape_uses(self, node: fx.Node, m: ChannelMap) -> None:
-        """A channel count read at run time may only feed reshapes, which follow the new count."""
-        ndim = self.spec(node.args[0]).ndim
-        for use in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
-            kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None)
-            if kind != rules.RuleKind.MOVEMENT:
-                self.atoms.freeze(m.labels, f"{self.describe(use)} uses the channel count read by '{node.name}'; pruning would change it")
-                return
+        """Checked once the graph is done (reshapes after the read need their channel maps)."""
+        self._shape_reads.append((node, m))
+
+    def _check_shape_uses(self) -> None:
+        """A channel count read at run time may only become the channel dim of a reshape (which then
+        follows the new count) or feed split sizes; anything else would change when pruning does."""
+        for node, m in self._shape_reads:
+            ndim = self.spec(node.args[0]).ndim
+            for use, via in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
+                kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None)
+                sizes = _size_args(use)
+                out = self.map(use)
+                if kind != rules.RuleKind.MOVEMENT or (sizes is not None and (out is None or via not in sizes or sizes.index(via) != out.dim)):
+                    self.atoms.freeze(m.labels, f"{self.describe(use)} uses the channel count read by '{node.name}' where pruning would change its meaning")
+                    break
 
     def _check_param_uses(self) -> None:
         """A sliced parameter may only be used where a rule accounted for its channels."""
@@ -361,10 +371,9 @@ def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
     return node.target == "numel"
 
 
-def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int, is_tensor) -> Iterable[fx.Node]:
-    """Tensor ops reached from a shape value through python arithmetic and indexing.
-
-    ``reads`` None means ``node`` is a tuple of sizes: only indexing it at ``dim`` reads channels.
+def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int, is_tensor) -> Iterable[tuple[fx.Node, fx.Node]]:
+    """(tensor op, the value it receives) pairs reached from a shape value through python arithmetic
+    and indexing. ``reads`` None means ``node`` is a tuple of sizes: only its entry ``dim`` is a channel count.
     """
     if reads is False:
         return
@@ -376,4 +385,16 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
         elif use.op == "call_function" and not is_tensor(use) and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):
             yield from _channel_count_sinks(use, True, dim, ndim, is_tensor)
         else:
-            yield use
+            yield use, node
+
+
+_SIZE_TAKING = {"view", "reshape", "expand", torch.reshape}
+
+
+def _size_args(node: fx.Node) -> list | None:
+    """The target sizes of a view/reshape/expand, one per output dim (None for other ops)."""
+    if node.target not in _SIZE_TAKING:
+        return None
+    if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
+        return list(node.args[1])
+    return list(node.args[1:])
