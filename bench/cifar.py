@@ -65,6 +65,8 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
             for m in full.groups[gid].members:
                 if m.role == "out" and m.param == "weight":
                     kept[m.module] = n_kept / size
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        kept = dict(sorted(kept.items(), key=lambda item: order.get(item[0], len(order))))  # network order
     return {
         "row": row, "seed": seed,
         "val_accuracy": graphprune.accuracy(final, loaders[1]),
@@ -139,6 +141,7 @@ def main() -> None:
     p.add_argument("--data-root", help="a torchvision CIFAR-10 directory instead of the subset")
     p.add_argument("--full", action="store_true", help="the GPU spec: 160 epochs, batch 128, full CIFAR-10 with --data-root")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cifar"))
+    p.add_argument("--replot", action="store_true", help="redraw the plots from an earlier results.json")
     spec = p.parse_args()
     if spec.full:
         spec.epochs = 160
@@ -148,6 +151,12 @@ def main() -> None:
     spec.device_name = torch.cuda.get_device_name() if spec.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     out = Path(spec.out) / spec.model
     out.mkdir(parents=True, exist_ok=True)
+    if spec.replot:
+        results = json.loads((out / "results.json").read_text())["results"]
+        order = {name: i for i, (name, _) in enumerate(models.get(spec.model).named_modules())}
+        for r in results:
+            r["kept_per_layer"] = dict(sorted(r["kept_per_layer"].items(), key=lambda item: order.get(item[0], len(order))))
+        return plot(results, spec, out)
     example = torch.randn(2, *models.input_shape(spec.model)[1:])
     results = []
     start = time.perf_counter()
