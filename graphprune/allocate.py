@@ -98,3 +98,21 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     if gg.budget.exact(budget.metric, alloc.kept(dropped)) > target:
         dropped = searched
     return alloc.plan(alloc.kept(dropped))
+
+
+def fill_up(gg: GroupGraph, metric: str, counts: dict[int, int], target: float, order: list[int]) -> dict[int, int]:
+    """Step groups up (in ``order``, one ``round_to`` at a time) while the budget still allows.
+
+    Allocations that scale all groups together stop short of the budget by up to one step of
+    every group at once; this closes that gap. Checks run in floats, the result is confirmed exactly.
+    """
+    margin = 1e-9 * gg.budget.exact(metric)
+    current = dict(counts)
+    for gid in order:
+        g = gg.groups[gid]
+        while current[gid] < g.size:
+            trial = {**current, gid: min(g.size, current[gid] + g.round_to)}
+            if float(gg.budget.evaluate(metric, gg.budget.ratios(trial))) > target - margin:
+                break
+            current = trial
+    return current if gg.budget.exact(metric, current) <= target else counts

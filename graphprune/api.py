@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
 
 from .budget_target import Budget
+from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, analyze
 from .plan import Plan
 from .slim import slim
+from .train import fit
 
 
 @dataclasses.dataclass
@@ -136,12 +139,52 @@ def prepare(
     return Session(model, gg, method_pass, budget, started)
 
 
-def apply(model: torch.nn.Module, method: str, budget: Budget | float, example_inputs: Any, **options: Any) -> PruneResult:
-    """Prune ``model`` to ``budget`` with a data-free ``method`` ("l1", "l2", "uniform", "random").
+def apply(
+    model: torch.nn.Module,
+    method: str,
+    budget: Budget | float,
+    example_inputs: Any,
+    *,
+    train_data: Iterable | None = None,
+    loss_fn: Callable | None = None,
+    epochs: int = 0,
+    lr: float = 0.05,
+    **options: Any,
+) -> PruneResult:
+    """Prune ``model`` to ``budget`` with ``method``; returns the slim model, the plan and a report.
 
-    Returns the slim model (a GraphModule; the user's model is untouched), the plan and a report.
+    Data-free methods ("l1", "l2", "uniform", "random") need nothing else. Methods that train
+    ("dsa", ...) train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
+    ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs.
     """
-    return prepare(model, method, budget, example_inputs, **options).finish()
+    from . import passes
+
+    if not passes.get(method).trains:
+        return prepare(model, method, budget, example_inputs, **options).finish()
+    if train_data is None or loss_fn is None or epochs < 1:
+        raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
+    session = prepare(model, method, budget, example_inputs, loss_fn=loss_fn, **options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    epoch = 0
+    while epoch < epochs and not session.method.ready():
+        _cosine(optimizer, lr, epoch, epochs)
+        fit(model, train_data, loss_fn, 1, optimizer=optimizer, callbacks=[session], seed=None,
+            description=f"{method}: epoch {epoch + 1}/{epochs}")
+        epoch += 1
+    if not session.method.ready():
+        raise BudgetError(f"{method} did not reach the budget in {epochs} epochs; give it more epochs")
+    result = session.finish()
+    optimizer = torch.optim.SGD(result.model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    for later in range(epoch, epochs):
+        _cosine(optimizer, lr, later, epochs)
+        fit(result.model, train_data, loss_fn, 1, optimizer=optimizer, seed=None,
+            description=f"training the slim model: epoch {later + 1}/{epochs}")
+    return result
+
+
+def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
 def apply_plan(model: torch.nn.Module, plan: Plan, example_inputs: Any, **analyze_options: Any) -> fx.GraphModule:

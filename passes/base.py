@@ -39,6 +39,10 @@ class MethodPass:
     def end_epoch(self, epoch: int) -> None:
         """Called at the end of each epoch."""
 
+    def ready(self) -> bool:
+        """Whether the method can decide its plan now (training methods: once the budget is met)."""
+        return True
+
     def plan(self) -> Plan:
         raise NotImplementedError
 

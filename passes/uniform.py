@@ -1,16 +1,16 @@
 """Uniform baseline: every prunable group keeps the same ratio, found by bisection on the budget.
 
 Groups of equal size step up together as the ratio grows, so the bisection alone can stop a whole
-step short of the budget; the groups that would step next are then stepped one at a time while the
-budget allows (ratios stay equal up to one rounding step). Within a group, the channels with the
-largest l1 norm (over all members) stay.
+step short of the budget; groups are then stepped up one at a time, largest first, while the
+budget allows (ratios stay equal up to about one rounding step). Within a group, the channels with
+the largest l1 norm (over all members) stay.
 """
 
 from __future__ import annotations
 
 import math
 
-from graphprune.allocate import Allocation, check_reachable, round_up
+from graphprune.allocate import Allocation, check_reachable, fill_up, round_up
 from graphprune.plan import Plan
 
 from . import register
@@ -37,9 +37,5 @@ class UniformPass(MethodPass):
                 lo = mid
             else:
                 hi = mid
-        chosen, above = counts(lo), counts(hi)
-        for gid in sorted(chosen, key=lambda g: -self.gg.groups[g].size):
-            trial = {**chosen, gid: above[gid]}
-            if above[gid] > chosen[gid] and self.gg.budget.exact(metric, trial) <= target:
-                chosen = trial
-        return alloc.plan(chosen)
+        order = sorted(counts(lo), key=lambda g: -self.gg.groups[g].size)
+        return alloc.plan(fill_up(self.gg, metric, counts(lo), target, order))

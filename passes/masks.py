@@ -1,0 +1,63 @@
+"""Channel masks for method passes that train: a mask per group, applied where channels are consumed.
+
+Scaling a group's channels in every consumer's input weights ("in" members) is the same as scaling
+the channels themselves at every place they reach a weight, and the leak tests show those are the
+only places a channel's values matter downstream. So a zero mask makes a channel carry no signal,
+whatever BatchNorm shift or activation precedes the consumer. Implemented as
+``torch.nn.utils.parametrize`` parametrizations, removed cleanly afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from graphprune.groups import GroupGraph
+
+
+class _Scale(nn.Module):
+    """W -> W * scale along each masked dim; ``source()`` gives the current masks per group."""
+
+    def __init__(self, entries: list[tuple[int, torch.Tensor, int, torch.Tensor]], source: Callable[[], dict[int, torch.Tensor]]):
+        super().__init__()
+        self.entries = entries  # (dim, positions, group id, channels)
+        self.source = source
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        masks = self.source()
+        for dim, positions, gid, channels in self.entries:
+            if gid not in masks:
+                continue
+            scale = torch.ones(w.shape[dim], dtype=w.dtype, device=w.device)
+            scale = scale.index_copy(0, positions.to(w.device), masks[gid][channels.to(w.device)].to(w.dtype))
+            shape = [1] * w.ndim
+            shape[dim] = -1
+            w = w * scale.view(shape)
+        return w
+
+
+class ChannelMasks:
+    """Parametrizes every consumer weight of ``groups`` so it reads ``source()[group id]`` as a mask."""
+
+    def __init__(self, model: nn.Module, gg: GroupGraph, group_ids: list[int], source: Callable[[], dict[int, torch.Tensor]]):
+        self.model = model
+        per_param: dict[tuple[str, str], list] = {}
+        for gid in group_ids:
+            for m in gg.groups[gid].members:
+                if m.role == "in":
+                    per_param.setdefault((m.module, m.param), []).append(
+                        (m.dim, torch.from_numpy(m.positions), gid, torch.from_numpy(m.channels))
+                    )
+        self.params = list(per_param)
+        for (module, name), entries in per_param.items():
+            parametrize.register_parametrization(model.get_submodule(module), name, _Scale(entries, source), unsafe=True)
+
+    def remove(self) -> None:
+        """Back to plain parameters holding the unmasked weights."""
+        for module, name in self.params:
+            owner = self.model.get_submodule(module)
+            if parametrize.is_parametrized(owner, name):
+                parametrize.remove_parametrizations(owner, name, leave_parametrized=False)
