@@ -4,7 +4,10 @@ Rows, all with the same total epochs:
   unpruned          train from scratch;
   scratch:METHOD    METHOD's plan on the untrained model (e.g. scratch:uniform = uniform width
                     scaling to the budget), then train the slim model from scratch;
-  METHOD            train half the epochs, prune with METHOD to the budget, fine-tune the rest.
+  METHOD            a data-free METHOD (l1, ...): train half the epochs, prune to the budget,
+                    fine-tune the rest; a training METHOD (dsa, ...): train from scratch with the
+                    method (10% of the training split held out for its allocation steps) until
+                    its plan is ready, then train the slim model for the remaining epochs.
 Validation accuracy on a held-out split (mean ± std over seeds), achieved MACs/params ratios and
 seconds per epoch go to JSON, a markdown table and PNG plots (accuracy vs MACs ratio; kept channels
 per layer) under --out.
@@ -26,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 import graphprune
-from graphprune import data, models
+from graphprune import data, models, passes
+from torch.utils.data import DataLoader, Subset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +47,7 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
     torch.manual_seed(seed)
     model = models.get(spec.model)
     full = graphprune.analyze(model, example)
-    plan, history = None, []
+    plan, history, extra = None, [], {}
     if row == "unpruned":
         history = train(model, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
         final = model
@@ -51,6 +55,15 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         result = graphprune.apply(model, row.split(":", 1)[1], spec.budget, example, analysis=full)
         final, plan = result.model, result.plan
         history = train(final, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
+    elif passes.get(row).trains:
+        train_part, alloc_part = _hold_out(loaders[0], 0.1, seed)
+        start = time.perf_counter()
+        result = graphprune.apply(model, row, spec.budget, example, train_data=train_part, loss_fn=F.cross_entropy,
+                                  epochs=spec.epochs, lr=spec.lr, val_data=alloc_part, warmup_epochs=1, steps_between=4,
+                                  analysis=full)
+        final, plan = result.model, result.plan
+        history = [graphprune.EpochRecord(0, 0.0, (time.perf_counter() - start) / spec.epochs, {})]
+        extra = {"budget_trajectory": result.method.trajectory, "keep_ratios": result.method.alphas().tolist()}
     else:
         pre = spec.epochs // 2
         history = train(model, loaders, pre, spec.lr, seed, spec.device, f"{row} pretrain seed {seed}")
@@ -73,7 +86,18 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         "macs_ratio": macs / full.budget.macs(), "params_ratio": params / full.budget.params(),
         "seconds_per_epoch": statistics.mean(h.seconds for h in history),
         "kept_per_layer": kept,
+        **extra,
     }
+
+
+def _hold_out(loader: DataLoader, fraction: float, seed: int) -> tuple[DataLoader, DataLoader]:
+    """Split a training loader's dataset: the rest for weights, ``fraction`` for allocation steps."""
+    n = len(loader.dataset)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000)).tolist()
+    cut = int(n * fraction)
+    g = torch.Generator().manual_seed(seed)
+    return (DataLoader(Subset(loader.dataset, order[cut:]), loader.batch_size, shuffle=True, generator=g),
+            DataLoader(Subset(loader.dataset, order[:cut]), loader.batch_size, shuffle=True, generator=g))
 
 
 def summarize(results: list[dict], spec: argparse.Namespace) -> str:
@@ -112,6 +136,22 @@ def plot(results: list[dict], spec: argparse.Namespace, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_macs.png", dpi=120)
     plt.close(fig)
+
+    trained = [r for r in results if r.get("budget_trajectory") and r["seed"] == spec.seeds[0]]
+    for r in trained:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        left.plot(r["budget_trajectory"])
+        left.axhline(100 * spec.budget, color="gray", linestyle="--", label="budget")
+        left.set_xlabel("allocation step")
+        left.set_ylabel("F(alpha), % of full MACs")
+        left.legend()
+        right.bar(range(len(r["keep_ratios"])), [100 * a for a in r["keep_ratios"]])
+        right.set_xlabel("group")
+        right.set_ylabel("keep ratio alpha (%)")
+        fig.suptitle(f"{spec.model}: {r['row']} allocation (seed {r['seed']})")
+        fig.tight_layout()
+        fig.savefig(out / f"{r['row']}_allocation.png", dpi=120)
+        plt.close(fig)
 
     pruned = [r for r in results if r["kept_per_layer"] and r["seed"] == spec.seeds[0]]
     if pruned:

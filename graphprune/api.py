@@ -69,6 +69,7 @@ class PruneResult:
     plan: Plan
     report: PruneReport
     groups: GroupGraph
+    method: Any = None  # the method pass, for what it learned (e.g. DSA's budget trajectory)
 
 
 def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds: float) -> PruneReport:
@@ -104,7 +105,7 @@ class Session:
         self.method.detach()
         small = slim(self.gg, plan)
         report = report_for(self.gg, plan, self.method.name, self.budget, time.perf_counter() - self._start)
-        return PruneResult(small, plan, report, self.gg)
+        return PruneResult(small, plan, report, self.gg, self.method)
 
 
 def prepare(
