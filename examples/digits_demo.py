@@ -24,7 +24,7 @@ def main() -> None:
     torch.manual_seed(0)
     train, val = data.digits(seed=0)
     model = models.get("digits_cnn", width=48)
-    graphprune.fit(model, train, F.cross_entropy, 40, optimizer=torch.optim.Adam(model.parameters(), 2e-3),
+    graphprune.fit(model, train, F.cross_entropy, 25, optimizer=torch.optim.Adam(model.parameters(), 2e-3),
                    description="training digits_cnn")
     before = graphprune.accuracy(model, val)
 
@@ -32,7 +32,7 @@ def main() -> None:
     result = graphprune.apply(model, "l1", 0.5, example)
     result.report.print(console)
     pruned = graphprune.accuracy(result.model, val)
-    graphprune.fit(result.model, train, F.cross_entropy, 10, optimizer=torch.optim.Adam(result.model.parameters(), 5e-4),
+    graphprune.fit(result.model, train, F.cross_entropy, 6, optimizer=torch.optim.Adam(result.model.parameters(), 5e-4),
                    description="fine-tuning the slim model")
     after = graphprune.accuracy(result.model, val)
 
