@@ -201,8 +201,8 @@ def main() -> None:
     results = []
     start = time.perf_counter()
     for seed in spec.seeds:
-        loaders = data.cifar10(spec.data_root, seed=seed) if spec.data_root else data.cifar10_subset(spec.data, seed=seed)
-        for row in spec.rows:
+        for row in spec.rows:  # fresh loaders per row: same batches and augmentations whatever ran before
+            loaders = data.cifar10(spec.data_root, seed=seed) if spec.data_root else data.cifar10_subset(spec.data, seed=seed)
             results.append(run_row(row, spec, seed, loaders, example))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "kept_per_layer"}), flush=True)
     table = summarize(results, spec)
