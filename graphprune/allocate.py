@@ -12,7 +12,6 @@ multiple of its ``round_to`` unless that would exceed its size.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 

@@ -77,7 +77,6 @@ def _producer(
     at a time: the input and output channels of one group are linked into one channel, so the
     group count shrinks and each group keeps its width.
     """
-    who = ctx.describe(node)
     in_map = ctx.demand(x, in_dim, node)
     out = ctx.atoms.new(out_channels)
     out_map = ChannelMap(out_dim, out)

@@ -1,6 +1,5 @@
 """DSA against its math (Eq. 2, 5, 6, 9) and end to end under a budget."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
