@@ -115,3 +115,21 @@ def fill_up(gg: GroupGraph, metric: str, counts: dict[int, int], target: float, 
                 break
             current = trial
     return current if gg.budget.exact(metric, current) <= target else counts
+
+
+def allocate_by_ratios(gg: GroupGraph, alloc: Allocation, weights: dict[int, float], budget: Budget, order: list[int]) -> Plan:
+    """Group k keeps ``scale * weights[k]`` of its channels, the largest scale that meets the budget,
+    then ``fill_up`` in ``order``; within a group the highest-scoring channels stay.
+
+    Uniform width is all weights 1; DSA passes its learned keep ratios.
+    """
+    def counts(scale: float) -> dict[int, int]:
+        return {g.id: max(alloc.floors[g.id], round_up(math.ceil(min(1.0, scale * weights[g.id]) * g.size), g.round_to, g.size))
+                for g in alloc.groups}
+
+    target = check_reachable(gg, budget, counts(0.0))
+    lo, hi = 0.0, 1.0 / max(min(weights.values()), 1e-6)  # cost grows with the scale
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gg.budget.exact(budget.metric, counts(mid)) <= target else (lo, mid)
+    return alloc.plan(fill_up(gg, budget.metric, counts(lo), target, order))

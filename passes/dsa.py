@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from graphprune.allocate import Allocation, check_reachable, fill_up, round_up
+from graphprune.allocate import Allocation, allocate_by_ratios
 from graphprune.plan import Plan
 
 from . import register
@@ -226,21 +226,9 @@ class DSAPass(MethodPass):
         """Top channels by b_i with counts alpha_k * C_k, scaled together to meet the budget exactly."""
         b = self.importance()
         alloc = Allocation(self.gg, {gid: b[gid].numpy() for gid in self.group_ids}, self.min_channels, self.min_ratio)
-        alphas = self.alphas().numpy()
-
-        def counts(scale: float) -> dict[int, int]:
-            return {gid: max(alloc.floors[gid], round_up(math.ceil(min(1.0, scale * alphas[i]) * self.gg.groups[gid].size),
-                                                           self.gg.groups[gid].round_to, self.gg.groups[gid].size))
-                    for i, gid in enumerate(self.group_ids)}
-
-        metric = self.budget.metric
-        target = check_reachable(self.gg, self.budget, counts(0.0))
-        lo, hi = 0.0, float(1.0 / max(alphas.min(), 1e-6))
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.gg.budget.exact(metric, counts(mid)) <= target else (lo, mid)
-        order = sorted(self.group_ids, key=lambda g: -float(alphas[self._pos[g]]))  # most-kept groups first
-        return alloc.plan(fill_up(self.gg, metric, counts(lo), target, order))
+        alphas = {gid: float(a) for gid, a in zip(self.group_ids, self.alphas())}
+        order = sorted(self.group_ids, key=lambda g: -alphas[g])  # most-kept groups first
+        return allocate_by_ratios(self.gg, alloc, alphas, self.budget, order)
 
 
 def inexactness(p: torch.Tensor) -> float:

@@ -8,9 +8,7 @@ the largest l1 norm (over all members) stay.
 
 from __future__ import annotations
 
-import math
-
-from graphprune.allocate import Allocation, check_reachable, fill_up, round_up
+from graphprune.allocate import Allocation, allocate_by_ratios
 from graphprune.plan import Plan
 
 from . import register
@@ -24,18 +22,5 @@ class UniformPass(MethodPass):
 
     def plan(self) -> Plan:
         alloc = Allocation(self.gg, member_norms(self.model, self.gg, 1), self.min_channels, self.min_ratio)
-
-        def counts(ratio: float) -> dict[int, int]:
-            return {g.id: max(alloc.floors[g.id], round_up(math.ceil(ratio * g.size), g.round_to, g.size)) for g in alloc.groups}
-
-        metric = self.budget.metric
-        target = check_reachable(self.gg, self.budget, counts(0.0))
-        lo, hi = 0.0, 1.0  # cost grows with the ratio: find the largest ratio that fits
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if self.gg.budget.exact(metric, counts(mid)) <= target:
-                lo = mid
-            else:
-                hi = mid
-        order = sorted(counts(lo), key=lambda g: -self.gg.groups[g].size)
-        return alloc.plan(fill_up(self.gg, metric, counts(lo), target, order))
+        order = sorted((g.id for g in alloc.groups), key=lambda g: -self.gg.groups[g].size)
+        return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
