@@ -9,14 +9,21 @@ Bernoulli(p_i) with a straight-through estimator: the forward pass sees the hard
 pruned network will have, the backward pass gives dL/dp_i, which Eq. 6 needs. beta2 grows by
 x1.1 per epoch from 0.05, so the inexactness sum p_i (1 - p_i) goes to 0.
 
-Allocation (Eq. 7-9), every ``steps_between`` weight steps after ``warmup_epochs``: one gradient
-step on theta (``theta_lr`` 0.1, the paper's CIFAR weight learning rate; the paper leaves theta's
-step size unstated) from a validation batch (loss scaled by ``loss_scale``, gradient projected to be
-non-negative so the keep ratios only shrink, as the paper does to reach the budget faster); the
-z-step as ``inner_steps`` gradient steps on the augmented Lagrangian with the budget model's
-differentiable evaluator (costs normalized by the full model's); then the dual update of u2. Once
-F(alpha) <= budget, ``finish`` keeps the top channels by b_i in each group, scaled together so the
+Allocation (Eq. 7-9), every ``steps_between`` weight steps after ``warmup_epochs``: one step on
+theta from a validation batch with the gradient of the theta sub-problem of Eq. 8 (validation loss
+scaled by ``loss_scale``, plus u2 + rho2 (theta - z')), projected to be non-negative as the paper
+does to reach the budget faster (a group the loss wants to keep stays, the others shrink); the
+z-step as ``inner_steps`` gradient steps on the augmented Lagrangian (Eq. 9) with the budget model's
+differentiable evaluator (costs in percent of the full model); then the dual update of u2. Once
+F(alpha) <= budget, ``plan`` keeps the top channels by b_i in each group, scaled together so the
 plan meets the budget exactly (<= target, within half a point).
+
+The paper leaves theta's optimizer and step size unstated. Plain SGD steps of 0.1 x the 1e5-scaled
+loss gradient moved one group from keep 0.99 to 0.0003 in a single step (ResNet-20, the first
+benchmark run). Adam (DARTS' architecture optimizer; the paper follows DARTS' bi-level scheme) moves
+every group by about ``theta_lr`` per step whatever the loss scale, so the loss decides *which*
+groups shrink and the budget pressure (u2, rho2) decides *how far*: ``theta_lr`` 0.2 reaches a
+50% MACs budget from keep 0.99 in about 25 allocation steps on ResNet-20.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ class DSAPass(MethodPass):
         self, *args: Any, val_data: Iterable | None = None, loss_fn: Callable | None = None,
         warmup_epochs: int = 0, steps_between: int = 20, beta2: float = 0.05, beta2_growth: float = 1.1,
         rho1: float = 0.01, rho2: float = 0.01, inner_steps: int = 50, inner_lr: float = 1e-3,
-        theta_lr: float = 0.1, loss_scale: float = 1e5, initial_keep: float = 0.99, seed: int = 0, **kwargs: Any,
+        theta_lr: float = 0.2, loss_scale: float = 1e5, initial_keep: float = 0.99, seed: int = 0, **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.val_data, self.loss_fn = val_data, loss_fn
@@ -93,6 +100,7 @@ class DSAPass(MethodPass):
         logit = math.log(initial_keep / (1 - initial_keep))
         self.theta = torch.full((len(self.group_ids),), logit, dtype=torch.float64)
         self.z = self.theta.clone()
+        self._theta_opt = torch.optim.Adam([self.theta], lr=theta_lr, betas=(0.5, 0.999))  # DARTS' architecture optimizer
         self.u1, self.u2 = 0.0, torch.zeros_like(self.theta)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.masks, self.trajectory = 0, {}, []
@@ -186,9 +194,8 @@ class DSAPass(MethodPass):
         self.model.train(was_training)
         (grad,) = torch.autograd.grad(loss, theta, allow_unused=True)
         grad = torch.zeros_like(theta) if grad is None else grad.double()
-        grad = grad.clamp_min(0)  # the paper's projection: keep ratios only shrink
-        with torch.no_grad():
-            self.theta -= self.theta_lr * (grad + self.u2 + self.rho2 * (self.theta - self.z))
+        self.theta.grad = (grad + self.u2 + self.rho2 * (self.theta - self.z)).clamp_min(0)  # the paper's projection
+        self._theta_opt.step()
         self.z_step()
         self.u2 = self.u2 + self.rho2 * (self.theta - self.z)
         self.trajectory.append(float(self.cost(self.alphas())))
@@ -217,7 +224,7 @@ class DSAPass(MethodPass):
                 self.resample()
 
     def end_epoch(self, epoch: int) -> None:
-        self.epoch = epoch + 1
+        self.epoch += 1  # epochs this pass has seen: a loop may call fit one epoch at a time
         if self.epoch > self.warmup_epochs:
             self.beta2 *= self.beta2_growth
 

@@ -77,6 +77,28 @@ def test_z_step_lands_within_the_budget():
     assert float(dsa.cost(torch.sigmoid(dsa.z))) <= dsa._target + 0.1
 
 
+def test_theta_step_only_shrinks_and_is_scale_free():
+    """Projected gradient, Adam: on the first step every group moves by 0 or exactly theta_lr."""
+    torch.manual_seed(0)
+    model, x = models.get("resnet20"), torch.randn(8, 3, 32, 32)
+    dsa = make_pass(model, x, 0.5)
+    dsa.attach()
+    before = dsa.theta.clone()
+    dsa.allocation_step()
+    moved = before - dsa.theta
+    assert bool(((moved.abs() < 1e-9) | ((moved - dsa.theta_lr).abs() < 1e-4)).all())
+    assert float(moved.max()) == pytest.approx(dsa.theta_lr)  # the budget pressure moves some group
+    dsa.detach()
+
+
+def test_beta2_grows_once_per_epoch_seen_after_warmup():
+    dsa = make_pass(models.get("resnet20"), torch.randn(2, 3, 32, 32), 0.5)
+    dsa.warmup_epochs = 1
+    for _ in range(3):
+        dsa.end_epoch(0)  # apply() runs fit one epoch at a time: its epoch index is always 0
+    assert dsa.epoch == 3 and dsa.beta2 == pytest.approx(0.05 * 1.1**2)
+
+
 @pytest.mark.parametrize("name", ["resnet56", pytest.param("mobilenet_v2", marks=pytest.mark.slow), pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_dsa_reaches_the_budget_and_slims_exactly(name, tmp_path):
     torch.manual_seed(0)
