@@ -90,6 +90,10 @@ class Session:
         self._start = started
         method_pass.attach()
 
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Tell the method which optimizer trains the model; ``fit`` calls it, a user's own loop calls it once."""
+        self.method.bind_optimizer(optimizer)
+
     def before_step(self, step: int) -> None:
         self.method.before_step(step)
 

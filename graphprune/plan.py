@@ -66,6 +66,18 @@ class Plan:
         groups = data["groups"]
         return cls({g["id"]: g["keep"] for g in groups}, {g["id"]: g["size"] for g in groups if g.get("size") is not None})
 
+    def kept_per_layer(self, gg: "GroupGraph") -> dict[str, float]:
+        """{layer: kept fraction of its output channels} for every layer that produces channels, in graph order."""
+        kept: dict[str, list[int]] = {}
+        for g in gg.groups:
+            for m in g.members:
+                if m.role == "out" and m.param == "weight":
+                    n = kept.setdefault(m.module, [0, 0])
+                    n[0] += len(m.indices(self.keep[g.id])) if g.id in self.keep else len(m.positions)
+                    n[1] += len(m.positions)
+        order = {node.target: i for i, node in enumerate(gg.gm.graph.nodes) if node.op == "call_module"}
+        return {name: k / total for name, (k, total) in sorted(kept.items(), key=lambda item: order.get(item[0], len(order)))}
+
     def summary(self, gg: "GroupGraph") -> list[tuple[int, int, int, str]]:
         """(group, kept, size, members) rows, for reports."""
         rows = []

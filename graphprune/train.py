@@ -1,7 +1,8 @@
 """``fit``: one plain, dependable training loop, with hooks for method passes.
 
-Anything with ``before_step(step)``, ``after_step(step, loss)`` or ``end_epoch(epoch)`` methods can be
-a callback: a ``graphprune.prepare`` session is one, so a method that trains plugs in unchanged.
+Anything with ``bind_optimizer(optimizer)`` (called once, before the first step), ``before_step(step)``,
+``after_step(step, loss)`` or ``end_epoch(epoch)`` methods can be a callback: a ``graphprune.prepare``
+session is one, so a method that trains plugs in unchanged.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def fit(
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[EpochRecord] = []
+    _call(callbacks, "bind_optimizer", optimizer)
     step = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:

@@ -30,6 +30,9 @@ class MethodPass:
     def attach(self) -> None:
         """Instrument the model (masks, hooks, parametrizations) before training."""
 
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once before training with the optimizer that steps the model (e.g. for its learning rate)."""
+
     def before_step(self, step: int) -> None:
         """Called before each optimizer step."""
 
