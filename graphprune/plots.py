@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 
-def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float], target: float | None = None, title: str = "") -> None:
+def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float], target: float | None = None, title: str = "",
+                sensitivity: Mapping[str, float] | None = None) -> None:
     """PNG: ``trajectory`` (cost per search step, % of the full model) beside ``kept`` ({layer: kept
-    fraction of its output channels}, in network order). ``target``: the budget in %, drawn as a line."""
+    fraction of its output channels}, in network order). ``target``: the budget in %, drawn as a line.
+    ``sensitivity``: {layer: normalized sensitivity in [-1, 1]}, drawn over the bars as in DSA's Fig. 6."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,6 +26,10 @@ def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float
     right.set_xticks(range(len(kept)), list(kept), rotation=90, fontsize=5)
     right.set_ylabel("kept output channels (%)")
     right.set_ylim(0, 100)
+    if sensitivity is not None:
+        twin = right.twinx()
+        twin.plot(range(len(kept)), [sensitivity.get(layer, float("nan")) for layer in kept], "o-", color="tab:red", markersize=3)
+        twin.set_ylabel("normalized sensitivity -dL/dalpha", color="tab:red")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

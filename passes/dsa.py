@@ -35,6 +35,7 @@ import torch
 
 from graphprune.allocate import Allocation, allocate_by_ratios
 from graphprune.plan import Plan
+from graphprune.plots import plot_search
 
 from . import register
 from .base import MethodPass
@@ -104,6 +105,7 @@ class DSAPass(MethodPass):
         self.u1, self.u2 = 0.0, torch.zeros_like(self.theta)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.masks, self.trajectory = 0, {}, []
+        self._sensitivity_sum, self._sensitivity_steps = torch.zeros_like(self.theta), 0
         b = self.gg.budget
         self._full = b.exact(self.budget.metric)
         self._target = 100 * self.budget.target(self._full) / self._full
@@ -194,6 +196,9 @@ class DSAPass(MethodPass):
         self.model.train(was_training)
         (grad,) = torch.autograd.grad(loss, theta, allow_unused=True)
         grad = torch.zeros_like(theta) if grad is None else grad.double()
+        alphas = torch.sigmoid(self.theta)
+        self._sensitivity_sum -= grad / (self.loss_scale * alphas * (1 - alphas))  # -dL/dalpha
+        self._sensitivity_steps += 1
         self.theta.grad = (grad + self.u2 + self.rho2 * (self.theta - self.z)).clamp_min(0)  # the paper's projection
         self._theta_opt.step()
         self.z_step()
@@ -201,6 +206,14 @@ class DSAPass(MethodPass):
         self.trajectory.append(float(self.cost(self.alphas())))
         with torch.no_grad():
             self.resample()
+
+    def sensitivity(self) -> torch.Tensor:
+        """Mean -dL_v/dalpha_k over the allocation steps, normalized to a maximum of 1 (the paper's Fig. 6).
+
+        How much the validation loss falls per unit of keep ratio: the groups the allocation protects.
+        """
+        mean = self._sensitivity_sum / max(self._sensitivity_steps, 1)
+        return mean / mean.abs().max().clamp_min(1e-30)
 
     def _next_val_batch(self):
         if self.val_data is None or self.loss_fn is None:
@@ -236,6 +249,14 @@ class DSAPass(MethodPass):
         alphas = {gid: float(a) for gid, a in zip(self.group_ids, self.alphas())}
         order = sorted(self.group_ids, key=lambda g: -alphas[g])  # most-kept groups first
         return allocate_by_ratios(self.gg, alloc, alphas, self.budget, order)
+
+    def report_png(self, path: str) -> None:
+        """The budget trajectory beside the final kept channels per layer and each layer's sensitivity (Fig. 6)."""
+        sensitivity = dict(zip(self.group_ids, self.sensitivity().tolist()))
+        by_layer = {m.module: sensitivity[gid] for gid in self.group_ids for m in self.gg.groups[gid].members
+                    if m.role == "out" and m.param == "weight"}
+        plot_search(path, self.trajectory, self.plan().kept_per_layer(self.gg), self._target, f"DSA: {self.budget.metric} allocation",
+                    sensitivity=by_layer)
 
 
 def inexactness(p: torch.Tensor) -> float:

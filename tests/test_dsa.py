@@ -117,3 +117,7 @@ def test_dsa_reaches_the_budget_and_slims_exactly(name, tmp_path):
     assert slim_error(model, result.groups, result.plan, (x[:2],)) <= 1e-5
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dsa.onnx"), x[:2])
     assert report.relative_diff < 1e-4
+    sensitivity = result.method.sensitivity()
+    assert bool(torch.isfinite(sensitivity).all()) and float(sensitivity.abs().max()) == pytest.approx(1.0)
+    result.method.report_png(str(tmp_path / "dsa.png"))
+    assert (tmp_path / "dsa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
