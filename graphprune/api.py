@@ -154,6 +154,7 @@ def apply(
     loss_fn: Callable | None = None,
     epochs: int = 0,
     lr: float = 0.05,
+    optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune ``model`` to ``budget`` with ``method``; returns the slim model, the plan and a report.
@@ -161,6 +162,8 @@ def apply(
     Data-free methods ("l1", "l2", "uniform", "random") need nothing else. Methods that train
     ("dsa", ...) train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
     ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs.
+    ``optimizer(parameters, lr)`` builds another optimizer (e.g. Adam for restoration models); the
+    cosine schedule still sets its learning rate each epoch.
     """
     from . import passes
 
@@ -169,7 +172,8 @@ def apply(
     if train_data is None or loss_fn is None or epochs < 1:
         raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
     session = prepare(model, method, budget, example_inputs, loss_fn=loss_fn, **options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    make_optimizer = optimizer or _sgd
+    optimizer = make_optimizer(model.parameters(), lr)
     epoch = 0
     while epoch < epochs and not session.method.ready():
         _cosine(optimizer, lr, epoch, epochs)
@@ -179,12 +183,16 @@ def apply(
     if not session.method.ready():
         raise BudgetError(f"{method} did not reach the budget in {epochs} epochs; give it more epochs")
     result = session.finish()
-    optimizer = torch.optim.SGD(result.model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = make_optimizer(result.model.parameters(), lr)
     for later in range(epoch, epochs):
         _cosine(optimizer, lr, later, epochs)
         fit(result.model, train_data, loss_fn, 1, optimizer=optimizer, seed=None,
             description=f"training the slim model: epoch {later + 1}/{epochs}")
     return result
+
+
+def _sgd(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
 def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:

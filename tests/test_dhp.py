@@ -256,8 +256,16 @@ def test_dhp_reaches_the_budget_and_slims_exactly(name, budget, tmp_path):
 def test_apply_trains_searches_slims_and_the_plan_reapplies(tmp_path):
     x, data, loss_fn = batches("resnet20")
     model = models.get("resnet20")
-    result = graphprune.apply(model, "dhp", 0.5, x[:2], train_data=data, loss_fn=loss_fn, epochs=3, lr=LR[False], reg=SHRINK / LR[False])
+    built = []
+
+    def sgd(parameters, lr):  # apply builds the optimizer twice: for the search and for the slim model
+        built.append(torch.optim.SGD(parameters, lr))
+        return built[-1]
+
+    result = graphprune.apply(model, "dhp", 0.5, x[:2], train_data=data, loss_fn=loss_fn, epochs=3, lr=LR[False], reg=SHRINK / LR[False],
+                              optimizer=sgd)
     check(model, x, result, 0.5, tmp_path)
+    assert len(built) == 2 and set(built[1].param_groups[0]["params"]) == set(result.model.parameters())
     assert result.method.kept_counts and all(1 <= n <= result.groups.groups[g].size for g, n in result.method.kept_counts.items())
     again = graphprune.apply_plan(models.get("resnet20"), result.plan, x[:2])
     assert {n: p.shape for n, p in again.named_parameters()} == {n: p.shape for n, p in result.model.named_parameters()}
