@@ -171,7 +171,7 @@ def plot(results: list[dict], spec: argparse.Namespace, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--rows", default="unpruned,scratch:uniform,l1", help="comma-separated rows (see the docstring)")
+    p.add_argument("--rows", default="unpruned,scratch:uniform,l1,dsa,dhp", help="comma-separated rows (see the docstring)")
     p.add_argument("--budget", type=float, default=0.5)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seeds", default="0,1")
