@@ -87,14 +87,7 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         history += train(final, loaders, spec.epochs - pre, spec.lr / 10, seed, spec.device, f"{row} fine-tune seed {seed}")
     final = final.cpu()
     macs, params = full.budget.macs(plan.counts() if plan else None), full.budget.params(plan.counts() if plan else None)
-    kept = {}
-    if plan is not None:
-        for gid, n_kept, size, _ in plan.summary(full):
-            for m in full.groups[gid].members:
-                if m.role == "out" and m.param == "weight":
-                    kept[m.module] = n_kept / size
-        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-        kept = dict(sorted(kept.items(), key=lambda item: order.get(item[0], len(order))))  # network order
+    kept = plan.kept_per_layer(full) if plan is not None else {}  # network order
     return {
         "row": row, "seed": seed,
         "val_accuracy": graphprune.accuracy(final, loaders[1]),
@@ -192,11 +185,7 @@ def main() -> None:
     out = Path(spec.out) / spec.model
     out.mkdir(parents=True, exist_ok=True)
     if spec.replot:
-        results = json.loads((out / "results.json").read_text())["results"]
-        order = {name: i for i, (name, _) in enumerate(models.get(spec.model).named_modules())}
-        for r in results:
-            r["kept_per_layer"] = dict(sorted(r["kept_per_layer"].items(), key=lambda item: order.get(item[0], len(order))))
-        return plot(results, spec, out)
+        return plot(json.loads((out / "results.json").read_text())["results"], spec, out)
     example = torch.randn(2, *models.input_shape(spec.model)[1:])
     results, earlier_minutes = [], 0.0
     if spec.merge and (out / "results.json").exists():
