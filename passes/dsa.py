@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from graphprune.allocate import Allocation, allocate_by_ratios
+from graphprune.errors import GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
@@ -217,7 +218,7 @@ class DSAPass(MethodPass):
 
     def _next_val_batch(self):
         if self.val_data is None or self.loss_fn is None:
-            raise TypeError("dsa needs val_data= (a held-out iterable of batches) and loss_fn= to allocate")
+            raise GraphPruneError("dsa needs val_data= (a held-out iterable of batches, e.g. 10% of the training data) and loss_fn= to allocate")
         if self._val_iter is None:
             self._val_iter = iter(self.val_data)
         try:

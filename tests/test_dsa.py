@@ -91,6 +91,13 @@ def test_theta_step_only_shrinks_and_is_scale_free():
     dsa.detach()
 
 
+def test_allocation_without_validation_data_says_what_to_pass():
+    model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
+    dsa = DSAPass(graphprune.analyze(model, x), graphprune.Budget(macs=0.5), model)
+    with pytest.raises(graphprune.GraphPruneError, match="val_data="):
+        dsa.allocation_step()
+
+
 def test_beta2_grows_once_per_epoch_seen_after_warmup():
     dsa = make_pass(models.get("resnet20"), torch.randn(2, 3, 32, 32), 0.5)
     dsa.warmup_epochs = 1
