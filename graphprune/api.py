@@ -15,7 +15,7 @@ from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, analyze
 from .plan import Plan
 from .slim import slim
-from .train import fit
+from .train import fit, sgd
 
 
 @dataclasses.dataclass
@@ -172,7 +172,7 @@ def apply(
     if train_data is None or loss_fn is None or epochs < 1:
         raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
     session = prepare(model, method, budget, example_inputs, loss_fn=loss_fn, **options)
-    make_optimizer = optimizer or _sgd
+    make_optimizer = optimizer or sgd
     optimizer = make_optimizer(model.parameters(), lr)
     epoch = 0
     while epoch < epochs and not session.method.ready():
@@ -189,10 +189,6 @@ def apply(
         fit(result.model, train_data, loss_fn, 1, optimizer=optimizer, seed=None,
             description=f"training the slim model: epoch {later + 1}/{epochs}")
     return result
-
-
-def _sgd(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
 def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:

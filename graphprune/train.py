@@ -49,6 +49,11 @@ def accuracy(model: torch.nn.Module, data: Iterable, device: torch.device | str 
     return correct / max(total, 1)
 
 
+def sgd(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """The default optimizer of ``fit`` and ``apply``: SGD, momentum 0.9, weight decay 5e-4."""
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
 def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
     for cb in callbacks:
         fn = getattr(cb, hook, None)
@@ -82,7 +87,7 @@ def fit(
         seed_everything(seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    optimizer = optimizer or sgd(model.parameters(), 0.05)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[EpochRecord] = []
