@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any, Iterable
 
@@ -280,23 +281,80 @@ class Analysis:
         out = fn(*args, **kwargs)
         return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node)))
 
+    def _evaluate_from(self, read: fx.Node, target: fx.Node, dim: int, count: int) -> Any:
+        """The value ``target`` takes when the tensor ``read`` looks at has ``count`` channels.
+
+        Re-runs the python arithmetic between the shape read and ``target`` with example values for
+        everything that does not depend on the read: the proof that a computed size follows the channels.
+        """
+        shape = list(self.spec(read.args[0]).shape)
+        shape[dim] = count
+        reads = _reads_channel_count(read, dim, len(shape))
+        env: dict[fx.Node, Any] = {read: torch.Size(shape) if reads is None else (math.prod(shape) if read.target == "numel" else count)}
+        downstream = _python_descendants(read, self.is_tensor)
+
+        def value(n: Any) -> Any:
+            if not isinstance(n, fx.Node):
+                return n
+            if n not in env:
+                if n not in downstream:
+                    return self.traced.values[n]
+                env[n] = n.target(*fx.node.map_arg(n.args, value), **fx.node.map_arg(n.kwargs, value))
+            return env[n]
+
+        return value(target)
+
     # ---------------------------------------------------------------- checks at the end
     def check_shape_uses(self, node: fx.Node, m: ChannelMap) -> None:
         """Checked once the graph is done (reshapes after the read need their channel maps)."""
         self._shape_reads.append((node, m))
 
     def _check_shape_uses(self) -> None:
-        """A channel count read at run time may only become the channel dim of a reshape (which then
-        follows the new count) or feed split sizes; anything else would change when pruning does."""
+        """A channel count read at run time must keep its meaning after pruning.
+
+        Its value (through python arithmetic) may size the channel dim of a view/reshape/expand of
+        the *same* channels, when enumerating every kept count proves the reshape stays consistent,
+        or give the sizes/bounds of a split or slice along a channel dim, which the slim pass
+        rewrites from the plan. Anywhere else (another tensor's reshape, a new tensor's size, a
+        python condition) pruning would change what it computes: the channels read, and those of
+        the op using the value, are frozen.
+        """
         for node, m in self._shape_reads:
             ndim = self.spec(node.args[0]).ndim
             for use, via in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
-                kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None)
-                sizes = _size_args(use)
-                out = self.map(use)
-                if kind != rules.RuleKind.MOVEMENT or (sizes is not None and (out is None or via not in sizes or sizes.index(via) != out.dim)):
-                    self.atoms.freeze(m.labels, f"{self.describe(use)} uses the channel count read by '{node.name}' where pruning would change its meaning")
-                    break
+                why = self._inconsistent_shape_use(node, m, use, via)
+                if why is None:
+                    continue
+                reason = f"{self.describe(use)} {why} computed from the channel count read by '{node.name}'"
+                self.atoms.freeze(m.labels, reason)
+                for a in self.tensor_inputs(use) if use.op != "output" else []:
+                    if self.map(a) is not None:
+                        self.atoms.freeze(self.map(a).labels, reason)
+                for out in _flatten(self.maps.get(use)):
+                    if isinstance(out, ChannelMap):
+                        self.atoms.freeze(out.labels, reason)
+
+    def _inconsistent_shape_use(self, read: fx.Node, m: ChannelMap, use: fx.Node, via: fx.Node) -> str | None:
+        """Why ``use`` receiving ``via`` (derived from ``read``'s channel count) breaks under pruning; None if it does not."""
+        kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None) if use.op != "output" else None
+        if kind != rules.RuleKind.MOVEMENT:
+            return "uses a value"
+        if use.target in _SPLITTING and _splits_channel_dim(self, use, via):
+            return None  # the slim pass writes the kept part sizes / bounds from the plan
+        sizes = _size_args(use)
+        out, src = self.map(use), self.map(use.args[0])
+        if sizes is None or out is None or src is None:
+            return "uses as a size a value"
+        where = [i for i, v in enumerate(sizes) if v is via]
+        if where != [out.dim]:
+            return "sizes a dim other than its channel dim with a value"
+        if not np.array_equal(src.labels, m.labels):
+            return "sizes the channels of another tensor with a value"
+        per_index = src.size // out.size
+        for kept in range(1, out.size + 1):
+            if self._evaluate_from(read, via, m.dim, kept * per_index) != kept:
+                return f"would not follow the kept channels (keeping {kept} of {out.size}) with a value"
+        return None
 
     def _check_param_uses(self) -> None:
         """A sliced parameter may only be used where a rule accounted for its channels."""
@@ -371,6 +429,19 @@ def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
     return node.target == "numel"
 
 
+def _python_descendants(node: fx.Node, is_tensor) -> set[fx.Node]:
+    """Nodes computed from ``node`` by python-level ops (arithmetic, indexing), ``node`` excluded."""
+    seen: set[fx.Node] = set()
+    todo = list(node.users)
+    while todo:
+        n = todo.pop()
+        if n in seen or n.op != "call_function" or is_tensor(n):
+            continue
+        seen.add(n)
+        todo.extend(n.users)
+    return seen
+
+
 def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int, is_tensor) -> Iterable[tuple[fx.Node, fx.Node]]:
     """(tensor op, the value it receives) pairs reached from a shape value through python arithmetic
     and indexing. ``reads`` None means ``node`` is a tuple of sizes: only its entry ``dim`` is a channel count.
@@ -389,6 +460,38 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
 
 
 _SIZE_TAKING = {"view", "reshape", "expand", torch.reshape}
+_SPLITTING = {"split", "tensor_split", "narrow", torch.split, torch.tensor_split, torch.narrow, operator.getitem}
+
+
+def _splits_channel_dim(ctx: Analysis, use: fx.Node, via: fx.Node) -> bool:
+    """Is ``via`` only a part size or slice bound along the channel dim of ``use``'s input?"""
+    m = ctx.map(use.args[0])
+    if m is None:
+        return False
+    ndim = ctx.spec(use.args[0]).ndim
+    if use.target is operator.getitem:
+        items = use.args[1] if isinstance(use.args[1], tuple) else (use.args[1],)
+        consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+        dim = 0
+        for item in items:
+            if item is Ellipsis:
+                dim += ndim - consumed
+            elif item is not None:
+                if isinstance(item, slice) and via in (item.start, item.stop):
+                    return dim == m.dim and item.step in (None, 1)
+                if item is via:
+                    return False  # an integer index removes the dim
+                dim += 1
+        return False
+    dim = use.args[2] if len(use.args) > 2 else use.kwargs.get("dim", 0)
+    if use.target in ("narrow", torch.narrow):
+        dim, rest = use.args[1], use.args[2:]
+        return isinstance(dim, int) and dim % ndim == m.dim and via in rest
+    sizes = use.args[1] if len(use.args) > 1 else use.kwargs.get("split_size_or_sections", use.kwargs.get("split_size"))
+    return isinstance(dim, int) and dim % ndim == m.dim and isinstance(sizes, (list, tuple)) and via in sizes
+
+
+
 
 
 def _size_args(node: fx.Node) -> list | None:

@@ -26,7 +26,7 @@ from .channels import ChannelMap
 from .errors import GraphPruneError
 from .groups import GroupGraph
 from .plan import Plan
-from .trace import TensorSpec, propagate
+from .trace import TensorSpec
 
 
 class SlimError(GraphPruneError):
@@ -88,18 +88,84 @@ class _Slimmer:
         return gm
 
     def verify(self, gm: fx.GraphModule) -> None:
-        values, _ = propagate(gm, self.gg.traced.placeholder_values)
-        got = {n.name: v for n, v in values.items()}
-        for old in self.gg.gm.graph.nodes:
-            if old.op in ("output", "get_attr"):
-                continue
-            want = self.expected(old)
-            if _tensor_shapes(got.get(old.name)) != _tensor_shapes(want):
+        """Run the slim graph on the example inputs; every node must have the shape the plan implies."""
+        _ShapeCheck(self, gm).check(self.gg.traced.placeholder_values)
+
+    def groups_at(self, old: fx.Node) -> str:
+        """The pruned groups whose channels flow through ``old`` (its inputs and its output)."""
+        found: dict[int, None] = {}
+        for n in [*old.all_input_nodes, old]:
+            for cmap in _channel_maps(self.maps.get(n)):
+                for g in self.gg.groups_of(cmap.labels).tolist():
+                    if g in self.keep:
+                        found[g] = None
+        if not found:
+            return "no pruned group flows through it"
+        return "groups " + ", ".join(f"{g} (keeps {len(self.keep[g])} of {self.gg.groups[g].size})" for g in found)
+
+
+class _ShapeCheck(fx.Interpreter):
+    """Runs the slim graph node by node: a failing op or a wrong shape is a SlimError naming the node and its groups."""
+
+    def __init__(self, slimmer: _Slimmer, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.extra_traceback = False  # our message names the node already; fx would append the whole graph
+        self.slimmer = slimmer
+        self.old = {n.name: n for n in slimmer.gg.gm.graph.nodes}
+
+    def check(self, inputs: list) -> None:
+        modes = {m: m.training for m in self.module.modules()}
+        self.module.eval()
+        try:
+            self.run(*inputs)  # grad mode on, as in analysis: modules take their training-time paths
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
+    def run_node(self, n: fx.Node) -> Any:
+        old = self.old.get(n.name)
+        try:
+            out = fx.node.map_aggregate(super().run_node(n), lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+        except Exception as exc:
+            where = self.slimmer.groups_at(old) if old is not None else "a node the slim pass added"
+            raise SlimError(
+                f"the slim model fails at node '{n.name}' ({n.op} {_target_name(n)}): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}\n  pruned here: {where}.\n  graphprune could not "
+                "rewrite a value this op depends on. Keep those groups whole (leave them out of the plan) or make "
+                "the module a leaf (leaf_modules=[...]), and report the model."
+            ) from exc
+        if old is not None and old.op not in ("output", "get_attr"):
+            got, want = _tensor_shapes(_spec_of(out)), _tensor_shapes(self.slimmer.expected(old))
+            if got != want:
                 raise SlimError(
-                    f"after slimming, node '{old.name}' has shape {_tensor_shapes(got.get(old.name))} but the plan implies "
-                    f"{_tensor_shapes(want)}: graphprune could not rewrite a constant of this op. Report it, or keep "
-                    f"the module as a leaf (leaf_modules=...) so its channels are frozen."
+                    f"after slimming, node '{old.name}' has shape {got} but the plan implies {want}; pruned here: "
+                    f"{self.slimmer.groups_at(old)}. graphprune could not rewrite a constant of this op: keep those "
+                    "groups whole, or make the module a leaf (leaf_modules=[...]), and report the model."
                 )
+        return out
+
+
+def _spec_of(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return TensorSpec(tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_spec_of(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _spec_of(v) for k, v in value.items()}
+    return value
+
+
+def _channel_maps(value: Any) -> list[ChannelMap]:
+    if isinstance(value, ChannelMap):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [m for v in value for m in _channel_maps(v)]
+    return []
+
+
+def _target_name(n: fx.Node) -> str:
+    t = n.target
+    return t if isinstance(t, str) else getattr(t, "__qualname__", getattr(t, "__name__", repr(t)))
 
 
 def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
@@ -233,8 +299,14 @@ def _rewrite_split(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
         new.target = torch.split
 
 
+def _concrete(s: _Slimmer, value: Any) -> Any:
+    """``value`` with every fx node replaced by its example value (a bound computed from shapes)."""
+    return fx.node.map_arg(value, lambda n: s.values[n])
+
+
 def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
-    x, index = old.args[0], new.args[1]
+    """A slice of the channel dim keeps the kept channels inside its bounds (computed bounds included)."""
+    x, index = old.args[0], old.args[1]
     m = s.maps.get(x)
     if not isinstance(m, ChannelMap) or not isinstance(s.values.get(x), TensorSpec):
         return
@@ -248,12 +320,14 @@ def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
         if item is None:
             continue
         if dim == m.dim and isinstance(item, slice):
+            item = _concrete(s, item)
             if item.step not in (None, 1):
                 raise SlimError(f"'{old.name}' slices the channel dim with step {item.step}; graphprune cannot rewrite it")
             start, stop, _ = item.indices(m.size)
             mask = s.mask(m)
-            items[pos] = slice(int(mask[:start].sum()), int(mask[:stop].sum()))
-            new.args = (new.args[0], tuple(items) if isinstance(index, tuple) else items[0])
+            new_items = list(new.args[1]) if isinstance(index, tuple) else [new.args[1]]
+            new_items[pos] = slice(int(mask[:start].sum()), int(mask[:stop].sum()))
+            new.args = (new.args[0], tuple(new_items) if isinstance(index, tuple) else new_items[0])
             return
         dim += 1
 
@@ -261,8 +335,8 @@ def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
 def _rewrite_narrow(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
     x = old.args[0]
     m = s.maps.get(x)
-    dim, start, length = new.args[1:4]
-    if isinstance(m, ChannelMap) and isinstance(start, int) and isinstance(length, int) and dim % s.values[x].ndim == m.dim:
+    dim, start, length = _concrete(s, old.args[1:4])
+    if isinstance(m, ChannelMap) and dim % s.values[x].ndim == m.dim:
         mask = s.mask(m)
         new.args = (new.args[0], dim, int(mask[:start].sum()), int(mask[start : start + length].sum()))
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 import graphprune
+from graphprune.exactness import exactness_error, flat_outputs as _flat
 
 
 def groups_with(gg: graphprune.GroupGraph, module: str, param: str = "weight", dim: int = 0) -> list[graphprune.ChannelGroup]:
@@ -69,14 +70,6 @@ def _zero_consumers(model, gg, keep) -> None:
         t.index_fill_(m.dim, idx, 0.0)
 
 
-def _flat(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.flatten()
-    if isinstance(out, dict):
-        out = list(out.values())
-    return torch.cat([_flat(o) for o in out])
-
-
 def random_plan(gg, rng: np.random.Generator, ratio: float | None = None) -> graphprune.Plan:
     """Random kept channels in every prunable group (about ``ratio`` of them, if given)."""
     keep = {}
@@ -86,24 +79,6 @@ def random_plan(gg, rng: np.random.Generator, ratio: float | None = None) -> gra
     return graphprune.Plan(keep, {g: gg.groups[g].size for g in keep})
 
 
-def zero_pruned(model: torch.nn.Module, gg, plan) -> None:
-    """Make the pruned channels carry no signal: zero their slice in every member."""
-    with torch.no_grad():
-        for gid, kept in plan.keep.items():
-            g = gg.groups[gid]
-            dropped = sorted(set(range(g.size)) - set(kept))
-            for m in g.members:
-                t = getattr(model.get_submodule(m.module), m.param)
-                t.index_fill_(m.dim, torch.tensor(m.indices(dropped), dtype=torch.long), 0.0)
-
-
 def slim_error(model: torch.nn.Module, gg, plan, inputs: tuple) -> float:
     """Max |slim - original| / max |original| after zeroing the pruned channels in the original."""
-    slim = graphprune.slim(gg, plan)
-    zero_pruned(model, gg, plan)
-    model.eval()
-    slim.eval()
-    with torch.no_grad():
-        want, got = _flat(model(*inputs)), _flat(slim(*inputs))
-    assert want.shape == got.shape
-    return float((want - got).abs().max() / want.abs().max().clamp_min(1e-12))
+    return exactness_error(model, gg, plan, inputs)

@@ -124,6 +124,46 @@ def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
     assert group_with(gg, "b").prunable
 
 
+def test_channel_count_sizing_another_tensor_freezes_both():
+    """timm-style attention: C read from the residual stream sizes qkv's head reshape. Pruning the
+    stream would change C but not qkv, so both are frozen with the reason; the MLP stays prunable."""
+    _, _, gg = analyze("attention_reshape")
+    stream, qkv = group_with(gg, "embed"), group_with(gg, "qkv")
+    for g in (stream, qkv):
+        assert not g.prunable and "sizes the channels of another tensor" in g.reason and "channel count" in g.reason
+    assert group_with(gg, "fc1").prunable
+
+
+def test_computed_sizes_of_the_same_channels_stay_prunable():
+    """Window partition/reverse and a head split sized from the tensor's own channel count, split
+    sizes and slice bounds computed from channel counts: proven consistent, so prunable."""
+    _, _, gg = analyze("computed_shapes")
+    assert all(group_with(gg, name).prunable for name in ("a", "b", "c"))
+    assert (group_with(gg, "a").size, group_with(gg, "b").size) == (8, 4)  # b's 8 outputs: 2 heads of 4
+    assert not group_with(gg, "f").prunable  # its channels are summed
+
+
+def test_head_split_that_prunes_whole_heads_freezes():
+    """y.view(B, heads, C // heads, N) with more heads than head channels: pruning removes whole
+    heads, and C // heads would no longer be the head width."""
+    import torch
+    import torch.nn as nn
+
+    class ManyHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            B, C, H, W = y.shape
+            return self.b(y.view(B, 4, C // 4, H * W).softmax(-1).view(B, C, H, W))
+
+    gg = graphprune.analyze(ManyHeads(), torch.randn(1, 3, 4, 4))
+    g = group_with(gg, "a")
+    assert not g.prunable and "other than its channel dim" in g.reason
+
+
 def test_reductions_over_channels_freeze():
     _, _, gg = analyze("reductions")
     assert "combines values across the channels" in group_with(gg, "a").reason

@@ -45,6 +45,30 @@ def test_layernorm_groups_are_close_but_not_exact():
     assert 0 < error < 1.0  # the normalization statistics change: documented, not exact
 
 
+def test_a_constant_the_slim_pass_misses_is_a_slim_error_naming_node_and_group(monkeypatch):
+    """Without the view rewrite, a literal channel count in a view is stale: the failure is reported
+    by the slim pass with the node and the pruned group, not as an example-input error."""
+    import importlib
+
+    slim_module = importlib.import_module("graphprune.slim")
+
+    class LiteralView(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv1d(6, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x).view(x.shape[0], 6, -1))
+
+    model, x = LiteralView(), torch.randn(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
+    g = group_with(gg, "conv")
+    monkeypatch.delitem(slim_module.GRAPH_REWRITES, "view")
+    with pytest.raises(graphprune.SlimError, match=rf"(?s)node 'view'.*group.*{g.id} \(keeps 2 of {g.size}\)") as info:
+        graphprune.slim(gg, graphprune.Plan({g.id: [0, 1]}))
+    assert not isinstance(info.value, graphprune.ExampleInputError) and "While executing" not in str(info.value)
+
+
 def test_user_model_is_untouched_and_slim_model_trains_and_saves():
     model, x = toy_models.build("residual")
     before = {k: v.clone() for k, v in model.state_dict().items()}

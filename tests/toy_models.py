@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from graphprune.exactness import randomize_small_tensors
+
 
 def conv(i, o, k=3, **kw):
     return nn.Conv2d(i, o, k, padding=k // 2, **kw)
@@ -169,6 +171,48 @@ class ShapeUse(nn.Module):
         return self.c(z)
 
 
+class AttentionReshape(nn.Module):
+    """timm-style attention: qkv's head reshape is sized from the *residual stream's* channel count."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2, self.head = nn.Linear(dim, 32), nn.Linear(32, dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) * 0.25).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+class ComputedShapes(nn.Module):
+    """Channel counts read at run time size same-tensor reshapes (windows, head splits), split sizes and slices."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = conv(3, 8), conv(8, 8, 1), conv(4, 6, 1), conv(4, 6, 1)
+        self.e, self.f, self.head = conv(8, 12, 1), conv(6, 6, 1), conv(12, 5, 1)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        B, C, H, W = y.shape
+        windows = y.view(B, C, H // 2, 2, W // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(-1, C, 2, 2)
+        windows = self.b(windows)
+        _, C2, _, _ = windows.shape
+        y = windows.view(B, H // 2, W // 2, C2, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C2, H, W)
+        heads = y.view(B, 2, y.size(1) // 2, H * W).softmax(-1).view(B, -1, H, W)  # linked across the 2 heads
+        p, q = heads.split([heads.size(1) // 2, heads.size(1) - heads.size(1) // 2], dim=1)
+        z = self.e(torch.cat([self.c(p), self.d(q)], dim=1)[:, : 8])
+        z2 = self.f(z[:, z.size(1) // 2 :])
+        return self.head(z) + z2.sum(1, keepdim=True)
+
+
 class Reductions(nn.Module):
     def __init__(self):
         super().__init__()
@@ -195,10 +239,15 @@ ALL = {
     "shared_conv": (SharedConv, (2, 3, 8, 8)),
     "shape_use": (ShapeUse, (2, 3, 8, 8)),
     "reductions": (Reductions, (2, 3, 8, 8)),
+    "attention_reshape": (AttentionReshape, (2, 3, 8, 8)),
+    "computed_shapes": (ComputedShapes, (2, 3, 8, 8)),
 }
 
 
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The model with random biases and norm scales (so a pruned channel's constant would show), and an input."""
     factory, shape = ALL[name]
     torch.manual_seed(0)
-    return factory().eval(), torch.randn(*shape)
+    model = factory().eval()
+    randomize_small_tensors(model)
+    return model, torch.randn(*shape)
