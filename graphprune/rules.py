@@ -355,7 +355,32 @@ reduce = _mixing(_dim_arg("dim"), reduces=True)
 @_kind(RuleKind.MOVEMENT)
 def movement(ctx: "Analysis", node: fx.Node) -> None:
     """Pure data movement: run the op on label tensors, read the channel map off the result."""
-    ctx.set(node, ctx.execute_on_labels(node))
+    out = ctx.execute_on_labels(node)
+    if node.op == "call_method" and node.target in SHAPE_ONLY_ARGS and node.target != "type_as":
+        _tie_to_shape_source(ctx, node, out)
+    ctx.set(node, out)
+
+
+def _tie_to_shape_source(ctx: "Analysis", node: fx.Node, out: ChannelMap | None) -> None:
+    """``y.view_as(x)``, ``reshape_as``, ``expand_as``: the result takes ``x``'s size, channel dim included.
+
+    Where both carry channels at the same dim, they must keep equal counts: linking them does it.
+    Where only one does, pruning would change one size but not the other: it is frozen (a dim of
+    size one that ``expand_as`` broadcasts follows any count).
+    """
+    source = node.args[1]
+    sm = ctx.map(source) if isinstance(source, fx.Node) else None
+    if out is not None and sm is not None and out.dim == sm.dim and out.size == sm.size:
+        return ctx.atoms.link(out.labels, sm.labels)
+    reason = f"{ctx.describe(node)} takes its shape from '{source.name}', whose channel count would not follow"
+    if out is not None:
+        ctx.atoms.freeze(out.labels, reason)
+    if sm is not None:
+        x = ctx.spec(node.args[0])
+        offset = ctx.spec(source).ndim - x.ndim
+        broadcast = node.target == "expand_as" and (sm.dim < offset or x.shape[sm.dim - offset] == 1)
+        if not broadcast:
+            ctx.atoms.freeze(sm.labels, reason)
 
 
 def _pad_module_as_function(m: nn.Module):

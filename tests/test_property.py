@@ -13,9 +13,14 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphprune
+from graphprune.exactness import randomize_small_tensors
 from helpers import leak_check, random_keep, random_plan, slim_error
 
-OPS = ("conv", "bn_relu", "add", "cat", "split", "depthwise", "grouped", "pixel_shuffle", "channel_shuffle", "se", "group_norm")
+OPS = (
+    "conv", "bn_relu", "add", "cat", "split", "depthwise", "grouped", "pixel_shuffle", "channel_shuffle", "se",
+    "group_norm", "gate", "sigmoid", "token_mix", "attention", "layer_scale", "heads", "window",
+)
+TOKENS = 36  # 6x6 inputs
 
 
 class RandomNet(nn.Module):
@@ -36,6 +41,8 @@ class RandomNet(nn.Module):
                 op = "bn_relu"
             if op == "split" and c < 2:
                 op = "conv"
+            if op == "heads" and c % 2:
+                op = "sigmoid"
             name = f"s{i}"
             if op == "conv":
                 self.layers[name] = nn.Conv2d(c, width, 3 if width % 2 else 1, padding=1 if width % 2 else 0)
@@ -68,6 +75,20 @@ class RandomNet(nn.Module):
             elif op == "group_norm":
                 self.layers[name] = nn.GroupNorm(2, c)
                 out = c
+            elif op == "gate":  # conv to value and gate halves, sigmoid(0) = 0.5 in pruned channels
+                self.layers[name] = nn.Conv2d(c, 2 * width, 1)
+                out = width
+            elif op == "token_mix":  # a linear over tokens: its bias reaches pruned channels
+                self.layers[name] = nn.Linear(TOKENS, TOKENS)
+                out = c
+            elif op == "attention":
+                self.layers[name] = nn.ModuleList([nn.Conv2d(c, width, 1), nn.Conv2d(c, width, 1), nn.Conv2d(c, c, 1)])
+                out = c
+            elif op == "layer_scale":
+                self.layers[name] = nn.ParameterList([nn.Parameter(torch.rand(1, c, 1, 1) + 0.5)])
+                out = c
+            elif op in ("sigmoid", "heads", "window"):
+                out = c
             self.steps.append((op, name, a, b, width))
             channels.append(out)
         self.head = nn.Conv2d(channels[-1], 5, 1)
@@ -96,6 +117,28 @@ class RandomNet(nn.Module):
                 out = x * self.layers[name](x.mean((2, 3), keepdim=True))
             elif op == "group_norm":
                 out = self.layers[name](x)
+            elif op == "gate":
+                v, g = torch.sigmoid(self.layers[name](x)).chunk(2, dim=1)
+                out = v * g
+            elif op == "sigmoid":
+                out = torch.sigmoid(x)
+            elif op == "token_mix":
+                n, c, h, w = x.shape
+                out = self.layers[name](x.flatten(2)).view(n, c, h, w)
+            elif op == "attention":
+                q, k, v = (layer(x).flatten(2) for layer in self.layers[name])
+                attn = (q.transpose(1, 2) @ k).softmax(-1)
+                out = (v @ attn.transpose(1, 2)).view_as(x)
+            elif op == "layer_scale":
+                out = x * self.layers[name][0]
+            elif op == "heads":  # the channel count read at run time splits the channels into two heads
+                n, c, h, w = x.shape
+                out = x.view(n, 2, c // 2, h * w).softmax(-1).view(n, c, h, w)
+            elif op == "window":  # window partition and reverse sized from the tensor's own shape
+                n, c, h, w = x.shape
+                win = x.view(n, c, h // 3, 3, w // 3, 3).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, 3, 3)
+                win = torch.sigmoid(win)
+                out = win.view(n, h // 3, w // 3, c, 3, 3).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
             ts.append(out)
         return self.head(ts[-1]).mean((2, 3))
 
@@ -110,6 +153,7 @@ programs = st.lists(
 def analyzed(program, seed):
     torch.manual_seed(seed)
     model = RandomNet(program).eval()
+    randomize_small_tensors(model, seed)
     x = torch.randn(2, 3, 6, 6)
     return model, x, graphprune.analyze(model, x)
 

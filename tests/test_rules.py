@@ -143,6 +143,26 @@ def test_computed_sizes_of_the_same_channels_stay_prunable():
     assert not group_with(gg, "f").prunable  # its channels are summed
 
 
+def test_view_as_ties_the_channel_counts_of_both_tensors():
+    """v(x).view_as(x) takes x's channel count: v's channels and x's must keep equal counts."""
+    import torch
+    import torch.nn as nn
+
+    class ViewAs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.v, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.b(self.v(x).flatten(2).softmax(-1).view_as(x))
+
+    model, x = ViewAs(), torch.randn(2, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
+    assert group_with(gg, "v") is group_with(gg, "a") and group_with(gg, "a").prunable
+    assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
+
+
 def test_head_split_that_prunes_whole_heads_freezes():
     """y.view(B, heads, C // heads, N) with more heads than head channels: pruning removes whole
     heads, and C // heads would no longer be the head width."""
