@@ -66,7 +66,7 @@ class _Slimmer:
 
     # ------------------------------------------------------------- the pass
     def run(self) -> fx.GraphModule:
-        gm = copy.deepcopy(self.gg.gm)
+        gm = _deepcopy(self.gg.gm)
         for (module, name, dim), rec in self.gg._analysis.members.items():
             mask = self.gg.kept(rec.labels, self.keep)
             if not mask.all():
@@ -188,6 +188,29 @@ def _tensor_shapes(value: Any) -> Any:
     return None
 
 
+def _deepcopy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies tensors a module caches in plain attributes with their
+    autograd history (e.g. attention-bias caches filled while analysis ran the model), detached."""
+    memo: dict[int, Any] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+
+    for m in module.modules():
+        for key, value in vars(m).items():
+            if key not in ("_parameters", "_buffers", "_modules"):
+                visit(value)
+    return copy.deepcopy(module, memo)
+
+
 def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
     """Submodules the traced graph never calls (e.g. auxiliary heads in eval mode) are carried over
     unchanged, so the slim model has every parameter the budget counts; they stay unpruned."""
@@ -195,7 +218,7 @@ def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
     for name, module in model.named_modules():
         parent = name.rpartition(".")[0]
         if name and name not in present and (not parent or parent in present):
-            gm.add_submodule(name, copy.deepcopy(module))
+            gm.add_submodule(name, _deepcopy(module))
             present.update({f"{name}.{n}" if n else name: m for n, m in module.named_modules()})
 
 

@@ -69,6 +69,29 @@ def test_a_constant_the_slim_pass_misses_is_a_slim_error_naming_node_and_group(m
     assert not isinstance(info.value, graphprune.ExampleInputError) and "While executing" not in str(info.value)
 
 
+def test_tensors_cached_with_autograd_history_do_not_stop_slimming():
+    """Modules that cache a tensor computed from parameters (efficientvit's attention biases) hold a
+    non-leaf tensor after analysis ran them; the slim pass copies it detached."""
+
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table, self.cache = torch.nn.Parameter(torch.randn(4)), {}
+
+        def forward(self, x):
+            if "bias" not in self.cache:
+                self.cache["bias"] = self.table.view(1, -1, 1, 1) * 2
+            return x + self.cache["bias"]
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), Cached(), torch.nn.Conv2d(4, 6, 1), torch.nn.Conv2d(6, 2, 1))
+    x = torch.randn(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x, leaf_modules=["1"])
+    inner = group_with(gg, "2")
+    plan = graphprune.Plan({inner.id: [0, 2, 4]})
+    assert model[1].cache["bias"].grad_fn is not None
+    assert slim_error(model, gg, plan, (x,)) <= 1e-6
+
+
 def test_user_model_is_untouched_and_slim_model_trains_and_saves():
     model, x = toy_models.build("residual")
     before = {k: v.clone() for k, v in model.state_dict().items()}
