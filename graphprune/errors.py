@@ -23,3 +23,7 @@ class ExportError(GraphPruneError):
 
 class ModelSpecError(GraphPruneError):
     """A MODEL string on the command line does not name a model graphprune can build."""
+
+
+class GuardError(GraphPruneError):
+    """A graph traced along the example inputs' path got an input that takes another path."""

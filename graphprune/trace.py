@@ -3,21 +3,36 @@
 Tracing falls back automatically: when a submodule's ``forward`` cannot be traced symbolically
 (data-dependent control flow, shape asserts, ``len()`` on proxies), that submodule becomes a leaf
 and tracing is retried. Every fallback is recorded, because a leaf is opaque to the channel rules.
+
+When the model's own ``forward`` cannot be traced symbolically (``if out.shape[0] > 10:``,
+``if x.max() > 0:``, a bool argument choosing a branch, ``int(x.size(1) / 2)``), it is traced
+along the path the example inputs take: non-tensor inputs reach it as their Python values, and
+each Python value its code needs from a traced tensor (a condition, ``int()``, ``float()``,
+``len()``) is taken from the example. The graph gets a :func:`guard` per such value that re-checks
+it at run time, so an input that would take another path raises :class:`GuardError` instead of
+computing something else. This keeps one graph over the whole model, so channels stay prunable across the
+top-level submodules (splitting the model into separately analyzed submodules would freeze every
+channel at their boundaries), and the slim model stays an ``fx.GraphModule`` like any other.
+Values computed from channel counts only need no guard (no input changes a model's channel
+counts), so they become constants the slim pass rewrites like any literal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 import os
 import traceback
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.fx as fx
+from torch.overrides import handle_torch_function, has_torch_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import ExampleInputError, TraceError
+from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -44,6 +59,22 @@ class Fallback:
 
 
 @dataclasses.dataclass
+class Specialization:
+    """A Python value the top-level forward took from the example inputs while being traced along
+    their path: a branch condition (``bool``), an ``int``/``float``/index, or a length.
+
+    ``guarded``: the graph re-checks it at run time and raises :class:`GuardError` when an input
+    gives another value. Values computed from channel counts only are not guarded: no input
+    changes them, and a guard would stop the channels from being pruned.
+    """
+
+    location: str
+    conversion: str
+    value: Any
+    guarded: bool = True
+
+
+@dataclasses.dataclass
 class TracedModel:
     """An fx graph plus, per node, its example value (TensorSpec for tensors) and its FLOPs."""
 
@@ -53,6 +84,7 @@ class TracedModel:
     flops: dict[fx.Node, int]
     fallbacks: list[Fallback]
     placeholder_values: list[Any]
+    specializations: list[Specialization] = dataclasses.field(default_factory=list)
 
 
 class _FallbackTracer(fx.Tracer):
@@ -87,11 +119,55 @@ class _FallbackTracer(fx.Tracer):
 
 def _user_location(exc: BaseException) -> str:
     """The innermost stack frame outside torch: the user's line that broke tracing."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
-    if not frames:
+    return _format_user_frame(traceback.extract_tb(exc.__traceback__))
+
+
+def _caller_location() -> str:
+    """The innermost frame of the current stack outside torch and this file: the line being traced."""
+    return _format_user_frame(f for f in traceback.extract_stack() if f.filename != __file__)
+
+
+def _format_user_frame(frames: Iterable[traceback.FrameSummary]) -> str:
+    user = [f for f in frames if not f.filename.startswith(_TORCH_DIR)]
+    if not user:
         return "<unknown location>"
-    f = frames[-1]
+    f = user[-1]
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+class _RootFailure(Exception):
+    """The model's own forward (not a submodule's) could not be traced."""
+
+    def __init__(self, error: BaseException, location: str):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error, self.location = error, location
+
+
+def _trace_with_leaf_fallbacks(
+    model: torch.nn.Module,
+    make_tracer: Callable[[set[str], tuple[type, ...]], "_FallbackTracer"],
+    leaf_modules: Iterable[str | type],
+    concrete_args: Mapping[str, Any] | None,
+) -> tuple[fx.GraphModule, list[Fallback], "_FallbackTracer"]:
+    """Trace, making every submodule whose forward fails a leaf and retrying; raises _RootFailure."""
+    leaf_names = {m for m in leaf_modules if isinstance(m, str)}
+    leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+    fallbacks: list[Fallback] = []
+    while True:
+        tracer = make_tracer(leaf_names, leaf_types)
+        try:
+            graph = tracer.trace(model, concrete_args=dict(concrete_args) if concrete_args else None)
+        except GraphPruneError:
+            raise
+        except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError, ...
+            failed = tracer.failed_module
+            location = _user_location(exc)
+            if not failed:
+                raise _RootFailure(exc, location) from exc
+            fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location))
+            leaf_names.add(failed)
+            continue
+        return fx.GraphModule(tracer.root, graph, type(model).__name__), fallbacks, tracer
 
 
 def symbolic_trace(
@@ -99,32 +175,204 @@ def symbolic_trace(
     leaf_modules: Iterable[str | type] = (),
     concrete_args: Mapping[str, Any] | None = None,
 ) -> tuple[fx.GraphModule, list[Fallback]]:
-    """Trace ``model``; submodules that fail to trace become leaves (recorded as fallbacks)."""
+    """Trace ``model``; submodules that fail to trace become leaves (recorded as fallbacks).
+
+    Without example inputs a top-level forward that cannot be traced symbolically is an error;
+    :func:`trace` traces it along the example inputs' path instead.
+    """
     if isinstance(model, fx.GraphModule):
         return model, []
-    leaf_names = {m for m in leaf_modules if isinstance(m, str)}
-    leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
-    fallbacks: list[Fallback] = []
-    while True:
-        tracer = _FallbackTracer(leaf_names, leaf_types)
+    try:
+        gm, fallbacks, _ = _trace_with_leaf_fallbacks(model, _FallbackTracer, leaf_modules, concrete_args)
+    except _RootFailure as failure:
+        raise TraceError(
+            f"cannot trace {type(model).__name__}.forward itself: {failure}\n  at {failure.location}\n"
+            "  Trace it with example inputs (graphprune.analyze / graphprune.trace), which follow the path "
+            "they take, pass the branching arguments as concrete_args, or wrap the offending code in a "
+            "submodule and list it in leaf_modules."
+        ) from failure.error
+    return gm, fallbacks
+
+
+_CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v,
+}
+_WHAT = {"bool": "condition", "int": "int()", "float": "float()", "len": "length", "value": "value"}
+
+
+def guard(value: Any, conversion: str, expected: Any, location: str) -> None:
+    """A graph node: raise GuardError unless ``value`` converts to what the example inputs gave.
+
+    Written by tracing along the example inputs' path (see :class:`Specialization`).
+    """
+    if has_torch_function((value,)):  # fx tracing a graph that holds a guard (unpickling) records it again
+        return handle_torch_function(guard, (value,), value, conversion, expected, location)
+    got = _CONVERSIONS[conversion](value)
+    if got != expected:
+        raise GuardError(
+            f"{location}\n  the graph follows the path the example inputs took, where this {_WHAT[conversion]} was "
+            f"{expected!r}; this input gives {got!r}. Analyze with example inputs that take this path, or move the "
+            "code that branches into a submodule: a submodule graphprune cannot trace stays an opaque leaf that "
+            "runs its Python for every input."
+        )
+
+
+class _ExamplePathProxy(fx.Proxy):
+    """A proxy Python can turn into an int, float or length (see _ExamplePathTracer).
+
+    No ``__index__``: torch's argument parser probes it on every proxy passed where ints go
+    (``torch.zeros((b, c))``), which would specialize sizes fx records symbolically.
+    """
+
+    def __getattr__(self, k: str) -> "_ExamplePathAttribute":
+        return _ExamplePathAttribute(self, k)
+
+    def __int__(self) -> int:
+        return self.tracer.concretize(self, "int")
+
+    def __float__(self) -> float:
+        return self.tracer.concretize(self, "float")
+
+    def __len__(self) -> int:
+        return self.tracer.concretize(self, "len")
+
+
+class _ExamplePathAttribute(fx.proxy.Attribute, _ExamplePathProxy):
+    """``x.shape`` and other attributes of an _ExamplePathProxy, so ``len(x.shape)`` works too."""
+
+
+class _ExamplePathTracer(_FallbackTracer):
+    """Traces the top-level forward along the path the example inputs take.
+
+    Non-tensor inputs (``model(x, 2)``, ``forward(self, x, training=True)``, None) reach the
+    forward as their Python values, so any code may branch on them, and one guard per input checks
+    that later calls pass the same value. Where the forward's own code needs a Python value from a
+    traced one (``if``, ``int()``, ``float()``, ``len()``, iteration), the value is computed by
+    running the graph built so far on the example inputs, and a :func:`guard` node re-checks it.
+    Submodules are not specialized: one whose code needs such a value becomes an opaque leaf, as
+    with plain tracing, since a leaf runs its Python for every input.
+    """
+
+    def __init__(
+        self,
+        leaf_names: set[str] = frozenset(),
+        leaf_types: tuple[type, ...] = (),
+        example_values: Callable[[list[fx.Node]], list[Any]] | None = None,
+    ):  # defaults: unpickling re-traces the straight-line graph, which needs no example values
+        super().__init__(leaf_names, leaf_types)
+        self._example_values = example_values
+        self._interpreter: fx.Interpreter | None = None
+        self._evaluating = False  # running the graph: modules and attributes are the real ones
+        self.guards: list[tuple[Specialization, fx.Node]] = []
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        if fn is not root_fn or self._example_values is None:  # *args/**kwargs or nested inputs; unpickling
+            return fn, args
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        inputs = self._example_values(placeholders)
+        self._interpreter = fx.Interpreter(self.root, garbage_collect_values=False, graph=self.graph)
+        self._interpreter.args_iter = iter(inputs)
+        values = dict(zip(placeholders, inputs))
+        args = list(args)
+        for i, a in enumerate(args):
+            if isinstance(a, fx.Proxy) and a.node in values and _is_python_constant(values[a.node]):
+                value = values[a.node]
+                location = f"argument '{a.node.target}' of {type(self.root).__name__}.forward"
+                self._add_guard(a, "value", value, location)
+                args[i] = value
+        return fn, args
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ExamplePathProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return self.concretize(obj, "bool")
+
+    def iter(self, obj: fx.Proxy):
+        if self._stack:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(self.concretize(obj, "len"))])
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def concretize(self, proxy: fx.Proxy, conversion: str) -> Any:
+        """The example inputs' value of ``proxy``, converted; the graph gets a guard re-checking it."""
+        if self._stack:  # inside a submodule: it becomes an opaque leaf
+            if conversion == "bool":
+                return super().to_bool(proxy)
+            raise TypeError(f"symbolic tracing cannot compute {conversion}() of a traced value")
+        value = _CONVERSIONS[conversion](self._example_value(proxy.node))
+        self._add_guard(proxy, conversion, value, _caller_location())
+        return value
+
+    def _add_guard(self, proxy: fx.Proxy, conversion: str, value: Any, location: str) -> None:
+        node = self.create_proxy("call_function", guard, (proxy, conversion, value, location), {}).node
+        self.guards.append((Specialization(location, conversion, value), node))
+
+    def _example_value(self, node: fx.Node) -> Any:
+        """Run the nodes traced since the last call on the example inputs (modules in eval mode, as
+        :func:`propagate` runs them, so the guards hold there)."""
+        if self._interpreter is None:
+            raise TypeError("a traced value needs its example value, but the forward takes *args or nested inputs")
+        env = self._interpreter.env
+        modes = {m: m.training for m in self.root.modules()}
+        self._evaluating = True
+        self.root.eval()
         try:
-            graph = tracer.trace(model, concrete_args=dict(concrete_args) if concrete_args else None)
-        except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError, ...
-            failed = tracer.failed_module
-            location = _user_location(exc)
-            if not failed:
-                raise TraceError(
-                    f"cannot trace {type(model).__name__}.forward itself: {type(exc).__name__}: {exc}\n"
-                    f"  at {location}\n"
-                    "  Make the top-level forward free of data-dependent control flow, pass the branching "
-                    "arguments as concrete_args, or wrap the offending code in a submodule and list it in "
-                    "leaf_modules."
-                ) from exc
-            fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location))
-            leaf_names.add(failed)
-            continue
-        name = type(model).__name__
-        return fx.GraphModule(tracer.root, graph, name), fallbacks
+            for n in self.graph.nodes:
+                if n not in env:
+                    try:
+                        env[n] = _detach(self._interpreter.run_node(n))
+                    except GraphPruneError:
+                        raise
+                    except Exception as exc:
+                        raise _node_failure(n, [env.get(a) for a in n.all_input_nodes], exc) from exc
+        finally:
+            self._evaluating = False
+            for m, mode in modes.items():
+                m.training = mode
+        return env[node]
+
+
+def _is_python_constant(value: Any) -> bool:
+    """None, bool, int, float, str, or tuples/lists of them: values a guard can compare."""
+    if isinstance(value, (tuple, list)):
+        return all(_is_python_constant(v) for v in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def _trace_example_path(
+    model: torch.nn.Module,
+    leaf_modules: Iterable[str | type],
+    concrete_args: Mapping[str, Any] | None,
+    example_values: Callable[[list[fx.Node]], list[Any]],
+) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]]]:
+    """Trace a model whose own forward fails symbolic tracing along its example inputs' path."""
+    try:
+        gm, fallbacks, tracer = _trace_with_leaf_fallbacks(
+            model, lambda names, types: _ExamplePathTracer(names, types, example_values), leaf_modules, concrete_args
+        )
+    except _RootFailure as failure:
+        hint = ""
+        if isinstance(failure.error, TypeError) and "Proxy" in str(failure.error):
+            hint = ("  Python needed an int from a traced value there (range(), indexing a list): write int(...) "
+                    "around it, which takes the example inputs' value and guards it.\n")
+        raise TraceError(
+            f"cannot trace {type(model).__name__}.forward, even along the example inputs' path: {failure}\n"
+            f"  at {failure.location}\n{hint}"
+            "  Move that code into a submodule: a submodule graphprune cannot trace becomes an opaque leaf "
+            "and the rest of the model is still analyzed (or list it in leaf_modules)."
+        ) from failure.error
+    return gm, fallbacks, tracer.guards
 
 
 def _spec(value: Any) -> Any:
@@ -142,30 +390,45 @@ def _spec(value: Any) -> Any:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph once, keeping each node's example value (as specs) and its FLOPs."""
+    """Runs the graph once, keeping each node's example value (as specs) and its FLOPs.
+
+    FLOPs are ``FlopCounterMode``'s; nodes that provably run no op it counts run without it
+    (graphprune/flops.py says which), so recording costs about one forward pass.
+    """
 
     def __init__(self, gm: fx.GraphModule):
+        from .flops import NodeFlops
+
         super().__init__(gm)
         self.values: dict[fx.Node, Any] = {}
         self.flops: dict[fx.Node, int] = {}
+        self._counter = NodeFlops(gm)
 
     def run_node(self, n: fx.Node) -> Any:
-        counter = FlopCounterMode(display=False)
         try:
-            with counter:
-                out = super().run_node(n)
+            if self._counter.free(n, self.env):
+                out, flops = super().run_node(n), 0
+            else:
+                out, flops = self._counter.count(lambda: fx.Interpreter.run_node(self, n))
             out = _detach(out)
+        except GraphPruneError:
+            raise
         except Exception as exc:
-            args = ", ".join(_describe(self.env.get(a)) for a in n.all_input_nodes)
-            raise ExampleInputError(
-                f"running node '{n.name}' ({n.op} {_target_name(n)}) on the example inputs failed: "
-                f"{type(exc).__name__}: {exc}\n  its inputs were: [{args}]\n"
-                "  Check that example_inputs have the shapes and dtypes the model expects "
-                "(e.g. --input-shape 1,3,224,224)."
-            ) from exc
+            raise _node_failure(n, [self.env.get(a) for a in n.all_input_nodes], exc) from exc
         self.values[n] = _spec(out)
-        self.flops[n] = int(counter.get_total_flops())
+        self.flops[n] = flops
         return out
+
+
+def _node_failure(n: fx.Node, inputs: list[Any], exc: Exception) -> ExampleInputError:
+    """The error for a node that failed on the example inputs (usually a wrong input shape)."""
+    args = ", ".join(_describe(v) for v in inputs)
+    return ExampleInputError(
+        f"running node '{n.name}' ({n.op} {_target_name(n)}) on the example inputs failed: "
+        f"{type(exc).__name__}: {exc}\n  its inputs were: [{args}]\n"
+        "  Check that example_inputs have the shapes and dtypes the model expects "
+        "(e.g. --input-shape 1,3,224,224)."
+    )
 
 
 def _detach(value: Any) -> Any:
@@ -200,14 +463,105 @@ def trace(
     The model's modules run in eval mode during propagation (so BatchNorm statistics are not
     updated) and get their previous mode back afterwards. Grad mode stays enabled, so modules with
     inference fast paths (nn.MultiheadAttention) run, and are counted, as they do in training.
+    A top-level forward that cannot be traced symbolically is traced along the example inputs'
+    path; ``specializations`` records every value taken from them (see the module docstring).
     """
     args, kwargs = _split_inputs(example_inputs)
-    gm, fallbacks = symbolic_trace(model, leaf_modules, concrete_args)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    names = _forward_parameters(model, len(placeholders))
-    flat = _bind_placeholders(placeholders, names, args, {**(concrete_args or {}), **kwargs})
+    given = {**(concrete_args or {}), **kwargs}
+
+    def example_values(placeholders: list[fx.Node]) -> list[Any]:
+        return _bind_placeholders(placeholders, _forward_parameters(model, len(placeholders)), args, given)
+
+    guards: list[tuple[Specialization, fx.Node]] = []
+    try:
+        gm, fallbacks = symbolic_trace(model, leaf_modules, concrete_args)
+    except TraceError:  # the top-level forward itself
+        gm = None
+    if gm is None:
+        gm, fallbacks, guards = _trace_example_path(model, leaf_modules, concrete_args, example_values)
+    flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
     values, flops = propagate(gm, flat)
-    return TracedModel(model, gm, values, flops, fallbacks, flat)
+    traced = TracedModel(model, gm, values, flops, fallbacks, flat, [s for s, _ in guards])
+    if guards:
+        _unguard_channel_counts(traced, guards)
+    return traced
+
+
+def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specialization, fx.Node]]) -> None:
+    """Remove the guards of values computed from channel counts only (and ranks).
+
+    No input changes a model's channel counts, so such a value needs no check; a guard would read
+    the channel count where pruning changes it, and the analysis would freeze those channels.
+    Which dims hold channels is the analysis' answer: a dim with one parameter channel per position.
+    """
+    from .analysis import Analysis  # analysis imports this module
+
+    analysis = Analysis(traced).run()
+
+    def holds_channels(t: fx.Node, dim: int | None) -> bool:
+        m = analysis.map(t)
+        return dim is None or (m is not None and m.dim == dim and len(np.unique(m.labels)) == len(m.labels))
+
+    for spec, node in guards:
+        value = node.args[0]
+        sources = _size_sources(value, traced.values)
+        if spec.conversion == "len" and _shape_tuple_of(value) is not None:
+            sources = [(_shape_tuple_of(value), None)]  # len(x.shape) is the rank
+        if sources is None or not all(holds_channels(t, d) for t, d in sources):
+            continue
+        spec.guarded = False
+        _erase_with_dead_inputs(node, traced)
+    traced.gm.recompile()
+
+
+def _size_sources(value: Any, values: Mapping[fx.Node, Any]) -> list[tuple[fx.Node, int | None]] | None:
+    """The (tensor, dim) sizes a Python value was computed from (dim None: the tensor's rank), or
+    None when it depends on anything else: tensor values, a model input, an op that is not arithmetic."""
+    if not isinstance(value, fx.Node):
+        return []
+    if isinstance(values.get(value), TensorSpec) or value.op != "call_function" and value.op != "call_method":
+        return None
+    target, args = value.target, value.args
+    if target in ("dim", "ndimension") or target is getattr and args[1] == "ndim":
+        return [(args[0], None)]
+    if target in ("size", "numel") or target is getattr and args[1] == "shape":
+        ndim = values[args[0]].ndim
+        dim = (args[1] if len(args) > 1 else value.kwargs.get("dim")) if target == "size" else None
+        return [(args[0], d) for d in range(ndim)] if dim is None else [(args[0], dim % ndim)]
+    if target is operator.getitem and isinstance(args[1], int) and _shape_tuple_of(args[0]) is not None:
+        t = _shape_tuple_of(args[0])
+        return [(t, args[1] % values[t].ndim)]
+    if value.op == "call_function" and getattr(target, "__module__", None) in ("_operator", "math", "builtins"):
+        found: list[tuple[fx.Node, int | None]] = []
+        for a in value.all_input_nodes:
+            sub = _size_sources(a, values)
+            if sub is None:
+                return None
+            found += sub
+        return found
+    return None
+
+
+def _shape_tuple_of(value: Any) -> fx.Node | None:
+    """The tensor whose whole shape ``value`` is (``x.shape``, ``x.size()``), else None."""
+    if not isinstance(value, fx.Node):
+        return None
+    if value.op == "call_function" and value.target is getattr and value.args[1] == "shape":
+        return value.args[0]
+    if value.op == "call_method" and value.target == "size" and len(value.args) == 1 and "dim" not in value.kwargs:
+        return value.args[0]
+    return None
+
+
+def _erase_with_dead_inputs(node: fx.Node, traced: TracedModel) -> None:
+    """Erase ``node`` and the python values (size reads, arithmetic) only it used."""
+    inputs = [a for a in node.all_input_nodes if not isinstance(traced.values.get(a), TensorSpec)]
+    traced.gm.graph.erase_node(node)
+    traced.values.pop(node, None)
+    traced.flops.pop(node, None)
+    for a in inputs:
+        if not a.users and a.op in ("call_function", "call_method"):
+            _erase_with_dead_inputs(a, traced)
 
 
 def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[fx.Node, Any], dict[fx.Node, int]]:

@@ -1,12 +1,18 @@
 """Tracing with fallbacks, shape propagation, and the errors users see."""
 
+import io
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import graphprune
-from graphprune.trace import TensorSpec, trace
-from helpers import group_with
+from graphprune.errors import GuardError
+from graphprune.trace import TensorSpec, guard, trace
+from helpers import group_with, groups_with, random_plan, slim_error
 
 
 class DataDependent(nn.Module):
@@ -42,6 +48,99 @@ class RootControlFlow(nn.Module):
         return self.a(x)
 
 
+class RootLoopOverBatch(nn.Module):
+    """``range()`` of a traced size: Python needs an int fx cannot give without ``int(...)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return torch.stack([y[i] for i in range(x.size(0))])
+
+
+def conv(i, o, k=3):
+    return nn.Conv2d(i, o, k, padding=k // 2)
+
+
+class ShapeBranch(nn.Module):
+    """Branches on the batch size (guarded) and on a channel count (no input changes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.body, self.head = conv(3, 8), conv(8, 8), conv(8, 4)
+
+    def forward(self, x):
+        out = self.stem(x)
+        if out.shape[0] > 10:
+            out = out * 0.5
+        if out.size(1) == 8:
+            out = F.relu(out)
+        return self.head(self.body(out) + out)
+
+
+class DataBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 6), conv(6, 4)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        y = self.b(y) if x.max() > 0 else self.b(y * 2)
+        return self.c(F.relu(y))
+
+
+class BoolArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 8), conv(8, 4)
+
+    def forward(self, x, residual: bool = True):
+        y = F.relu(self.a(x))
+        z = self.b(y)
+        if residual:
+            z = z + y
+        return self.c(F.relu(z))
+
+
+class SuperResolution(nn.Module):
+    """Called as ``model(x, scale)``; the scale picks an upsampler and sizes the skip path."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.tail = conv(3, 8), conv(8, 3)
+        self.up = nn.ModuleDict({
+            "2": nn.Sequential(conv(8, 32), nn.PixelShuffle(2)),
+            "4": nn.Sequential(conv(8, 32), nn.PixelShuffle(2), conv(8, 32), nn.PixelShuffle(2)),
+        })
+
+    def forward(self, x, scale: int):
+        y = self.up[str(scale)](F.relu(self.head(x)))
+        return self.tail(y) + F.interpolate(x, scale_factor=scale, mode="bilinear")
+
+
+class HalfSplit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = conv(3, 8), conv(4, 6), conv(4, 6), conv(6, 3)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.d(F.relu(self.b(y[:, 0 : int(y.size(1) / 2)]) + self.c(y[:, int(y.size(1) / 2) :])))
+
+
+class BranchAroundUntraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = WithUntraceable()
+
+    def forward(self, x, flip: bool = False):
+        if flip:
+            x = x.flip(-1)
+        return self.inner(x)
+
+
 class TwoInTwoOut(nn.Module):
     def __init__(self):
         super().__init__()
@@ -72,11 +171,22 @@ def test_user_leaf_modules_by_name_and_type():
         assert not group_with(gg, "a").prunable and "not in graphprune's rule table" in group_with(gg, "a").reason
 
 
-def test_root_control_flow_raises_trace_error_with_location():
+def test_root_control_flow_is_traced_along_the_example_path():
+    model, x = RootControlFlow().eval(), torch.rand(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
+    (spec,) = gg.traced.specializations
+    assert spec.conversion == "bool" and spec.value is True and spec.guarded and "if x.mean() > 0" in spec.location
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert torch.equal(gg.gm(x), model(x))
+    with pytest.raises(GuardError, match="if x.mean\\(\\) > 0"):
+        gg.gm(-x)
+
+
+def test_untraceable_top_level_code_raises_trace_error_with_location():
     with pytest.raises(graphprune.TraceError) as info:
-        graphprune.analyze(RootControlFlow(), torch.randn(1, 3, 4, 4))
+        graphprune.analyze(RootLoopOverBatch(), torch.randn(2, 3, 4, 4))
     message = str(info.value)
-    assert "RootControlFlow" in message and "if x.mean() > 0" in message and "concrete_args" in message
+    assert "RootLoopOverBatch" in message and "for i in range(x.size(0))" in message and "submodule" in message
 
 
 def test_wrong_input_shape_raises_a_clear_error():
@@ -111,3 +221,82 @@ def test_trace_records_flops_per_node_and_leaves_modes_untouched():
 def test_bad_example_inputs_type():
     with pytest.raises(graphprune.ExampleInputError):
         graphprune.analyze(WithUntraceable(), "not a tensor")
+
+
+def analyze_and_check_exactness(make, inputs: tuple, seeds: int = 3) -> graphprune.GroupGraph:
+    """Analyze ``make()`` and check random plans slim exactly (fresh, equally seeded instances)."""
+    torch.manual_seed(0)
+    gg = graphprune.analyze(make().eval(), inputs)
+    for seed in range(seeds):
+        plan = random_plan(gg, np.random.default_rng(seed))
+        torch.manual_seed(0)
+        assert slim_error(make().eval(), gg, plan, inputs) <= 1e-5
+    return gg
+
+
+def test_top_level_shape_branch_is_guarded_and_slims_exactly():
+    x = torch.randn(2, 3, 8, 8)
+    gg = analyze_and_check_exactness(ShapeBranch, (x,))
+    batch, channels = gg.traced.specializations
+    assert batch.guarded and batch.value is False and "if out.shape[0] > 10" in batch.location
+    assert not channels.guarded and channels.value is True  # a channel count: no input changes it
+    assert group_with(gg, "stem") is group_with(gg, "body") and group_with(gg, "stem").prunable
+    slim = graphprune.slim(gg, random_plan(gg, np.random.default_rng(0), 0.5))
+    assert slim(torch.randn(5, 3, 8, 8)).shape == (5, 4, 8, 8)
+    buffer = io.BytesIO()
+    torch.save(slim, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x), slim(x))
+    for m in (slim, loaded):
+        with pytest.raises(GuardError, match="if out.shape\\[0\\] > 10"):
+            m(torch.randn(12, 3, 8, 8))
+
+
+def test_top_level_data_branch_is_guarded_and_slims_exactly():
+    x = torch.randn(2, 3, 8, 8)
+    gg = analyze_and_check_exactness(DataBranch, (x,))
+    (spec,) = gg.traced.specializations
+    assert spec.guarded and "if x.max() > 0" in spec.location
+    assert group_with(gg, "a").prunable and group_with(gg, "b").prunable
+    result = graphprune.apply(DataBranch().eval(), "l1", 0.5, x)
+    with pytest.raises(GuardError, match="condition was True; this input gives False") as info:
+        result.model(-x.abs())
+    assert "submodule" in str(info.value)
+
+
+def test_bool_argument_selects_the_traced_branch():
+    x = torch.randn(2, 3, 8, 8)
+    residual = analyze_and_check_exactness(BoolArgument, (x,))  # the default: True
+    plain = analyze_and_check_exactness(BoolArgument, (x, False))
+    assert group_with(residual, "a") is group_with(residual, "b")
+    assert group_with(plain, "a") is not group_with(plain, "b")
+    (spec,) = plain.traced.specializations
+    assert spec.conversion == "value" and spec.value is False and "'residual'" in spec.location
+    with pytest.raises(GuardError, match="'residual'"):
+        plain.gm(x, True)
+
+
+def test_int_argument_of_a_super_resolution_model():
+    x = torch.randn(1, 3, 6, 6)
+    gg = analyze_and_check_exactness(SuperResolution, (x, 2))
+    output = next(n for n in gg.gm.graph.nodes if n.op == "output").args[0]
+    assert gg.traced.values[output].shape == (1, 3, 12, 12)
+    assert group_with(gg, "head").prunable and group_with(gg, "up.2.0").prunable
+    assert not any(m.module.startswith("up.4") for g in gg.groups for m in g.members)  # not called for x2
+    with pytest.raises(GuardError, match="'scale'"):
+        gg.gm(x, 4)
+
+
+def test_int_of_a_channel_count_becomes_a_literal_slice():
+    gg = analyze_and_check_exactness(HalfSplit, (torch.randn(2, 3, 8, 8),))
+    assert [(s.conversion, s.value, s.guarded) for s in gg.traced.specializations] == [("int", 4, False)] * 2
+    halves = groups_with(gg, "a")
+    assert [g.size for g in halves] == [4, 4] and all(g.prunable for g in halves)
+    assert not any(n.target is guard for n in gg.gm.graph.nodes)
+
+
+def test_submodules_still_become_leaves_on_the_example_path():
+    gg = graphprune.analyze(BranchAroundUntraceable().eval(), torch.randn(1, 3, 10, 10))
+    assert [f.module for f in gg.fallbacks] == ["inner.odd"] and "control flow" in gg.fallbacks[0].error
+    assert group_with(gg, "inner.b").prunable and not group_with(gg, "inner.a").prunable
