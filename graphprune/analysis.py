@@ -319,20 +319,33 @@ class Analysis:
         python condition) pruning would change what it computes: the channels read, and those of
         the op using the value, are frozen.
         """
+        proven: set[tuple[fx.Node, fx.Node]] = set()
         for node, m in self._shape_reads:
             ndim = self.spec(node.args[0]).ndim
             for use, via in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
                 why = self._inconsistent_shape_use(node, m, use, via)
                 if why is None:
+                    proven.add((use, via))
                     continue
-                reason = f"{self.describe(use)} {why} computed from the channel count read by '{node.name}'"
-                self.atoms.freeze(m.labels, reason)
-                for a in self.tensor_inputs(use) if use.op != "output" else []:
-                    if self.map(a) is not None:
-                        self.atoms.freeze(self.map(a).labels, reason)
-                for out in _flatten(self.maps.get(use)):
-                    if isinstance(out, ChannelMap):
-                        self.atoms.freeze(out.labels, reason)
+                self._freeze_around(use, f"{self.describe(use)} {why} computed from the channel count read by '{node.name}'", m)
+        for node in self.gm.graph.nodes:  # computed sizes of channel dims that no channel count proves
+            out, sizes = self.map(node), _size_args(node)
+            if out is None or sizes is None:
+                continue
+            value = sizes[out.dim] if len(sizes) > out.dim else None
+            if isinstance(value, fx.Node) and (node, value) not in proven:
+                self._freeze_around(node, f"{self.describe(node)} sizes its channel dim with '{value.name}', which is not the count of these channels")
+
+    def _freeze_around(self, use: fx.Node, reason: str, read: ChannelMap | None = None) -> None:
+        """Freeze the channels whose count a value carried (``read``), and those of the op using it."""
+        if read is not None:
+            self.atoms.freeze(read.labels, reason)
+        for a in self.tensor_inputs(use) if use.op != "output" else []:
+            if self.map(a) is not None:
+                self.atoms.freeze(self.map(a).labels, reason)
+        for out in _flatten(self.maps.get(use)):
+            if isinstance(out, ChannelMap):
+                self.atoms.freeze(out.labels, reason)
 
     def _inconsistent_shape_use(self, read: fx.Node, m: ChannelMap, use: fx.Node, via: fx.Node) -> str | None:
         """Why ``use`` receiving ``via`` (derived from ``read``'s channel count) breaks under pruning; None if it does not."""
