@@ -1,16 +1,28 @@
-"""Verified ONNX export: export, run in onnxruntime, compare with PyTorch, raise if they disagree."""
+"""Verified ONNX export: export, run in onnxruntime, compare with PyTorch, raise if they disagree.
+
+ONNX graphs take tensors only: non-tensor example inputs (``model(x, 2)`` for a super-resolution
+scale) are baked into the exported graph as constants, and input names, the dynamic batch axis,
+onnxruntime's feeds and the doubled-batch check cover the tensor inputs only. ONNX cannot raise
+either: a graph traced along the example inputs' path (see graphprune.trace) exports that path
+without its guards, and the export warns where (``ExportReport.unchecked_guards``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import sys
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.fx as fx
 
-from .errors import ExportError
+from .errors import ExportError, GuardError
+from .trace import guard
 
 
 @dataclasses.dataclass
@@ -23,6 +35,7 @@ class ExportReport:
     max_abs_diff: float
     output_scale: float
     dynamic_batch_checked: bool
+    unchecked_guards: list[str] = dataclasses.field(default_factory=list)  # where the ONNX graph cannot re-check its path
 
     @property
     def relative_diff(self) -> float:
@@ -45,14 +58,76 @@ def _providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class _BakedInputs(torch.nn.Module):
+    """``model`` with its non-tensor example inputs as constants: what the exporters see."""
+
+    def __init__(self, model: torch.nn.Module, inputs: tuple):
+        super().__init__()
+        self.model = model
+        self.constants = {i: v for i, v in enumerate(inputs) if not isinstance(v, torch.Tensor)}
+        self.count = len(inputs)
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        given = iter(tensors)
+        return self.model(*(self.constants[i] if i in self.constants else next(given) for i in range(self.count)))
+
+
+def _unchecked_guards(model: torch.nn.Module) -> list[str]:
+    """Locations of guards on traced values in ``model``'s graphs: ONNX keeps the example's path
+    without them. Guards on non-tensor inputs are left out: those inputs are baked in anyway."""
+    return [
+        n.args[3] for m in model.modules() if isinstance(m, fx.GraphModule) for n in m.graph.nodes
+        if n.op == "call_function" and n.target is guard and n.args[1] != "value"
+    ]
+
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _cause(exc: BaseException, limit: int = 180) -> str:
+    """The exporter's first meaningful line: the first line of the innermost cause (the outer ones
+    are generic "step 1/3 failed" banners, and the TorchScript exporter appends its whole graph)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [line.strip() for line in _COLOUR.sub("", str(exc)).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    if len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Keep the exporters quiet: the TorchScript one prints its whole graph from C++ (file descriptor
+    1) when it fails, the dynamo one prints progress; what matters goes into the ExportError."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 to silence
+        saved = None
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if saved is not None:
+                os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+_TRY = "another opset (opset=18 or newer), or replace the operation named above with ones ONNX supports"
+
+
 def _export(model, inputs: tuple, path: str, exporter: str, opset: int | None, dynamic_batch: bool) -> str:
     names = [f"input_{i}" for i in range(len(inputs))]
     with torch.no_grad():  # naming outputs also keeps the exporter from reading an fx graph as a TorchScript one
         outputs = [f"output_{i}" for i in range(len(_flat_outputs(model(*inputs))))]
+    script_error = None
     if exporter in ("auto", "torchscript"):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _silenced():
                 torch.onnx.export(
                     model, inputs, path, dynamo=False, input_names=names, output_names=outputs, opset_version=opset or 17,
                     dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
@@ -60,15 +135,22 @@ def _export(model, inputs: tuple, path: str, exporter: str, opset: int | None, d
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - any exporter failure falls through to dynamo
             if exporter == "torchscript":
-                raise ExportError(f"the TorchScript ONNX exporter failed: {exc}; try exporter='dynamo'") from exc
+                raise ExportError(f"the TorchScript ONNX exporter failed: {_cause(exc)}\n  Try exporter='dynamo' or {_TRY}.") from exc
+            script_error = exc
     batch = torch.export.Dim("batch", min=1) if dynamic_batch else None
     shapes = tuple({0: batch} if dynamic_batch else None for _ in inputs)
+    if isinstance(model, _BakedInputs):
+        shapes = (shapes,)  # forward(*tensors) takes the tensors as one argument
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _silenced():
             torch.onnx.export(model, inputs, path, dynamo=True, input_names=names, opset_version=opset, dynamic_shapes=shapes, verbose=False)
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"ONNX export failed with both exporters: {exc}") from exc
+        if script_error is None:
+            raise ExportError(f"the dynamo ONNX exporter failed: {_cause(exc)}\n  Try exporter='torchscript' or {_TRY}.") from exc
+        raise ExportError(
+            f"ONNX export failed with both exporters.\n  TorchScript: {_cause(script_error)}\n  dynamo: {_cause(exc)}\n"
+            f"  Try {_TRY}. The dynamo error is chained in full; exporter='torchscript' raises the TorchScript one."
+        ) from exc
     return "dynamo"
 
 
@@ -86,30 +168,51 @@ def export_onnx(
 
     ``exporter``: "auto" (TorchScript exporter, falling back to torch.export), "torchscript" or
     "dynamo". ``tolerance``: allowed max |onnx - torch| relative to the largest output magnitude.
-    With ``dynamic_batch`` the check also runs a batch twice as large as the example.
+    With ``dynamic_batch`` the check also runs a batch twice as large as the example. Non-tensor
+    example inputs are baked into the graph: the ONNX model takes the tensor inputs only.
     """
     import onnx
     import onnxruntime as ort
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
+    exported = model if len(tensors) == len(inputs) else _BakedInputs(model, inputs).eval()
     was_training = model.training
     model.eval()
     if os.path.exists(path + ".data"):  # a stale weight file of an earlier export of this path
         os.remove(path + ".data")
     try:
-        used = _export(model, inputs, path, exporter, opset, dynamic_batch)
+        used = _export(exported, tensors, path, exporter, opset, dynamic_batch)
         opset_used = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 0)
         size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
-        report = ExportReport(path, used, opset_used, size, _providers()[0], 0.0, 0.0, False)
+        report = ExportReport(path, used, opset_used, size, _providers()[0], 0.0, 0.0, False, _unchecked_guards(model))
+        if report.unchecked_guards:
+            warnings.warn(
+                f"{path} follows the path the example inputs took and, unlike PyTorch (GuardError), cannot check that "
+                f"an input takes it too; inputs taking another path get wrong outputs. Where: {'; '.join(report.unchecked_guards)}",
+                stacklevel=2,
+            )
         if not verify:
             return report
-        session = ort.InferenceSession(path, providers=_providers())
-        batches = [inputs] + ([tuple(torch.cat([x, x.flip(0)]) for x in inputs)] if dynamic_batch else [])
-        for batch in batches:
-            with torch.no_grad():
-                want = _flat_outputs(model(*batch))
+        try:
+            session = ort.InferenceSession(path, providers=_providers())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ExportError(f"onnxruntime cannot load the exported model: {_cause(exc)}\n  Try {_TRY}.") from exc
+        batches = [tensors] + ([tuple(torch.cat([x, x.flip(0)]) for x in tensors)] if dynamic_batch else [])
+        for doubled, batch in enumerate(batches):
+            try:
+                with torch.no_grad():
+                    want = _flat_outputs(exported(*batch))
+            except GuardError as exc:  # only the doubled batch can take another path than the example
+                raise ExportError(f"the model rejects twice the example's batch: {exc}\n  Export with dynamic_batch=False.") from exc
             feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), batch)}
-            got = session.run(None, feed)
+            try:
+                got = session.run(None, feed)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportError(
+                    f"onnxruntime cannot run the exported model{' on twice the batch' if doubled else ''}: {_cause(exc)}\n"
+                    "  Try dynamic_batch=False if the model only runs at the example's batch size, or " + _TRY + "."
+                ) from exc
             if len(got) != len(want):
                 raise ExportError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(want)}")
             for w, g in zip(want, got):

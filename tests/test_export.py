@@ -3,6 +3,7 @@
 import onnxruntime
 import pytest
 import torch
+import torch.nn.functional as F
 
 import graphprune
 import toy_models
@@ -39,3 +40,66 @@ def test_export_leaves_training_mode_alone(tmp_path):
     graphprune.export_onnx(model, str(tmp_path / "m.onnx"), x, verify=False)
     assert model.training
     assert torch.isfinite(model(x)).all()
+
+
+class SuperResolution(torch.nn.Module):
+    """Called as ``model(x, scale)``: the int sizes the pixel shuffle and the interpolated skip path."""
+
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.head = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.body = torch.nn.Conv2d(16, 3 * scale * scale, 3, padding=1)
+
+    def forward(self, x, scale: int):
+        y = self.body(torch.relu(self.head(x)))
+        return F.pixel_shuffle(y, scale) + F.interpolate(x, scale_factor=scale, mode="bilinear")
+
+
+def test_non_tensor_input_is_baked_into_the_export(tmp_path):
+    x = torch.randn(1, 3, 8, 8)
+    model = SuperResolution().eval()
+    slim = graphprune.apply(model, "l1", 0.5, (x, 2)).model
+    for m in (model, slim):
+        report = graphprune.export_onnx(m, str(tmp_path / "sr.onnx"), (x, 2))
+        assert report.exporter == "torchscript" and report.dynamic_batch_checked and report.relative_diff < 1e-5
+        (only,) = onnxruntime.InferenceSession(str(tmp_path / "sr.onnx")).get_inputs()
+        assert only.name == "input_0" and only.shape == ["batch", 3, 8, 8]
+
+
+class Zeta(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return torch.special.zeta(self.conv(x).abs() + 1.5, torch.tensor(2.0))
+
+
+def test_export_failure_is_one_short_error_naming_the_cause(tmp_path, capfd):
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(graphprune.ExportError) as info:
+        graphprune.export_onnx(Zeta().eval(), str(tmp_path / "z.onnx"), x)
+    message = str(info.value)
+    assert len(message) < 600 and "both exporters" in message and "graph(" not in message
+    assert "aten::special_zeta" in message and "zeta" in message.split("dynamo:")[1]
+    with pytest.raises(graphprune.ExportError, match="(?s)TorchScript ONNX exporter failed: .*special_zeta.*Try exporter='dynamo'"):
+        graphprune.export_onnx(Zeta().eval(), str(tmp_path / "z.onnx"), x, exporter="torchscript")
+    assert "Torch IR graph" not in capfd.readouterr().out
+
+
+class MeanBranch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.b(y * 2 if x.mean() > 0 else y)
+
+
+def test_export_warns_where_onnx_cannot_check_the_traced_path(tmp_path):
+    x = torch.rand(2, 3, 4, 4)
+    slim = graphprune.apply(MeanBranch().eval(), "l1", 0.5, x).model
+    with pytest.warns(UserWarning, match="cannot check.*x.mean\\(\\) > 0"):
+        report = graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x)
+    assert len(report.unchecked_guards) == 1 and report.relative_diff < 1e-5
