@@ -3,8 +3,8 @@
 A *channel map* says which tensor dimension of an fx node carries channels, and, for each index
 along it, which *atom* it holds. Atoms are created by producers (a conv's output channels, a
 parameter's rows). Rules *link* atoms that must be pruned together; the connected components of the
-atom graph (networkx) are the prunable channels, and channels with the same multiplicity in every
-map form one group (see groups.py).
+atom graph are the prunable channels (``AtomGraph.graph`` is the networkx view of it), and channels
+with the same multiplicity in every map form one group (see groups.py).
 
 Data-movement ops (view, permute, cat, split, pixel shuffle, slicing, pad, ...) are not described
 by hand: they are *executed* on a label tensor (each element holds its atom id) and the result is
@@ -42,14 +42,18 @@ class ChannelMap:
 class AtomGraph:
     """Atoms (one per channel position of a producer) and the links between them.
 
-    Only linked atoms enter the networkx graph; an atom no rule linked is a channel on its own.
+    Links are kept as arrays of atom pairs; the connected components (the channels) are found with
+    a vectorized union-find. ``graph`` builds the networkx graph of the linked atoms on demand, for
+    inspection. ``frozen``/``inexact`` map each atom to the first reason it got.
     """
 
     def __init__(self) -> None:
-        self.graph = nx.Graph()
-        self.frozen: dict[int, str] = {}
-        self.inexact: dict[int, str] = {}
         self._next = 0
+        self._links: list[tuple[np.ndarray, np.ndarray]] = []
+        self._link_count = 0
+        self._frozen: list[tuple[np.ndarray, str]] = []
+        self._inexact: list[tuple[np.ndarray, str]] = []
+        self._views: dict[str, tuple[int, object]] = {}
 
     def __len__(self) -> int:
         return self._next
@@ -63,9 +67,11 @@ class AtomGraph:
 
     def link(self, a: np.ndarray, b: np.ndarray) -> None:
         """Elementwise: a[i] and b[i] are the same channel (constants are skipped)."""
-        a, b = np.asarray(a), np.asarray(b)
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
         keep = (a >= 0) & (b >= 0) & (a != b)
-        self.graph.add_edges_from(zip(a[keep].tolist(), b[keep].tolist()))
+        if keep.any():
+            self._links.append((a[keep].ravel(), b[keep].ravel()))
+            self._link_count += int(keep.sum())
 
     def link_rows(self, rows: np.ndarray) -> None:
         """Each row of a 2-D array of atoms is one channel."""
@@ -76,22 +82,103 @@ class AtomGraph:
         """All of ``atoms`` are one channel."""
         self.link_rows(np.asarray(atoms).reshape(1, -1))
 
+    @property
+    def link_count(self) -> int:
+        """Links added so far (pairs of distinct atoms, repeats included); 0 iff nothing was linked."""
+        return self._link_count
+
     def mark_inexact(self, atoms: np.ndarray, reason: str) -> None:
-        for a in np.asarray(atoms).tolist():
-            self.inexact.setdefault(a, reason)
+        atoms = np.asarray(atoms, dtype=np.int64).reshape(-1)
+        if atoms.size:
+            self._inexact.append((atoms.copy(), reason))
 
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
-        for a in np.asarray(atoms).reshape(-1).tolist():
-            if a >= 0:
-                self.frozen.setdefault(a, reason)
+        atoms = np.asarray(atoms, dtype=np.int64).reshape(-1)
+        atoms = atoms[atoms >= 0]
+        if atoms.size:
+            self._frozen.append((atoms, reason))
+
+    @property
+    def frozen(self) -> dict[int, str]:
+        """{atom: reason it was first frozen for}, in the order atoms were first frozen."""
+        return self._first_reasons("frozen", self._frozen)
+
+    @property
+    def inexact(self) -> dict[int, str]:
+        """{atom: reason it was first marked inexact for}, in the order atoms were first marked."""
+        return self._first_reasons("inexact", self._inexact)
+
+    def _first_reasons(self, name: str, chunks: list[tuple[np.ndarray, str]]) -> dict[int, str]:
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == len(chunks):
+            return cached[1]
+        view = first_reasons(chunks, None)
+        self._views[name] = (len(chunks), view)
+        return view
+
+    def frozen_by(self, key: np.ndarray) -> dict[int, str]:
+        """{key[atom]: reason} for the first frozen atom of each key (e.g. key = atom -> group)."""
+        return first_reasons(self._frozen, key)
+
+    def inexact_by(self, key: np.ndarray) -> dict[int, str]:
+        """{key[atom]: reason} for the first atom of each key marked inexact."""
+        return first_reasons(self._inexact, key)
+
+    @property
+    def graph(self) -> nx.Graph:
+        """The linked atoms as a networkx graph (built on demand; not used by the analysis)."""
+        cached = self._views.get("graph")
+        if cached is not None and cached[0] == len(self._links):
+            return cached[1]
+        g = nx.Graph()
+        for a, b in self._links:
+            g.add_edges_from(zip(a.tolist(), b.tolist()))
+        self._views["graph"] = (len(self._links), g)
+        return g
 
     def components(self) -> np.ndarray:
         """Component id of every atom, numbered in order of each component's smallest atom."""
-        smallest = np.arange(self._next, dtype=np.int64)
-        for atoms in nx.connected_components(self.graph):
-            members = np.fromiter(atoms, dtype=np.int64)
-            smallest[members] = members.min()
-        return np.unique(smallest, return_inverse=True)[1]
+        if not self._links:
+            return np.arange(self._next, dtype=np.int64)
+        u = np.concatenate([a for a, _ in self._links])
+        v = np.concatenate([b for _, b in self._links])
+        smallest = smallest_connected(self._next, u, v)
+        return np.unique(smallest, return_inverse=True)[1].astype(np.int64)
+
+
+def first_reasons(chunks: list[tuple[np.ndarray, str]], key: np.ndarray | None) -> dict[int, str]:
+    """{k: reason} where k = key[atom] (the atom itself if key is None) and the reason is that of
+    the earliest chunk entry with that k; keys in order of first appearance."""
+    if not chunks:
+        return {}
+    atoms = np.concatenate([c for c, _ in chunks])
+    which = np.repeat(np.arange(len(chunks)), [len(c) for c, _ in chunks])
+    keys = atoms if key is None else key[atoms]
+    uniq, first = np.unique(keys, return_index=True)
+    order = np.argsort(first, kind="stable")
+    return {k: chunks[w][1] for k, w in zip(uniq[order].tolist(), which[first[order]].tolist())}
+
+
+def smallest_connected(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """For each of ``n`` nodes, the smallest node connected to it by the edges ``(u[i], v[i])``.
+
+    Vectorized union-find: every round hooks the larger root of each edge whose ends have different
+    roots onto the smaller one, then jumps pointers until every node points at its root. A node's
+    pointer never exceeds the node, so a root is the smallest node of its tree.
+    """
+    label = np.arange(n, dtype=np.int64)
+    while True:
+        lu, lv = label[u], label[v]
+        active = lu != lv
+        if not active.any():
+            return label
+        u, v, lu, lv = u[active], v[active], lu[active], lv[active]
+        np.minimum.at(label, np.maximum(lu, lv), np.minimum(lu, lv))
+        while True:
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
 
 
 def label_tensor(cmap: ChannelMap | None, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
@@ -115,12 +202,21 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     shuffle), the dim holding the most distinct channels is kept and the atoms along the others
     are linked, since those dims must then be pruned in lockstep. Indices along the
     channel dim that hold only constants (zero padding of channels) get atoms of their own.
+
+    Positions are read as integers (``int64`` conversion). The common case, positions varying
+    along one dim only, is recognized on the tensor as it is (no full-size conversion or index
+    list); any doubt falls back to the general path on the converted tensor.
     """
+    origin = _first_valid(positions)
+    if origin is None:
+        return None
+    fast = _single_dim_direct(positions, origin)
+    if fast is not None:
+        dim, fiber = fast
+        return ChannelMap(dim, _atoms_with_constants(fiber.numpy(), atom_of, atoms, what))
     pos = positions.to(torch.int64)
     valid = pos >= 0
-    if not bool(valid.any()):
-        return None
-    fast = _single_dim(pos, valid)
+    fast = _single_dim(pos, origin)
     if fast is not None:
         dim, fiber = fast
         return ChannelMap(dim, _atoms_with_constants(fiber.numpy(), atom_of, atoms, what))
@@ -133,9 +229,9 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
         if bool(((hi != lo) & valid.any(d)).any()):
             support.append(d)
     if not support:
-        atoms.freeze(atom_of[pos[valid][:1].numpy()], f"{what} reduces the channels to a single one")
+        atoms.freeze(atom_of[pos[origin].reshape(1).numpy()], f"{what} reduces the channels to a single one")
         return None
-    first = [int(i[0]) for i in torch.nonzero(valid, as_tuple=True)]
+    first = list(origin)
 
     def distinct_along(d: int) -> int:  # channel indices met walking along d from a valid element
         fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(first))]
@@ -156,13 +252,53 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
     return ChannelMap(dim, _atoms_with_constants(reps, None, atoms, what))
 
 
-def _single_dim(pos: torch.Tensor, valid: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+def _first_valid(positions: torch.Tensor) -> tuple[int, ...] | None:
+    """Index of the first element (row-major) whose integer value is a position (>= 0), or None.
+
+    ``x > -1`` on the raw values is ``int64(x) >= 0`` (the conversion truncates toward zero).
+    """
+    if positions.numel() == 0:
+        return None
+    corner = (0,) * positions.ndim
+    if bool(positions[corner] > -1):
+        return corner
+    valid = (positions > -1).reshape(-1)
+    if not bool(valid.any()):
+        return None
+    flat = int(valid.to(torch.uint8).argmax())  # the first maximal element
+    return tuple(int(i) for i in np.unravel_index(flat, tuple(positions.shape)))
+
+
+def _fiber(pos: torch.Tensor, origin: tuple[int, ...], d: int) -> torch.Tensor:
+    return pos[tuple(slice(None) if k == d else i for k, i in enumerate(origin))]
+
+
+def _single_dim_direct(positions: torch.Tensor, origin: tuple[int, ...]) -> tuple[int, torch.Tensor] | None:
+    """``_single_dim`` without converting the whole tensor: the first dim along which the
+    (converted) fiber through ``origin`` holds two positions must reproduce the whole tensor
+    exactly, and that fiber must hold integers, so the converted tensor is the same broadcast.
+    None means: decide on the converted tensor."""
+    for d in range(positions.ndim):
+        if positions.shape[d] == 1:
+            continue
+        raw = _fiber(positions, origin, d)
+        fiber = raw.to(torch.int64)
+        if int(torch.unique(fiber[fiber >= 0]).numel()) < 2:
+            continue
+        if not torch.equal(fiber.to(raw.dtype), raw):
+            return None
+        shape = [1] * positions.ndim
+        shape[d] = -1
+        return (d, fiber) if torch.equal(positions, raw.view(shape).expand_as(positions)) else None
+    return None
+
+
+def _single_dim(pos: torch.Tensor, origin: tuple[int, ...]) -> tuple[int, torch.Tensor] | None:
     """The common case in one pass: positions vary along one dim only (constants included)."""
-    origin = [int(i[0]) for i in torch.nonzero(valid, as_tuple=True)]
     for d in range(pos.ndim):
         if pos.shape[d] == 1:
             continue
-        fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(origin))]
+        fiber = _fiber(pos, origin, d)
         if int(torch.unique(fiber[fiber >= 0]).numel()) < 2:
             continue
         shape = [1] * pos.ndim

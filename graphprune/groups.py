@@ -107,9 +107,11 @@ class GroupGraph:
         """Which positions of a channel map survive when group ``g`` keeps channels ``keep[g]``."""
         mask = np.ones(len(labels), dtype=bool)
         groups, channels = self._atom_group[labels], self._atom_channel[labels]
-        for gid, kept in keep.items():
-            here = groups == gid
-            mask[here] = np.isin(channels[here], np.fromiter(kept, dtype=np.int64))
+        for gid in np.unique(groups).tolist():  # only the groups this map holds
+            kept = keep.get(gid)
+            if kept is not None:
+                here = groups == gid
+                mask[here] = np.isin(channels[here], np.fromiter(kept, dtype=np.int64))
         return mask
 
     def prunable_mac_share(self) -> float:
@@ -149,36 +151,21 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
     maps: list[np.ndarray] = [m.labels for _, m in analysis.spaces]
     maps += [rec.labels for rec in analysis.members.values()]
     maps += [f.labels for t in analysis.mac_terms for f in t.factors]
-    # (channel, map, multiplicity) triples, sorted by channel then map: a channel's signature
-    triples = []
-    for i, labels in enumerate(maps):
-        chans, counts = np.unique(channel[labels], return_counts=True)
-        triples.append(np.stack([chans, np.full(len(chans), i), counts], 1))
-    table = np.concatenate(triples) if triples else np.zeros((0, 3), dtype=np.int64)
-    table = table[np.lexsort((table[:, 1], table[:, 0]))]
-    bounds = np.searchsorted(table[:, 0], np.arange(n_channels + 1))
-    group_of_sig: dict[bytes, int] = {}
-    channel_group = np.empty(n_channels, dtype=np.int64)
-    for c in range(n_channels):  # channels are numbered by their first atom: groups come in graph order
-        key = table[bounds[c] : bounds[c + 1], 1:].tobytes()
-        channel_group[c] = group_of_sig.setdefault(key, len(group_of_sig))
+    channel_group = _signature_groups(channel, maps, n_channels)
+    sizes = np.bincount(channel_group, minlength=int(channel_group.max()) + 1 if n_channels else 0)
+    # a channel's index in its group: its rank among the group's channels, in channel order
+    order = np.argsort(channel_group, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     channel_index = np.empty(n_channels, dtype=np.int64)
-    sizes = np.zeros(len(group_of_sig), dtype=np.int64)
-    for c in range(n_channels):
-        g = channel_group[c]
-        channel_index[c] = sizes[g]
-        sizes[g] += 1
+    channel_index[order] = np.arange(n_channels, dtype=np.int64) - starts[channel_group[order]]
 
-    reasons: dict[int, str] = {}
-    for atom, why in atoms.frozen.items():
-        reasons.setdefault(int(channel_group[channel[atom]]), why)
-    inexact: dict[int, str] = {}
-    for atom, why in atoms.inexact.items():
-        inexact.setdefault(int(channel_group[channel[atom]]), why)
+    atom_group = channel_group[channel]
+    reasons = atoms.frozen_by(atom_group)
+    inexact = atoms.inexact_by(atom_group)
 
     members: dict[int, list[Member]] = {g: [] for g in range(len(sizes))}
     for rec in analysis.members.values():
-        gids = channel_group[channel[rec.labels]]
+        gids = atom_group[rec.labels]
         for g in np.unique(gids).tolist():
             pos = np.nonzero(gids == g)[0]
             members[g].append(Member(rec.module, rec.param, rec.dim, rec.role, pos, channel_index[channel[rec.labels[pos]]]))
@@ -189,7 +176,53 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
         if reason is None and not members[g]:
             reason = "no parameter produces these channels"
         groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g), round_to))
-    return groups, channel_group[channel], channel_index[channel]
+    return groups, atom_group, channel_index[channel]
+
+
+def _signature_groups(channel: np.ndarray, maps: list[np.ndarray], n_channels: int) -> np.ndarray:
+    """Group id of every channel: channels with the same (map, multiplicity) signature share one,
+    numbered in order of their first channel.
+
+    Signatures are compared through a 64-bit hash of their (map, multiplicity) entries; every
+    channel is then checked entry by entry against the first channel with its hash, and any
+    collision falls back to comparing the signatures themselves.
+    """
+    if n_channels == 0:
+        return np.zeros(0, dtype=np.int64)
+    n_maps = max(len(maps), 1)
+    lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
+    labels = np.concatenate(maps) if maps else np.zeros(0, dtype=np.int64)
+    # one row per (channel, map) it occurs in, sorted by channel then map, with the multiplicity
+    key, counts = np.unique(channel[labels] * n_maps + np.repeat(np.arange(len(maps), dtype=np.int64), lengths), return_counts=True)
+    row_channel, row_map = key // n_maps, key % n_maps
+    bounds = np.searchsorted(row_channel, np.arange(n_channels + 1))
+    with np.errstate(over="ignore"):
+        mixed = _mix64(row_map.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + counts.astype(np.uint64))
+        sums = np.zeros(n_channels, dtype=np.uint64)
+        np.add.at(sums, row_channel, mixed)
+        digest = _mix64(sums + np.diff(bounds).astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9))
+    _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
+    rep = first[inverse]  # the first channel with the same digest
+    offset = np.arange(len(key), dtype=np.int64) - bounds[row_channel]
+    rep_row = bounds[rep[row_channel]] + offset
+    same_length = np.array_equal(np.diff(bounds), np.diff(bounds)[rep])
+    if same_length and np.array_equal(row_map, row_map[rep_row]) and np.array_equal(counts, counts[rep_row]):
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
+        return rank[inverse]
+    group_of_sig: dict[bytes, int] = {}  # a digest collision: compare the signatures themselves
+    table = np.stack([row_map, counts], 1)
+    out = np.empty(n_channels, dtype=np.int64)
+    for c in range(n_channels):
+        out[c] = group_of_sig.setdefault(table[bounds[c] : bounds[c + 1]].tobytes(), len(group_of_sig))
+    return out
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def analyze(
