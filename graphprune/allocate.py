@@ -37,8 +37,11 @@ class Allocation:
         self.gg = gg
         self.groups = [g for g in gg.prunable_groups if g.id in scores]
         self.scores = scores
-        order = [(s, gid) for gid in scores for s in scores[gid]]
-        self.ranked_groups = np.array([gid for _, gid in sorted(order, key=lambda t: t[0])], dtype=np.int64)
+        # every channel's group, lowest score first (a stable sort: ties keep group order, then channel order)
+        gids = list(scores)
+        flat = np.concatenate([np.asarray(scores[gid], dtype=np.float64).reshape(-1) for gid in gids]) if gids else np.zeros(0)
+        owner = np.repeat(np.asarray(gids, dtype=np.int64), [np.size(scores[gid]) for gid in gids])
+        self.ranked_groups = owner[np.argsort(flat, kind="stable")]
         self.floors = {g.id: floor_of(g.size, g.round_to, min_channels, min_ratio) for g in self.groups}
 
     def dropped(self, removed: int) -> dict[int, int]:
@@ -47,7 +50,11 @@ class Allocation:
         return {g.id: int(counts[g.id]) for g in self.groups}
 
     def kept(self, dropped: dict[int, int]) -> dict[int, int]:
-        return {g.id: max(self.floors[g.id], round_up(g.size - dropped[g.id], g.round_to, g.size)) for g in self.groups}
+        return {g.id: self.kept_one(g, dropped[g.id]) for g in self.groups}
+
+    def kept_one(self, g, dropped: int) -> int:
+        """Kept count of group ``g`` with ``dropped`` of its channels removed (floors and rounding applied)."""
+        return max(self.floors[g.id], round_up(g.size - dropped, g.round_to, g.size))
 
     def counts(self, removed: int) -> dict[int, int]:
         return self.kept(self.dropped(removed))
@@ -90,13 +97,70 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     def fits(d: dict[int, int]) -> bool:
         return float(gg.budget.evaluate(budget.metric, gg.budget.ratios(alloc.kept(d)))) <= target - margin
 
-    for gid in alloc.ranked_groups[:lo][::-1].tolist():  # give back, most important first
-        trial = {**dropped, gid: dropped[gid] - 1}
-        if alloc.kept(trial) != alloc.kept(dropped) and fits(trial):
-            dropped = trial
+    order = alloc.ranked_groups[:lo][::-1]  # give back, most important first
+    try:
+        quadratic = gg.budget.quadratic(budget.metric)
+    except BudgetError:  # not quadratic: try every channel on the full evaluator
+        quadratic = None
+    if quadratic is None:
+        for gid in order.tolist():
+            trial = {**dropped, gid: dropped[gid] - 1}
+            if alloc.kept(trial) != alloc.kept(dropped) and fits(trial):
+                dropped = trial
+    else:
+        dropped = _give_back(gg, alloc, dropped, order, quadratic, target - margin, fits)
     if gg.budget.exact(budget.metric, alloc.kept(dropped)) > target:
         dropped = searched
     return alloc.plan(alloc.kept(dropped))
+
+
+def _give_back(gg: GroupGraph, alloc: Allocation, dropped: dict[int, int], order: np.ndarray, quadratic, limit: float, fits) -> dict[int, int]:
+    """The give-back walk of ``allocate_by_score`` without evaluating the budget once per channel.
+
+    Walking ``order``, a channel goes back to its group when that changes the group's kept count
+    and the cost still fits (``fits``). Between two accepted channels nothing changes, so each
+    group's answer is fixed: it is computed for all groups at once from the quadratic form (moving
+    ratio i by d changes the cost by ``d * (b_i + 2 (F a)_i + F_ii d)``) and the walk jumps to the
+    next channel of a group that fits. Answers within a tolerance of the limit, where float
+    rounding could decide, are asked of ``fits`` itself: every decision is the per-channel walk's.
+    """
+    fa, fb, c = quadratic
+    b = gg.budget
+    index = {g.id: i for i, g in enumerate(b.groups)}
+    groups = list(alloc.groups)
+    slot = np.array([index[g.id] for g in groups], dtype=np.int64)
+    row_of = {g.id: k for k, g in enumerate(groups)}
+    rows = np.array([row_of[gid] for gid in order.tolist()], dtype=np.int64)
+    positions = [np.nonzero(rows == k)[0] for k in range(len(groups))]  # each group's channels in the walk
+    sizes = np.array([g.size for g in groups], dtype=np.float64)
+    diagonal = np.diag(fa)[slot] if len(slot) else np.zeros(0)
+    at = 0
+    while at < len(order):
+        kept = alloc.kept(dropped)
+        ratios = b.ratios(kept)
+        now = np.array([kept[g.id] for g in groups], dtype=np.float64)
+        trial = np.array([alloc.kept_one(g, dropped[g.id] - 1) for g in groups], dtype=np.float64)
+        step = (trial - now) / sizes
+        cost = float(ratios @ fa @ ratios + fb @ ratios + c)
+        estimate = cost + step * (fb[slot] + 2 * (fa[slot] @ ratios) + diagonal * step)
+        tolerance = 1e-9 * max(abs(cost), abs(limit), 1.0)
+        changes = trial != now
+        sure = changes & (estimate <= limit - tolerance)
+        unsure = changes & ~sure & (estimate <= limit + tolerance)
+        following = [(int(p[i]), k) for k, p in enumerate(positions) if (sure[k] or unsure[k]) and (i := int(np.searchsorted(p, at))) < len(p)]
+        following.sort()
+        nxt = None
+        for pos, k in following:  # the first channel whose group fits
+            gid = groups[k].id
+            if sure[k] or fits({**dropped, gid: dropped[gid] - 1}):
+                nxt = pos
+                break
+        if nxt is None:
+            break
+        gid = int(order[nxt])
+        dropped = {**dropped, gid: dropped[gid] - 1}
+        at = nxt + 1
+    return dropped
 
 
 def fill_up(gg: GroupGraph, metric: str, counts: dict[int, int], target: float, order: list[int]) -> dict[int, int]:

@@ -21,17 +21,27 @@ from .base import MethodPass
 
 def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
     """Per prunable group, each channel's p-norm summed over the group's members."""
-    scores = {}
+    groups = gg.prunable_groups
+    wanted: dict[tuple[str, str], set[int]] = {}  # parameter -> the dims members slice it along
+    for g in groups:
+        for m in g.members:
+            if m.param not in ("running_mean", "running_var"):  # statistics, not weights
+                wanted.setdefault((m.module, m.param), set()).add(m.dim)
+    per_pos: dict[tuple[str, str, int], np.ndarray] = {}  # |w|^p summed over all but one dim, per index
     with torch.no_grad():
-        for g in gg.prunable_groups:
-            total = np.zeros(g.size)
-            for m in g.members:
-                t = getattr(model.get_submodule(m.module), m.param).detach().float()
-                if m.param in ("running_mean", "running_var"):
-                    continue  # statistics, not weights
-                per_pos = t.abs().pow(p).movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(1)
-                np.add.at(total, m.channels, per_pos[torch.from_numpy(m.positions)].numpy())
-            scores[g.id] = total ** (1.0 / p)
+        for (module, param), dims in wanted.items():
+            t = getattr(model.get_submodule(module), param).detach().float()
+            powered = t.abs() if p == 1 else t.abs().pow(p)  # x ** 1 is x: the same values either way
+            for dim in sorted(dims):
+                per_pos[module, param, dim] = powered.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).numpy()
+    scores = {}
+    for g in groups:
+        total = np.zeros(g.size)
+        for m in g.members:
+            if m.param in ("running_mean", "running_var"):
+                continue
+            np.add.at(total, m.channels, per_pos[m.module, m.param, m.dim][m.positions])
+        scores[g.id] = total ** (1.0 / p)
     return scores
 
 
