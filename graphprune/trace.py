@@ -118,17 +118,18 @@ class _FallbackTracer(fx.Tracer):
 
 
 def _user_location(exc: BaseException) -> str:
-    """The innermost stack frame outside torch: the user's line that broke tracing."""
+    """The user's line that broke tracing."""
     return _format_user_frame(traceback.extract_tb(exc.__traceback__))
 
 
 def _caller_location() -> str:
-    """The innermost frame of the current stack outside torch and this file: the line being traced."""
-    return _format_user_frame(f for f in traceback.extract_stack() if f.filename != __file__)
+    """The user's line being traced."""
+    return _format_user_frame(traceback.extract_stack())
 
 
 def _format_user_frame(frames: Iterable[traceback.FrameSummary]) -> str:
-    user = [f for f in frames if not f.filename.startswith(_TORCH_DIR)]
+    """The innermost frame outside torch and this file."""
+    user = [f for f in frames if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
     if not user:
         return "<unknown location>"
     f = user[-1]
