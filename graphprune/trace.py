@@ -424,12 +424,14 @@ class _ShapeRecorder(fx.Interpreter):
 def _node_failure(n: fx.Node, inputs: list[Any], exc: Exception) -> ExampleInputError:
     """The error for a node that failed on the example inputs (usually a wrong input shape)."""
     args = ", ".join(_describe(v) for v in inputs)
-    return ExampleInputError(
+    error = ExampleInputError(
         f"running node '{n.name}' ({n.op} {_target_name(n)}) on the example inputs failed: "
         f"{type(exc).__name__}: {exc}\n  its inputs were: [{args}]\n"
         "  Check that example_inputs have the shapes and dtypes the model expects "
         "(e.g. --input-shape 1,3,224,224)."
     )
+    error.node = n
+    return error
 
 
 def _detach(value: Any) -> Any:
@@ -468,24 +470,83 @@ def trace(
     path; ``specializations`` records every value taken from them (see the module docstring).
     """
     args, kwargs = _split_inputs(example_inputs)
-    given = {**(concrete_args or {}), **kwargs}
+    concrete_args = {**_none_arguments(model, args, kwargs), **(concrete_args or {})}
+    given = {**concrete_args, **kwargs}
 
     def example_values(placeholders: list[fx.Node]) -> list[Any]:
         return _bind_placeholders(placeholders, _forward_parameters(model, len(placeholders)), args, given)
 
-    guards: list[tuple[Specialization, fx.Node]] = []
-    try:
-        gm, fallbacks = symbolic_trace(model, leaf_modules, concrete_args)
-    except TraceError:  # the top-level forward itself
-        gm = None
-    if gm is None:
-        gm, fallbacks, guards = _trace_example_path(model, leaf_modules, concrete_args, example_values)
-    flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
-    values, flops = propagate(gm, flat)
+    leaves, stale = list(leaf_modules), []
+    while True:
+        guards: list[tuple[Specialization, fx.Node]] = []
+        try:
+            gm, fallbacks = symbolic_trace(model, leaves, concrete_args)
+        except TraceError:  # the top-level forward itself
+            gm = None
+        if gm is None:
+            gm, fallbacks, guards = _trace_example_path(model, leaves, concrete_args, example_values)
+        flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
+        try:
+            values, flops = propagate(gm, flat)
+            break
+        except ExampleInputError as exc:
+            leaf = _stale_module(exc, model, args, kwargs, leaves)
+            if leaf is None:
+                raise
+            leaves.append(leaf)
+            stale.append(Fallback(leaf, f"its traced graph failed where the model runs: {str(exc).splitlines()[0]}", "<traced graph>"))
+    fallbacks = stale + fallbacks
     traced = TracedModel(model, gm, values, flops, fallbacks, flat, [s for s, _ in guards])
     if guards:
         _unguard_channel_counts(traced, guards)
     return traced
+
+
+def _none_arguments(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Forward's arguments that are None in the example call, defaults included (``mask=None``).
+
+    As fx concrete args, ``if mask is not None`` takes the example's branch (a proxy is never
+    None, so it would trace the other one) and the graph asserts the argument is None at run
+    time. Other Python values (bools, scale factors) are traced along the example path with
+    guards (see :class:`Specialization`)."""
+    if isinstance(model, fx.GraphModule):
+        return {}
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError:
+        return {}  # _bind_placeholders reports what is missing
+    bound.apply_defaults()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(model.forward).parameters
+    return {k: v for k, v in bound.arguments.items() if v is None and params[k].kind in kinds}
+
+
+def _stale_module(exc: ExampleInputError, model: torch.nn.Module, args: tuple, kwargs: dict, leaves: list) -> str | None:
+    """The submodule to make a leaf when the traced graph fails on inputs the model itself runs on.
+
+    Symbolic tracing can bake a value into the graph that is not what the model computes (a cached
+    tensor, a shape read through a helper fx cannot see); the innermost module around the failing
+    node then runs as it is. None when the model itself fails (the inputs are wrong) or no module
+    is left to make a leaf.
+    """
+    node = getattr(exc, "node", None)
+    stack = list((node.meta.get("nn_module_stack") or {}).values()) if node is not None else []
+    candidates = [name for name, _ in reversed(stack) if name and name not in leaves]
+    if node is not None and node.op == "call_module" and node.target not in leaves:
+        candidates.insert(0, node.target)
+    if not candidates:
+        return None
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the model fails on its inputs: the user's error stands
+        return None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return candidates[0]
 
 
 def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specialization, fx.Node]]) -> None:

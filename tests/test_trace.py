@@ -4,6 +4,8 @@ import io
 import math
 
 import numpy as np
+import operator
+
 import pytest
 import torch
 import torch.nn as nn
@@ -300,3 +302,26 @@ def test_submodules_still_become_leaves_on_the_example_path():
     gg = graphprune.analyze(BranchAroundUntraceable().eval(), torch.randn(1, 3, 10, 10))
     assert [f.module for f in gg.fallbacks] == ["inner.odd"] and "control flow" in gg.fallbacks[0].error
     assert group_with(gg, "inner.b").prunable and not group_with(gg, "inner.a").prunable
+
+
+class OptionalMask(nn.Module):
+    """forward(x, mask=None): a proxy is never None, so fx alone would trace the masked branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x, mask=None):
+        y = torch.relu(self.a(x))
+        if mask is not None:
+            y = y * mask
+        return self.b(y)
+
+
+def test_none_default_takes_the_example_branch_and_is_checked():
+    x = torch.randn(2, 3, 8, 8)
+    gg = analyze_and_check_exactness(OptionalMask, (x,))
+    assert group_with(gg, "a").prunable
+    assert not any(n.target is operator.mul for n in gg.gm.graph.nodes)
+    with pytest.raises(AssertionError):
+        gg.gm(x, torch.ones(1, 8, 1, 1))
