@@ -2,10 +2,9 @@
 
 import io
 import math
-
-import numpy as np
 import operator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
