@@ -13,34 +13,52 @@ Coefficients are exact fractions; with integer channel counts the evaluation is 
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import sympy
 import torch
 
 from .errors import BudgetError
 
 if TYPE_CHECKING:
+    import sympy
+
     from .groups import GroupGraph
 
 Poly = dict[tuple[int, ...], Fraction]  # sorted tuple of group positions -> coefficient
 METRICS = ("macs", "params")
 
 
-def _mul(p: Poly, q: Poly) -> Poly:
-    out: Poly = {}
-    for m1, c1 in p.items():
-        for m2, c2 in q.items():
-            m = tuple(sorted(m1 + m2))
-            out[m] = out.get(m, 0) + c1 * c2
-    return out
+Form = tuple[dict[tuple[int, ...], int], int]  # integer numerators per monomial, one denominator
 
 
-def _add_into(acc: Poly, p: Poly, scale: Fraction | int = 1) -> None:
-    for m, c in p.items():
-        acc[m] = acc.get(m, 0) + c * scale
+class _Accumulator:
+    """Sums products of linear forms exactly, in integers: a product of forms with denominators
+    f_1..f_k has the denominator f_1*...*f_k, so its numerators add up as integers, and each
+    monomial keeps one integer sum per distinct denominator until the coefficients are read.
+    Monomials keep the order in which they first appear."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[int, ...], dict[int, int]] = {}
+
+    def add_product(self, forms: list[Form], scale: int) -> None:
+        p: dict[tuple[int, ...], int] = {(): 1}
+        denominator = 1
+        for form, full in forms:
+            out: dict[tuple[int, ...], int] = {}
+            for m1, c1 in p.items():
+                for m2, c2 in form.items():
+                    m = tuple(sorted(m1 + m2)) if m1 and m2 else m1 or m2
+                    out[m] = out.get(m, 0) + c1 * c2
+            p, denominator = out, denominator * full
+        for m, c in p.items():
+            per = self.sums.setdefault(m, {})
+            per[denominator] = per.get(denominator, 0) + c * scale
+
+    def poly(self) -> Poly:
+        return {m: sum((Fraction(n, d) for d, n in per.items()), Fraction(0)) for m, per in self.sums.items()}
 
 
 class BudgetModel:
@@ -50,28 +68,26 @@ class BudgetModel:
         self._gg = gg
         self.groups = gg.prunable_groups
         self._pos = {g.id: i for i, g in enumerate(self.groups)}
-        self.symbols = sympy.symbols([f"a_{g.id}" for g in self.groups]) if self.groups else []
+        self._symbols: list | None = None
         self._polys: dict[str, Poly] = {"macs": self._macs_poly(), "params": self._params_poly()}
         self._compiled = {k: self._compile(p) for k, p in self._polys.items()}
+        self._integer: dict[str, tuple[list[tuple[tuple[int, ...], int]], int]] = {}
 
     # --------------------------------------------------------------- building
-    def _linear_form(self, labels: np.ndarray) -> Poly:
-        """Kept count of a channel map divided by its full count, linear in the ratios."""
-        form: Poly = {}
-        full = len(labels)
+    def _linear_form(self, labels: np.ndarray) -> Form:
+        """Kept count of a channel map divided by its full count, linear in the ratios: numerators
+        per monomial (a group's position, or () for the channels that stay) over the full count."""
+        form: dict[tuple[int, ...], int] = {}
         for gid, n in self._gg.group_counts(labels).items():
             key = (self._pos[gid],) if gid in self._pos else ()
-            form[key] = form.get(key, 0) + Fraction(n, full)
-        return form
+            form[key] = form.get(key, 0) + n
+        return form, len(labels)
 
     def _macs_poly(self) -> Poly:
-        acc: Poly = {}
+        acc = _Accumulator()
         for term in self._gg.mac_terms:
-            p: Poly = {(): Fraction(1)}
-            for f in term.factors:
-                p = _mul(p, self._linear_form(f.labels))
-            _add_into(acc, p, term.macs)
-        return acc
+            acc.add_product([self._linear_form(f.labels) for f in term.factors], term.macs)
+        return acc.poly()
 
     def _params_poly(self) -> Poly:
         model = self._gg.traced.model  # the user's model: modules the graph never calls count too
@@ -80,13 +96,10 @@ class BudgetModel:
             t = getattr(self._gg.gm.get_submodule(rec.module), rec.param)
             if isinstance(t, torch.nn.Parameter):
                 by_tensor.setdefault(id(t), {}).setdefault(rec.dim, rec.labels)
-        acc: Poly = {}
+        acc = _Accumulator()
         for p in model.parameters():
-            poly: Poly = {(): Fraction(1)}
-            for labels in by_tensor.get(id(p), {}).values():
-                poly = _mul(poly, self._linear_form(labels))
-            _add_into(acc, poly, p.numel())
-        return acc
+            acc.add_product([self._linear_form(labels) for labels in by_tensor.get(id(p), {}).values()], p.numel())
+        return acc.poly()
 
     def _compile(self, poly: Poly) -> tuple[np.ndarray, np.ndarray]:
         """Monomials as an index matrix (-1 = padding) and float coefficients, for vector evaluation."""
@@ -99,8 +112,19 @@ class BudgetModel:
         return idx, coef
 
     # --------------------------------------------------------------- symbolic views
-    def expr(self, metric: str = "macs") -> sympy.Expr:
+    @property
+    def symbols(self) -> list["sympy.Symbol"]:
+        """One sympy symbol ``a_<group id>`` per prunable group, in group order (sympy loads on first use)."""
+        if self._symbols is None:
+            import sympy
+
+            self._symbols = list(sympy.symbols([f"a_{g.id}" for g in self.groups])) if self.groups else []
+        return self._symbols
+
+    def expr(self, metric: str = "macs") -> "sympy.Expr":
         """The exact cost as a sympy expression in the symbols ``a_<group id>``."""
+        import sympy
+
         terms = []
         for m, c in self._poly(metric).items():
             terms.append(sympy.Rational(c.numerator, c.denominator) * sympy.Mul(*[self.symbols[i] for i in m]))
@@ -136,14 +160,33 @@ class BudgetModel:
         unknown = set(keep) - set(self._pos)
         if unknown:
             raise BudgetError(f"groups {sorted(unknown)} are not prunable groups of this model")
-        ratio = [Fraction(keep.get(g.id, g.size), g.size) for g in self.groups]
-        total = Fraction(0)
-        for m, c in self._poly(metric).items():
-            v = c
+        terms, denominator = self._integer_form(metric)
+        counts = [keep.get(g.id, g.size) for g in self.groups]
+        total = 0
+        for m, numerator in terms:
             for i in m:
-                v *= ratio[i]
-            total += v
-        return int(round(total))
+                numerator *= counts[i]
+            total += numerator
+        return int(round(Fraction(total, denominator)))
+
+    def _integer_form(self, metric: str) -> tuple[list[tuple[tuple[int, ...], int]], int]:
+        """The polynomial in kept *counts* over one common denominator: cost = sum(n_m * prod(k_i)) / d.
+
+        ``c_m * prod(k_i / size_i)`` is ``(c_m / prod(size_i)) * prod(k_i)``; with every coefficient
+        over the common denominator ``d`` the sum is integer arithmetic, exactly the same rational.
+        """
+        if metric not in self._integer:
+            per_count = []
+            for m, c in self._poly(metric).items():
+                c = Fraction(c)
+                for i in m:
+                    c /= self.groups[i].size
+                per_count.append((m, c))
+            denominator = 1
+            for _, c in per_count:
+                denominator = denominator * c.denominator // math.gcd(denominator, c.denominator)
+            self._integer[metric] = ([(m, c.numerator * (denominator // c.denominator)) for m, c in per_count], denominator)
+        return self._integer[metric]
 
     def macs(self, keep: Mapping[int, int] | None = None) -> int:
         return self.exact("macs", keep)
