@@ -57,6 +57,7 @@ class Analysis:
         self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
         self._derived_from: dict[fx.Node, set[ParamRef]] = {}
         self._shape_reads: list[tuple[fx.Node, ChannelMap]] = []
+        self._channel_cache: np.ndarray | None = None
 
     # ---------------------------------------------------------------- driving
     def run(self) -> "Analysis":
@@ -355,19 +356,33 @@ class Analysis:
         if use.target in _SPLITTING and _splits_channel_dim(self, use, via):
             return None  # the slim pass writes the kept part sizes / bounds from the plan
         sizes = _size_args(use)
-        out, src = self.map(use), self.map(use.args[0])
-        if sizes is None or out is None or src is None:
+        out = self.map(use)
+        if sizes is None or out is None:
             return "uses as a size a value"
         where = [i for i, v in enumerate(sizes) if v is via]
         if where != [out.dim]:
             return "sizes a dim other than its channel dim with a value"
-        if not np.array_equal(src.labels, m.labels):
+        # the channels read and those sized must be the same, in the same proportion each; then the
+        # value must give the sized count for every count of the read channels a plan can leave
+        channel = self._channels()
+        read_ch, read_n = np.unique(channel[m.labels], return_counts=True)
+        out_ch, out_n = np.unique(channel[out.labels], return_counts=True)
+        if not np.array_equal(read_ch, out_ch) or not np.array_equal(read_n * out_n[0], out_n * read_n[0]):
             return "sizes the channels of another tensor with a value"
-        per_index = src.size // out.size
-        for kept in range(1, out.size + 1):
-            if self._evaluate_from(read, via, m.dim, kept * per_index) != kept:
-                return f"would not follow the kept channels (keeping {kept} of {out.size}) with a value"
+        reachable = np.zeros(int(read_n.sum()) + 1, dtype=bool)
+        reachable[0] = True
+        for a in read_n.tolist():  # the counts a plan keeping any subset of the channels can leave
+            reachable[a:] |= reachable[:-a].copy()
+        for count in np.nonzero(reachable)[0][1:].tolist():
+            if self._evaluate_from(read, via, m.dim, count) * int(read_n[0]) != count * int(out_n[0]):
+                return f"would not follow the kept channels (with {count} of {m.size} left) with a value"
         return None
+
+    def _channels(self) -> np.ndarray:
+        """Channel (connected component) of every atom, as linked so far."""
+        if self._channel_cache is None or len(self._channel_cache) != len(self.atoms):
+            self._channel_cache = self.atoms.components()
+        return self._channel_cache
 
     def _check_param_uses(self) -> None:
         """A sliced parameter may only be used where a rule accounted for its channels."""
