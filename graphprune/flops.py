@@ -203,10 +203,33 @@ CONTRACTION_METHODS: frozenset[str] = frozenset({"matmul", "bmm", "mm"})
 #: functions outside torch whose output shape needs no values, by qualified name
 SHAPE_ONLY_NAMED = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
 
+#: pooling modules whose shape-only runs go to meta tensors (no FLOPs: they are free)
+POOL_MODULES: frozenset[type] = frozenset({
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+})
+#: modules returning a tensor of their (floating point) input's shape, dtype and layout
+SAME_AS_INPUT_MODULES: frozenset[type] = frozenset({
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Threshold, nn.Dropout,
+})
+#: elementwise binary ops: the result has the broadcast shape and ``torch.result_type``
+BINARY_FUNCTIONS: frozenset[Callable] = frozenset({
+    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+})
+BINARY_METHODS: frozenset[str] = frozenset({"add", "sub", "mul", "div"})
+
+#: a meta run costs about as much as computing this many MACs (or touching this many elements)
+#: for real on one core; smaller ops run for real. Only speed depends on these.
+SUBSTITUTE_MACS = 4_000_000
+SUBSTITUTE_ELEMENTS = 200_000
+
 
 class Restart(GraphPruneError):
-    """A node downstream of a substituted contraction reads values: run the graph again for real
-    (raised and caught inside :func:`graphprune.trace.propagate`)."""
+    """A node downstream of a shape-only result reads values or fails: run the graph again for
+    real (raised and caught inside :func:`graphprune.trace.propagate`)."""
 
 
 def _qualified(f: Any) -> str:
@@ -214,21 +237,30 @@ def _qualified(f: Any) -> str:
 
 
 class ShapeOnlyRuns:
-    """Which contractions of ``gm`` run on meta tensors, and running them (see the module docstring)."""
+    """Shape-only execution of the nodes whose results only reach shape-only ops.
+
+    Such a node's output values are never looked at, so a tensor of the right shape, dtype and
+    layout stands in for it: contractions and pooling run on meta tensors (the reference shape
+    and FLOP computation; results are cached per configuration), elementwise modules, norms and
+    binary ops pass on the operand that already has the result's shape and dtype. Each shortcut
+    applies only where its preconditions are checked; otherwise the node runs for real.
+    """
 
     def __init__(self, gm: fx.GraphModule, flops: NodeFlops):
         self._flops = flops
         self._modules = flops._modules
-        self.nodes: set[fx.Node] = set()
-        self.tainted: set[fx.Node] = set()
+        self.closed: set[fx.Node] = set()  # nodes whose value only reaches shape-only ops
+        self.tainted: set[fx.Node] = set()  # nodes whose value is a stand-in (or computed from one)
+        self._cache: dict[Any, tuple[tuple[int, ...], torch.dtype, tuple[int, ...], int]] = {}
         if not flops._skip_modules:
             return
-        closed: dict[fx.Node, bool] = {}  # every node downstream is shape-only
+        closed: dict[fx.Node, bool] = {}
         for n in reversed(gm.graph.nodes):
             closed[n] = all(closed[u] and self._shape_only(u) for u in n.users)
-            if closed[n] and self._contraction(n):
-                self.nodes.add(n)
+            if closed[n] and n.op in ("call_module", "call_function", "call_method"):
+                self.closed.add(n)
 
+    # ---------------------------------------------------------------- classification
     def _module_ok(self, m: Any, types: frozenset) -> bool:
         return (
             type(m) in types
@@ -236,14 +268,8 @@ class ShapeOnlyRuns:
             and all(type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
         )
 
-    def _contraction(self, n: fx.Node) -> bool:
-        if n.op == "call_module":
-            return self._module_ok(self._modules.get(n.target), CONTRACTION_MODULES)
-        if n.op == "call_function":
-            return n.target in CONTRACTION_FUNCTIONS
-        return n.op == "call_method" and n.target in CONTRACTION_METHODS
-
     def _shape_only(self, n: fx.Node) -> bool:
+        """Whether ``n`` never looks at its inputs' values to decide its output's shape."""
         if n.op == "output":
             return True
         if n.op == "call_module":
@@ -255,8 +281,9 @@ class ShapeOnlyRuns:
             return n.target in FREE_METHODS or n.target in CONTRACTION_METHODS
         return False
 
+    # ---------------------------------------------------------------- running
     def check(self, n: fx.Node, args: tuple, kwargs: dict) -> None:
-        """Before running ``n``: raise Restart if it reads the values of a substituted result."""
+        """Before running ``n``: raise Restart if it reads the values of a stand-in."""
         if not any(a in self.tainted for a in n.all_input_nodes):
             return
         self.tainted.add(n)
@@ -274,48 +301,214 @@ class ShapeOnlyRuns:
             raise Restart(f"'{n.name}' gets a tensor subclass")
 
     def run(self, n: fx.Node, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
-        """Output (zeros of the real output's shape, dtype and strides) and FLOPs of contraction ``n``
-        computed on meta tensors; None if that cannot be done (then ``n`` runs for real)."""
-        devices = set()
-        plain = True
+        """A stand-in for closed node ``n``'s output and its FLOPs, or None: run ``n`` for real."""
+        tensors = []
+        fx.node.map_aggregate((args, kwargs), lambda v: tensors.append(v) if isinstance(v, torch.Tensor) else None)
+        if not tensors or not all(type(t) in _PLAIN_TENSORS for t in tensors):
+            return None
+        done = self._stand_in(n, args, kwargs)
+        if done is not None:
+            self.tainted.add(n)
+        return done
 
+    def _stand_in(self, n: fx.Node, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
+        m = self._modules[n.target] if n.op == "call_module" else None
+        if m is not None:
+            if self._module_ok(m, SAME_AS_INPUT_MODULES | {nn.Identity}):
+                return self._alias(n, 0, _same_as_input(m, args, kwargs))
+            if self._module_ok(m, _NORMS):
+                return self._alias(n, 0, _normalized(m, args, kwargs))
+            if self._module_ok(m, CONTRACTION_MODULES):
+                if _estimated_macs(n, m, args, kwargs) >= SUBSTITUTE_MACS:
+                    return self._meta(n, m, args, kwargs, count=True)
+            elif self._module_ok(m, POOL_MODULES):
+                if len(args) == 1 and not kwargs and args[0].numel() >= SUBSTITUTE_ELEMENTS:
+                    return self._meta(n, m, args, kwargs, count=False)
+            return None
+        if (n.op == "call_function" and n.target in BINARY_FUNCTIONS) or (n.op == "call_method" and n.target in BINARY_METHODS):
+            found = _binary(args, kwargs)
+            return None if found is None else self._alias(n, found[0], (args[found[0]], 0))
+        if (n.op == "call_function" and n.target in CONTRACTION_FUNCTIONS) or (n.op == "call_method" and n.target in CONTRACTION_METHODS):
+            if _estimated_macs(n, None, args, kwargs) >= SUBSTITUTE_MACS:
+                return self._meta(n, None, args, kwargs, count=True)
+        return None
+
+    def restart(self, n: fx.Node, exc: Exception) -> Restart:
+        return Restart(f"'{n.name}' failed on stand-in values ({type(exc).__name__}: {exc})")
+
+    def _alias(self, n: fx.Node, i: int, done: tuple[Any, int] | None) -> tuple[Any, int] | None:
+        """A stand-in that is input ``i`` itself: only if that input's values reach shape-only ops
+        alone, so writing to one (an in-place op downstream, or one the real op would have done)
+        can change no value that is looked at."""
+        if done is None or i >= len(n.args) or not isinstance(n.args[i], fx.Node) or n.args[i] not in self.closed:
+            return None
+        return done
+
+    def _meta(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> tuple[Any, int] | None:
+        """Run ``n`` on meta tensors (under FlopCounterMode's dispatch mode if ``count``): zeros of
+        its output's shape, dtype and strides, and its FLOPs. Cached per configuration."""
+        devices = {t.device for t in _tensors((args, kwargs))}
+        if m is not None:
+            devices |= {t.device for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
+        if len(devices) != 1:
+            return None
+        (device,) = devices
+        key = _config_key(n, m, args, kwargs, count)
+        found = self._cache.get(key) if key is not None else None
+        if found is None:
+            found = self._meta_run(n, m, args, kwargs, count)
+            if found is None:
+                return None
+            if key is not None:
+                self._cache[key] = found
+        shape, dtype, stride, flops = found
+        self.tainted.add(n)
+        return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_(), flops
+
+    def _meta_run(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool):
         def meta(v: Any) -> Any:
-            nonlocal plain
             if isinstance(v, torch.Tensor):
-                plain = plain and type(v) in _PLAIN_TENSORS
-                devices.add(v.device)
                 return torch.empty_like(v, device="meta").requires_grad_(v.requires_grad)
             return v
 
         margs, mkwargs = fx.node.map_aggregate(args, meta), fx.node.map_aggregate(kwargs, meta)
-        if n.op == "call_module":
-            m = self._modules[n.target]
-            state = {k: meta(v) for k, v in (*m.named_parameters(), *m.named_buffers())}
-            call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
+        if m is not None:
+            weight, bias = meta(getattr(m, "weight", None)), meta(getattr(m, "bias", None))
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and len(margs) == 1 and not mkwargs:
+                call = lambda: m._conv_forward(margs[0], weight, bias)  # noqa: E731  (their forward, verbatim)
+            elif type(m) is nn.Linear and len(margs) == 1 and not mkwargs:
+                call = lambda: F.linear(margs[0], weight, bias)  # noqa: E731
+            else:
+                state = {k: meta(v) for k, v in (*m.named_parameters(), *m.named_buffers())}
+                call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
         elif n.op == "call_function":
             call = lambda: n.target(*margs, **mkwargs)  # noqa: E731
         else:
             call = lambda: getattr(margs[0], n.target)(*margs[1:], **mkwargs)  # noqa: E731
-        if not plain or len(devices) != 1:
-            return None
-        (device,) = devices
         try:
-            out, flops = self._flops.count(call)
+            out, flops = self._flops.count(call) if count else (call(), 0)
         except Exception:  # no meta kernel, or the op fails: the real run decides
             return None
         if not isinstance(out, torch.Tensor) or out.device.type != "meta":
             return None
-        self.tainted.add(n)
-        return torch.zeros_like(out, device=device), flops
+        return tuple(out.shape), out.dtype, tuple(out.stride()), flops
+
+
+_NORMS: frozenset[type] = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm})
+
+
+def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    return x if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+
+
+def _same_as_input(m: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
+    """Elementwise activations and eval dropout: the output has the input's shape, dtype and layout."""
+    if type(m) is nn.Identity:
+        return (args[0], 0) if len(args) == 1 and not kwargs else None
+    x = _single_input(args, kwargs)
+    if x is None or (type(m) is nn.Dropout and m.training):
+        return None
+    return x, 0
+
+
+def _normalized(m: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
+    """Norms in eval mode with running statistics (BatchNorm) or over matching trailing dims
+    (LayerNorm) or channels (GroupNorm), parameters of the input's dtype: shaped like the input."""
+    x = _single_input(args, kwargs)
+    if x is None or m.training:
+        return None
+    tensors = [t for t in (*m._parameters.values(), *m._buffers.values()) if t is not None and t.is_floating_point()]
+    if any(t.dtype != x.dtype for t in tensors):
+        return None
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if m.running_mean is None or x.ndim < 2 or x.shape[1] != m.num_features:
+            return None
+        m._check_input_dim(x)  # the same ValueError as the real forward (caught as a restart)
+    elif type(m) is nn.LayerNorm:
+        if tuple(x.shape[x.ndim - len(m.normalized_shape):]) != tuple(m.normalized_shape) or x.ndim < len(m.normalized_shape):
+            return None
+    elif type(m) is nn.GroupNorm:  # group_norm also rejects a single value per group
+        if x.ndim < 2 or x.shape[1] != m.num_channels or x.shape[0] * x.shape[1] // m.num_groups * math.prod(x.shape[2:]) <= 1:
+            return None
+    else:
+        return None
+    return x, 0
+
+
+def _binary(args: tuple, kwargs: dict) -> tuple[int, int] | None:
+    """``a op b`` with a floating point result: (index of the operand that has the result's
+    broadcast shape and dtype, 0 FLOPs), or None when neither has (e.g. both are broadcast)."""
+    if len(args) != 2 or kwargs:
+        return None
+    a, b = args
+    tensors = [t for t in (a, b) if isinstance(t, torch.Tensor)]
+    if not tensors or any(not isinstance(v, (torch.Tensor, int, float, bool)) for v in (a, b)):
+        return None
+    dtype = torch.result_type(a, b)
+    if not dtype.is_floating_point or len({t.device for t in tensors}) != 1:
+        return None
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    for i, t in enumerate((a, b)):
+        if isinstance(t, torch.Tensor) and t.shape == shape and t.dtype == dtype:
+            return i, 0
+    return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+    return found
+
+
+def _spec_key(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return ("T", tuple(v.shape), v.dtype, tuple(v.stride()), v.requires_grad)
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, tuple(_spec_key(x) for x in v))
+    if isinstance(v, dict):
+        return ("dict", tuple((k, _spec_key(x)) for k, x in v.items()))
+    hash(v)  # TypeError: not a cacheable configuration
+    return v
+
+
+def _config_key(n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> Any:
+    """Everything a meta run of ``n`` depends on, or None (then it is not cached)."""
+    try:
+        if m is not None:
+            config = tuple(sorted((k, _spec_key(v)) for k, v in vars(m).items() if not k.startswith("_")))
+            state = tuple((k, _spec_key(v)) for k, v in (*m.named_parameters(), *m.named_buffers()))
+            what: Any = (type(m), config, state)
+        else:
+            what = (n.op, n.target)
+        return (what, _spec_key(args), _spec_key(kwargs), count, torch.is_grad_enabled())
+    except TypeError:
+        return None
+
+
+def _estimated_macs(n: fx.Node, m: Any, args: tuple, kwargs: dict) -> float:
+    """A rough MAC count of contraction ``n`` from its input shapes (0 when unknown). Grouped
+    convolutions count 8x: their kernels are memory-bound and much slower per MAC."""
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor):
+        return 0.0
+    groups = 1
+    if m is not None:
+        w, stride, groups = m.weight, getattr(m, "stride", (1,)), getattr(m, "groups", 1)
+    elif n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
+        w = args[1] if len(args) > 1 else kwargs.get("weight")
+        stride = args[3] if n.target is not F.linear and len(args) > 3 else kwargs.get("stride", 1)
+    else:  # matmul, bmm, mm: (..., n, k) @ (..., k, m)
+        y = args[1] if len(args) > 1 else None
+        return float(x.numel() * y.shape[-1]) if isinstance(y, torch.Tensor) and y.ndim else 0.0
+    if not isinstance(w, torch.Tensor):
+        return 0.0
+    if w.ndim == 2:  # linear
+        return float(w.numel() * (x.numel() // max(x.shape[-1], 1)))
+    spatial = math.prod(x.shape[2:]) if x.ndim > 2 else 1
+    strides = stride if isinstance(stride, (tuple, list)) else (stride,) * max(x.ndim - 2, 1)
+    return float(w.numel() * x.shape[0] * spatial / max(math.prod(strides), 1)) * (8 if groups > 1 else 1)
 
 
 def _holds_tensor(value: Any) -> bool:
-    found = False
-
-    def visit(v: Any) -> Any:
-        nonlocal found
-        found = found or isinstance(v, torch.Tensor)
-        return v
-
-    fx.node.map_aggregate(value, visit)
-    return found
+    return bool(_tensors(value))

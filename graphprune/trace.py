@@ -393,21 +393,33 @@ def _spec(value: Any) -> Any:
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once, keeping each node's example value (as specs) and its FLOPs.
 
-    FLOPs are ``FlopCounterMode``'s; nodes that provably run no op it counts run without it
-    (graphprune/flops.py says which), so recording costs about one forward pass.
+    FLOPs are ``FlopCounterMode``'s and specs those of a real run, at a fraction of its cost:
+    nodes that provably run no op the mode counts run without it, and contractions whose results
+    only reach shape-only ops run on meta tensors (graphprune/flops.py says which and why).
     """
 
-    def __init__(self, gm: fx.GraphModule):
-        from .flops import NodeFlops
+    def __init__(self, gm: fx.GraphModule, substitute: bool = True):
+        from .flops import NodeFlops, ShapeOnlyRuns
 
         super().__init__(gm)
         self.values: dict[fx.Node, Any] = {}
         self.flops: dict[fx.Node, int] = {}
         self._counter = NodeFlops(gm)
+        self._shape_only = ShapeOnlyRuns(gm, self._counter) if substitute else None
+        if self._shape_only is not None and not self._shape_only.closed:
+            self._shape_only = None
 
     def run_node(self, n: fx.Node) -> Any:
         try:
-            if self._counter.free(n, self.env):
+            done = None
+            if self._shape_only is not None:
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                self._shape_only.check(n, args, kwargs)  # raises Restart (a GraphPruneError) if it reads values
+                if n in self._shape_only.closed:
+                    done = self._shape_only.run(n, args, kwargs)
+            if done is not None:
+                out, flops = done
+            elif self._counter.free(n, self.env):
                 out, flops = super().run_node(n), 0
             else:
                 out, flops = self._counter.count(lambda: fx.Interpreter.run_node(self, n))
@@ -415,6 +427,8 @@ class _ShapeRecorder(fx.Interpreter):
         except GraphPruneError:
             raise
         except Exception as exc:
+            if self._shape_only is not None and (n in self._shape_only.closed or n in self._shape_only.tainted):
+                raise self._shape_only.restart(n, exc) from exc  # the real run decides what fails
             raise _node_failure(n, [self.env.get(a) for a in n.all_input_nodes], exc) from exc
         self.values[n] = _spec(out)
         self.flops[n] = flops
@@ -631,11 +645,17 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
 
     Modules run in eval mode (BatchNorm statistics are not updated) and get their mode back.
     """
+    from .flops import Restart
+
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
-    recorder = _ShapeRecorder(gm)
     try:
-        recorder.run(*placeholder_values)
+        try:
+            recorder = _ShapeRecorder(gm)
+            recorder.run(*placeholder_values)
+        except Restart:  # a node read values a shape-only run left out: run everything for real
+            recorder = _ShapeRecorder(gm, substitute=False)
+            recorder.run(*placeholder_values)
     finally:
         for m, mode in modes.items():
             m.training = mode
