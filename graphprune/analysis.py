@@ -262,24 +262,29 @@ class Analysis:
             return self.maps[node]
 
     def _run_labels(self, node: fx.Node, maps: dict[fx.Node, ChannelMap], atoms: AtomGraph) -> Any:
-        labels, offset = {}, 0
-        for a, m in maps.items():
-            labels[a] = label_tensor(m, self.spec(a).shape, offset)
-            offset += m.size
         atom_of = np.concatenate([m.labels for m in maps.values()])
-
-        def substitute(n: fx.Node) -> Any:
-            if n in labels:
-                return labels[n]
-            value = self.traced.values[n]
-            if isinstance(value, TensorSpec):  # shape-only argument (expand_as, view_as, ...)
-                return torch.empty(value.shape, dtype=torch.float64)
-            return value
-
-        args = fx.node.map_arg(node.args, substitute)
-        kwargs = fx.node.map_arg(node.kwargs, substitute)
         fn = rules.label_callable(node, self._modules.get(node.target) if node.op == "call_module" else None)
-        out = fn(*args, **kwargs)
+
+        def run(contiguous: bool) -> Any:
+            labels, offset = {}, 0
+            for a, m in maps.items():
+                labels[a] = label_tensor(m, self.spec(a).shape, offset, contiguous)
+                offset += m.size
+
+            def substitute(n: fx.Node) -> Any:
+                if n in labels:
+                    return labels[n]
+                value = self.traced.values[n]
+                if isinstance(value, TensorSpec):  # shape-only argument (expand_as, view_as, ...)
+                    return torch.empty(value.shape, dtype=torch.float64)
+                return value
+
+            return fn(*fx.node.map_arg(node.args, substitute), **fx.node.map_arg(node.kwargs, substitute))
+
+        try:  # labels broadcast without copies: the same values wherever the op accepts them
+            out = run(contiguous=False)
+        except Exception:  # an op that needs real memory (a view, an in-place op): as it always ran
+            out = run(contiguous=True)
         return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node)))
 
     def _evaluate_from(self, read: fx.Node, target: fx.Node, dim: int, count: int) -> Any:

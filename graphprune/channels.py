@@ -181,17 +181,26 @@ def smallest_connected(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             label = jumped
 
 
-def label_tensor(cmap: ChannelMap | None, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
-    """A float64 tensor of ``shape`` whose elements are positions ``offset + i`` along ``cmap.dim``.
+#: positions below this are exact in float32; labels use it when they fit (half the memory traffic)
+FLOAT32_EXACT = 1 << 24
+
+
+def label_tensor(cmap: ChannelMap | None, shape: tuple[int, ...], offset: int = 0, contiguous: bool = True) -> torch.Tensor:
+    """A float tensor of ``shape`` whose elements are positions ``offset + i`` along ``cmap.dim``
+    (float32 while every position is exact in it, else float64).
 
     Positions, not atoms, are what a movement op moves: they keep repeated channels apart.
+    ``contiguous=False`` gives the positions broadcast along the other dims without copying them
+    (movement ops give the same values either way; an op that needs real memory raises).
     """
+    end = offset + (cmap.size if cmap is not None else 0)
+    dtype = torch.float32 if end < FLOAT32_EXACT else torch.float64
     if cmap is None:
-        return torch.full(shape, float(CONSTANT), dtype=torch.float64)
+        return torch.full(shape, float(CONSTANT), dtype=dtype)
     view = [1] * len(shape)
     view[cmap.dim] = cmap.size
-    positions = torch.arange(offset, offset + cmap.size, dtype=torch.float64)
-    return positions.reshape(view).expand(shape).contiguous()
+    positions = torch.arange(offset, end, dtype=dtype).reshape(view).expand(shape)
+    return positions.contiguous() if contiguous else positions
 
 
 def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, what: str) -> ChannelMap | None:
