@@ -58,7 +58,11 @@ class _Accumulator:
             per[denominator] = per.get(denominator, 0) + c * scale
 
     def poly(self) -> Poly:
-        return {m: sum((Fraction(n, d) for d, n in per.items()), Fraction(0)) for m, per in self.sums.items()}
+        out: Poly = {}
+        for m, per in self.sums.items():  # over the lcm of the denominators: one Fraction per monomial
+            common = math.lcm(*per)
+            out[m] = Fraction(sum(n * (common // d) for d, n in per.items()), common)
+        return out
 
 
 class BudgetModel:
@@ -74,31 +78,41 @@ class BudgetModel:
         self._integer: dict[str, tuple[list[tuple[tuple[int, ...], int]], int]] = {}
 
     # --------------------------------------------------------------- building
-    def _linear_form(self, labels: np.ndarray) -> Form:
-        """Kept count of a channel map divided by its full count, linear in the ratios: numerators
+    def _linear_forms(self, maps: list[np.ndarray]) -> list[Form]:
+        """Kept count of each channel map divided by its full count, linear in the ratios: numerators
         per monomial (a group's position, or () for the channels that stay) over the full count."""
-        form: dict[tuple[int, ...], int] = {}
-        for gid, n in self._gg.group_counts(labels).items():
-            key = (self._pos[gid],) if gid in self._pos else ()
-            form[key] = form.get(key, 0) + n
-        return form, len(labels)
+        forms = []
+        for labels, counts in zip(maps, self._gg.group_counts_many(maps)):
+            form: dict[tuple[int, ...], int] = {}
+            for gid, n in counts.items():
+                key = (self._pos[gid],) if gid in self._pos else ()
+                form[key] = form.get(key, 0) + n
+            forms.append((form, len(labels)))
+        return forms
 
     def _macs_poly(self) -> Poly:
+        terms = self._gg.mac_terms
+        forms = iter(self._linear_forms([f.labels for t in terms for f in t.factors]))
         acc = _Accumulator()
-        for term in self._gg.mac_terms:
-            acc.add_product([self._linear_form(f.labels) for f in term.factors], term.macs)
+        for term in terms:
+            acc.add_product([next(forms) for _ in term.factors], term.macs)
         return acc.poly()
 
     def _params_poly(self) -> Poly:
         model = self._gg.traced.model  # the user's model: modules the graph never calls count too
+        modules = dict(self._gg.gm.named_modules())
         by_tensor: dict[int, dict[int, np.ndarray]] = {}
         for rec in self._gg._analysis.members.values():
-            t = getattr(self._gg.gm.get_submodule(rec.module), rec.param)
+            owner = modules[rec.module] if rec.module in modules else self._gg.gm.get_submodule(rec.module)
+            t = getattr(owner, rec.param)
             if isinstance(t, torch.nn.Parameter):
                 by_tensor.setdefault(id(t), {}).setdefault(rec.dim, rec.labels)
+        params = list(model.parameters())
+        dims = [list(by_tensor.get(id(p), {}).values()) for p in params]
+        forms = iter(self._linear_forms([labels for d in dims for labels in d]))
         acc = _Accumulator()
-        for p in model.parameters():
-            acc.add_product([self._linear_form(labels) for labels in by_tensor.get(id(p), {}).values()], p.numel())
+        for p, d in zip(params, dims):
+            acc.add_product([next(forms) for _ in d], p.numel())
         return acc.poly()
 
     def _compile(self, poly: Poly) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,29 @@ class GroupGraph:
         gids, counts = np.unique(self._atom_group[labels], return_counts=True)
         return dict(zip(gids.tolist(), counts.tolist()))
 
+    def group_counts_many(self, maps: list[np.ndarray]) -> list[dict[int, int]]:
+        """``group_counts`` of every channel map in ``maps`` (one pass over all of them)."""
+        if not maps:
+            return []
+        lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
+        gids = self._atom_group[np.concatenate(maps)] if lengths.sum() else np.zeros(0, dtype=np.int64)
+        owner = np.repeat(np.arange(len(maps), dtype=np.int64), lengths)
+        n_groups = len(self.groups)
+        if len(maps) * n_groups <= 4 * len(gids) + 65536:
+            table = np.bincount(owner * n_groups + gids, minlength=len(maps) * n_groups).reshape(len(maps), n_groups)
+            rows, cols = np.nonzero(table)
+            counts = table[rows, cols]
+        else:
+            keys, counts = np.unique(owner * n_groups + gids, return_counts=True)
+            rows, cols = keys // n_groups, keys % n_groups
+        out: list[dict[int, int]] = [{} for _ in maps]
+        bounds = np.searchsorted(rows, np.arange(len(maps) + 1)).tolist()
+        cols, counts = cols.tolist(), counts.tolist()
+        for i in range(len(maps)):
+            lo, hi = bounds[i], bounds[i + 1]
+            out[i] = dict(zip(cols[lo:hi], counts[lo:hi]))
+        return out
+
     def groups_of(self, labels: np.ndarray) -> np.ndarray:
         return self._atom_group[labels]
 
@@ -164,11 +187,20 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
     inexact = atoms.inexact_by(atom_group)
 
     members: dict[int, list[Member]] = {g: [] for g in range(len(sizes))}
-    for rec in analysis.members.values():
-        gids = atom_group[rec.labels]
-        for g in np.unique(gids).tolist():
-            pos = np.nonzero(gids == g)[0]
-            members[g].append(Member(rec.module, rec.param, rec.dim, rec.role, pos, channel_index[channel[rec.labels[pos]]]))
+    records = list(analysis.members.values())
+    if records:  # one Member per (record, group it holds), positions ascending, in record order
+        lengths = np.fromiter((len(r.labels) for r in records), dtype=np.int64, count=len(records))
+        labels = np.concatenate([np.asarray(r.labels, dtype=np.int64).reshape(-1) for r in records])
+        owner = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
+        pos = np.arange(len(labels), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        gids = atom_group[labels]
+        order = np.lexsort((pos, gids, owner))
+        cut = np.flatnonzero((np.diff(owner[order]) != 0) | (np.diff(gids[order]) != 0)) + 1
+        chans = channel_index[channel[labels]]
+        for lo, hi in zip([0, *cut.tolist()], [*cut.tolist(), len(order)]):
+            rows = order[lo:hi]
+            rec = records[int(owner[rows[0]])]
+            members[int(gids[rows[0]])].append(Member(rec.module, rec.param, rec.dim, rec.role, pos[rows], chans[rows]))
 
     groups = []
     for g, size in enumerate(sizes.tolist()):
@@ -183,29 +215,40 @@ def _signature_groups(channel: np.ndarray, maps: list[np.ndarray], n_channels: i
     """Group id of every channel: channels with the same (map, multiplicity) signature share one,
     numbered in order of their first channel.
 
-    Signatures are compared through a 64-bit hash of their (map, multiplicity) entries; every
-    channel is then checked entry by entry against the first channel with its hash, and any
+    Maps with the same channel sequence count once (they add the same entry to every channel's
+    signature). Signatures are compared through a 64-bit hash of their (map, multiplicity) entries;
+    every channel is then checked entry by entry against the first channel with its hash, and any
     collision falls back to comparing the signatures themselves.
     """
     if n_channels == 0:
         return np.zeros(0, dtype=np.int64)
+    # maps holding the same channel sequence give every channel the same entry: keep one of each
+    lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
+    per_map = channel[np.concatenate(maps)] if maps else np.zeros(0, dtype=np.int64)
+    distinct: dict[bytes, np.ndarray] = {}
+    for lo, hi in zip((np.cumsum(lengths) - lengths).tolist(), np.cumsum(lengths).tolist()):
+        distinct.setdefault(per_map[lo:hi].tobytes(), per_map[lo:hi])
+    maps = list(distinct.values())
     n_maps = max(len(maps), 1)
     lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
-    labels = np.concatenate(maps) if maps else np.zeros(0, dtype=np.int64)
+    chans = np.concatenate(maps) if maps else np.zeros(0, dtype=np.int64)
     # one row per (channel, map) it occurs in, sorted by channel then map, with the multiplicity
-    key, counts = np.unique(channel[labels] * n_maps + np.repeat(np.arange(len(maps), dtype=np.int64), lengths), return_counts=True)
+    key, counts = np.unique(chans * n_maps + np.repeat(np.arange(len(maps), dtype=np.int64), lengths), return_counts=True)
     row_channel, row_map = key // n_maps, key % n_maps
     bounds = np.searchsorted(row_channel, np.arange(n_channels + 1))
+    rows = np.diff(bounds)
     with np.errstate(over="ignore"):
         mixed = _mix64(row_map.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + counts.astype(np.uint64))
         sums = np.zeros(n_channels, dtype=np.uint64)
-        np.add.at(sums, row_channel, mixed)
-        digest = _mix64(sums + np.diff(bounds).astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9))
+        if len(mixed):
+            present = rows > 0
+            sums[present] = np.add.reduceat(mixed, bounds[:-1][present])
+        digest = _mix64(sums + rows.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9))
     _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
     rep = first[inverse]  # the first channel with the same digest
     offset = np.arange(len(key), dtype=np.int64) - bounds[row_channel]
     rep_row = bounds[rep[row_channel]] + offset
-    same_length = np.array_equal(np.diff(bounds), np.diff(bounds)[rep])
+    same_length = np.array_equal(rows, rows[rep])
     if same_length and np.array_equal(row_map, row_map[rep_row]) and np.array_equal(counts, counts[rep_row]):
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
