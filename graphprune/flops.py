@@ -120,11 +120,24 @@ def _plain(value: Any) -> bool:
     return False
 
 
+def _args_plain(value: Any, env: dict[fx.Node, Any]) -> bool:
+    """``_plain`` for every leaf of a node's arguments (graph nodes read from ``env``)."""
+    if isinstance(value, fx.Node):
+        return _plain(env[value])
+    if isinstance(value, (tuple, list)):
+        return all(_args_plain(v, env) for v in value)
+    if isinstance(value, dict):
+        return all(_args_plain(v, env) for v in value.values())
+    if isinstance(value, slice):
+        return _args_plain((value.start, value.stop, value.step), env)
+    return _plain(value)
+
+
 class NodeFlops:
     """Decides which nodes to count and counts them (one instance per graph run)."""
 
-    def __init__(self, gm: fx.GraphModule):
-        self._modules = dict(gm.named_modules())
+    def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module] | None = None):
+        self._modules = dict(gm.named_modules()) if modules is None else modules
         self._counter = FlopCounterMode(display=False)
         registry = {str(k) for k in self._counter.flop_registry}
         global_hooks = any(getattr(nn.modules.module, h, None) for h in _GLOBAL_HOOKS)
@@ -158,16 +171,7 @@ class NodeFlops:
                 return False
         else:
             return False
-        plain = True
-
-        def check(a: Any) -> Any:
-            nonlocal plain
-            plain = plain and _plain(env[a] if isinstance(a, fx.Node) else a)
-            return a
-
-        fx.node.map_aggregate(n.args, check)
-        fx.node.map_aggregate(n.kwargs, check)
-        return plain
+        return _args_plain(n.args, env) and _args_plain(n.kwargs, env)
 
     def count(self, run: Callable[[], Any]) -> tuple[Any, int]:
         """``run()`` under FlopCounterMode's dispatch mode: its result and the FLOPs it performed."""
@@ -221,9 +225,10 @@ BINARY_FUNCTIONS: frozenset[Callable] = frozenset({
 })
 BINARY_METHODS: frozenset[str] = frozenset({"add", "sub", "mul", "div"})
 
-#: a meta run costs about as much as computing this many MACs (or touching this many elements)
-#: for real on one core; smaller ops run for real. Only speed depends on these.
-SUBSTITUTE_MACS = 4_000_000
+#: a meta run of a pool costs about as much as pooling this many elements for real; smaller pools
+#: run for real unless their configuration is cached. (Contractions always run on meta tensors:
+#: counting a small one for real costs as much, and their configurations repeat.) Only speed
+#: depends on it.
 SUBSTITUTE_ELEMENTS = 200_000
 
 
@@ -252,13 +257,18 @@ class ShapeOnlyRuns:
         self.closed: set[fx.Node] = set()  # nodes whose value only reaches shape-only ops
         self.tainted: set[fx.Node] = set()  # nodes whose value is a stand-in (or computed from one)
         self._cache: dict[Any, tuple[tuple[int, ...], torch.dtype, tuple[int, ...], int]] = {}
+        self._kind: dict[fx.Node, str | None] = {}  # the stand-in each closed node may get
+        self._module_keys: dict[int, Any] = {}
         if not flops._skip_modules:
             return
-        closed: dict[fx.Node, bool] = {}
+        closed: dict[fx.Node, bool] = {}  # the node's value only reaches shape-only ops
+        ok: dict[fx.Node, bool] = {}  # closed and shape-only itself
         for n in reversed(gm.graph.nodes):
-            closed[n] = all(closed[u] and self._shape_only(u) for u in n.users)
+            closed[n] = all(ok[u] for u in n.users)
+            ok[n] = closed[n] and self._shape_only(n)
             if closed[n] and n.op in ("call_module", "call_function", "call_method"):
                 self.closed.add(n)
+                self._kind[n] = self._classify(n)
 
     # ---------------------------------------------------------------- classification
     def _module_ok(self, m: Any, types: frozenset) -> bool:
@@ -281,56 +291,65 @@ class ShapeOnlyRuns:
             return n.target in FREE_METHODS or n.target in CONTRACTION_METHODS
         return False
 
+    def _classify(self, n: fx.Node) -> str | None:
+        if n.op == "call_module":
+            m = self._modules.get(n.target)
+            for kind, types in (("alias", SAME_AS_INPUT_MODULES | {nn.Identity}), ("norm", _NORMS), ("contraction", CONTRACTION_MODULES), ("pool", POOL_MODULES)):
+                if self._module_ok(m, types):
+                    return kind
+            return None
+        if (n.op == "call_function" and n.target in BINARY_FUNCTIONS) or (n.op == "call_method" and n.target in BINARY_METHODS):
+            return "binary"
+        if (n.op == "call_function" and n.target in CONTRACTION_FUNCTIONS) or (n.op == "call_method" and n.target in CONTRACTION_METHODS):
+            return "contraction"
+        return None
+
     # ---------------------------------------------------------------- running
     def check(self, n: fx.Node, args: tuple, kwargs: dict) -> None:
         """Before running ``n``: raise Restart if it reads the values of a stand-in."""
         if not any(a in self.tainted for a in n.all_input_nodes):
             return
         self.tainted.add(n)
-        values = []
-        fx.node.map_aggregate((args, kwargs), lambda v: values.append(v) if isinstance(v, torch.Tensor) else None)
-        if n.op == "call_function" and n.target is operator.getitem and _holds_tensor(args[1:]):
-            raise Restart(f"'{n.name}' indexes with a tensor")
-        if n.op == "call_function" and n.target is torch.where and len(args) + len(kwargs) == 1:
-            raise Restart(f"'{n.name}' is torch.where(condition)")
-        if n.op == "call_function" and n.target in (math.sqrt, math.prod) and values:
-            raise Restart(f"'{n.name}' reads a tensor's values")
         if n.op == "output":
             return
-        if not all(_plain(v) for v in values):
-            raise Restart(f"'{n.name}' gets a tensor subclass")
+        values = _tensors((args, kwargs))
+        if n.op == "call_function":
+            if n.target is operator.getitem and _holds_tensor(args[1:]):
+                raise Restart(f"'{n.name}' indexes with a tensor")
+            if n.target is torch.where and len(args) + len(kwargs) == 1:
+                raise Restart(f"'{n.name}' is torch.where(condition)")
+            if n.target in (math.sqrt, math.prod) and values:
+                raise Restart(f"'{n.name}' reads a tensor's values")
+        for v in values:
+            if type(v) not in _PLAIN_TENSORS:
+                raise Restart(f"'{n.name}' gets a tensor subclass")
 
     def run(self, n: fx.Node, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
         """A stand-in for closed node ``n``'s output and its FLOPs, or None: run ``n`` for real."""
-        tensors = []
-        fx.node.map_aggregate((args, kwargs), lambda v: tensors.append(v) if isinstance(v, torch.Tensor) else None)
+        kind = self._kind.get(n)
+        if kind is None:
+            return None
+        tensors = _tensors((args, kwargs))
         if not tensors or not all(type(t) in _PLAIN_TENSORS for t in tensors):
             return None
-        done = self._stand_in(n, args, kwargs)
+        done = self._stand_in(n, kind, args, kwargs)
         if done is not None:
             self.tainted.add(n)
         return done
 
-    def _stand_in(self, n: fx.Node, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
+    def _stand_in(self, n: fx.Node, kind: str, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
         m = self._modules[n.target] if n.op == "call_module" else None
-        if m is not None:
-            if self._module_ok(m, SAME_AS_INPUT_MODULES | {nn.Identity}):
-                return self._alias(n, 0, _same_as_input(m, args, kwargs))
-            if self._module_ok(m, _NORMS):
-                return self._alias(n, 0, _normalized(m, args, kwargs))
-            if self._module_ok(m, CONTRACTION_MODULES):
-                if _estimated_macs(n, m, args, kwargs) >= SUBSTITUTE_MACS:
-                    return self._meta(n, m, args, kwargs, count=True)
-            elif self._module_ok(m, POOL_MODULES):
-                if len(args) == 1 and not kwargs and args[0].numel() >= SUBSTITUTE_ELEMENTS:
-                    return self._meta(n, m, args, kwargs, count=False)
-            return None
-        if (n.op == "call_function" and n.target in BINARY_FUNCTIONS) or (n.op == "call_method" and n.target in BINARY_METHODS):
+        if kind == "alias":
+            return self._alias(n, 0, _same_as_input(m, args, kwargs))
+        if kind == "norm":
+            return self._alias(n, 0, _normalized(m, args, kwargs))
+        if kind == "binary":
             found = _binary(args, kwargs)
             return None if found is None else self._alias(n, found[0], (args[found[0]], 0))
-        if (n.op == "call_function" and n.target in CONTRACTION_FUNCTIONS) or (n.op == "call_method" and n.target in CONTRACTION_METHODS):
-            if _estimated_macs(n, None, args, kwargs) >= SUBSTITUTE_MACS:
-                return self._meta(n, None, args, kwargs, count=True)
+        if kind == "contraction":
+            return self._meta(n, m, args, kwargs, count=True)
+        if kind == "pool" and len(args) == 1 and not kwargs:
+            return self._meta(n, m, args, kwargs, count=False, worth=args[0].numel() >= SUBSTITUTE_ELEMENTS)
         return None
 
     def restart(self, n: fx.Node, exc: Exception) -> Restart:
@@ -344,18 +363,21 @@ class ShapeOnlyRuns:
             return None
         return done
 
-    def _meta(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> tuple[Any, int] | None:
+    def _meta(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool, worth: bool = True) -> tuple[Any, int] | None:
         """Run ``n`` on meta tensors (under FlopCounterMode's dispatch mode if ``count``): zeros of
-        its output's shape, dtype and strides, and its FLOPs. Cached per configuration."""
+        its output's shape, dtype and strides, and its FLOPs. Cached per configuration; a miss
+        that is not ``worth`` a meta run (a small op computes faster) runs for real."""
         devices = {t.device for t in _tensors((args, kwargs))}
         if m is not None:
             devices |= {t.device for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
         if len(devices) != 1:
             return None
         (device,) = devices
-        key = _config_key(n, m, args, kwargs, count)
+        key = self._config_key(n, m, args, kwargs, count)
         found = self._cache.get(key) if key is not None else None
         if found is None:
+            if not worth:
+                return None
             found = self._meta_run(n, m, args, kwargs, count)
             if found is None:
                 return None
@@ -364,6 +386,21 @@ class ShapeOnlyRuns:
         shape, dtype, stride, flops = found
         self.tainted.add(n)
         return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_(), flops
+
+    def _config_key(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> Any:
+        """Everything a meta run of ``n`` depends on, or None (then it is not cached)."""
+        try:
+            if m is not None:
+                what = self._module_keys.get(id(m))
+                if what is None:
+                    config = tuple(sorted((k, _spec_key(v)) for k, v in vars(m).items() if not k.startswith("_")))
+                    state = tuple((k, _spec_key(v)) for k, v in (*m._parameters.items(), *m._buffers.items()))
+                    what = self._module_keys[id(m)] = (type(m), config, state)
+            else:
+                what = (n.op, n.target)
+            return (what, _spec_key(args), _spec_key(kwargs), count, torch.is_grad_enabled())
+        except TypeError:
+            return None
 
     def _meta_run(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool):
         def meta(v: Any) -> Any:
@@ -374,12 +411,17 @@ class ShapeOnlyRuns:
         margs, mkwargs = fx.node.map_aggregate(args, meta), fx.node.map_aggregate(kwargs, meta)
         if m is not None:
             weight, bias = meta(getattr(m, "weight", None)), meta(getattr(m, "bias", None))
+            if (
+                count and type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros"
+                and len(margs) == 1 and not mkwargs and margs[0].ndim == weight.ndim
+            ):
+                return self._conv(m, margs[0], weight, bias)
             if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and len(margs) == 1 and not mkwargs:
                 call = lambda: m._conv_forward(margs[0], weight, bias)  # noqa: E731  (their forward, verbatim)
             elif type(m) is nn.Linear and len(margs) == 1 and not mkwargs:
                 call = lambda: F.linear(margs[0], weight, bias)  # noqa: E731
             else:
-                state = {k: meta(v) for k, v in (*m.named_parameters(), *m.named_buffers())}
+                state = {k: meta(v) for k, v in (*m._parameters.items(), *m._buffers.items()) if v is not None}
                 call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
         elif n.op == "call_function":
             call = lambda: n.target(*margs, **mkwargs)  # noqa: E731
@@ -388,6 +430,23 @@ class ShapeOnlyRuns:
         try:
             out, flops = self._flops.count(call) if count else (call(), 0)
         except Exception:  # no meta kernel, or the op fails: the real run decides
+            return None
+        if not isinstance(out, torch.Tensor) or out.device.type != "meta":
+            return None
+        return tuple(out.shape), out.dtype, tuple(out.stride()), flops
+
+    def _conv(self, m: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        """A batched Conv1d/2d/3d with zero padding dispatches exactly one op FlopCounterMode counts,
+        ``aten.convolution`` on these shapes: its meta kernel gives the output, the mode's formula
+        for that op (called as the mode calls it) the FLOPs, without the mode's dispatch."""
+        formula = self._flops._counter.flop_registry.get(torch.ops.aten.convolution)
+        if formula is None:
+            return None
+        try:
+            out = m._conv_forward(x, weight, bias)  # their forward, verbatim
+            aten_args = (x, weight, bias, list(m.stride), m.padding, list(m.dilation), False, [0] * (weight.ndim - 2), m.groups)
+            flops = int(formula(*aten_args, out_val=out))
+        except Exception:  # the real run decides
             return None
         if not isinstance(out, torch.Tensor) or out.device.type != "meta":
             return None
@@ -455,9 +514,19 @@ def _binary(args: tuple, kwargs: dict) -> tuple[int, int] | None:
     return None
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    fx.node.map_aggregate(value, lambda v: found.append(v) if isinstance(v, torch.Tensor) else None)
+def _tensors(value: Any, found: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The tensors in a (nested) argument structure, as ``fx.node.map_aggregate`` visits it."""
+    found = [] if found is None else found
+    if isinstance(value, torch.Tensor):
+        found.append(value)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _tensors(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _tensors(v, found)
+    elif isinstance(value, slice):
+        _tensors((value.start, value.stop, value.step), found)
     return found
 
 
@@ -470,44 +539,6 @@ def _spec_key(v: Any) -> Any:
         return ("dict", tuple((k, _spec_key(x)) for k, x in v.items()))
     hash(v)  # TypeError: not a cacheable configuration
     return v
-
-
-def _config_key(n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> Any:
-    """Everything a meta run of ``n`` depends on, or None (then it is not cached)."""
-    try:
-        if m is not None:
-            config = tuple(sorted((k, _spec_key(v)) for k, v in vars(m).items() if not k.startswith("_")))
-            state = tuple((k, _spec_key(v)) for k, v in (*m.named_parameters(), *m.named_buffers()))
-            what: Any = (type(m), config, state)
-        else:
-            what = (n.op, n.target)
-        return (what, _spec_key(args), _spec_key(kwargs), count, torch.is_grad_enabled())
-    except TypeError:
-        return None
-
-
-def _estimated_macs(n: fx.Node, m: Any, args: tuple, kwargs: dict) -> float:
-    """A rough MAC count of contraction ``n`` from its input shapes (0 when unknown). Grouped
-    convolutions count 8x: their kernels are memory-bound and much slower per MAC."""
-    x = args[0] if args else kwargs.get("input")
-    if not isinstance(x, torch.Tensor):
-        return 0.0
-    groups = 1
-    if m is not None:
-        w, stride, groups = m.weight, getattr(m, "stride", (1,)), getattr(m, "groups", 1)
-    elif n.op == "call_function" and n.target in (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d):
-        w = args[1] if len(args) > 1 else kwargs.get("weight")
-        stride = args[3] if n.target is not F.linear and len(args) > 3 else kwargs.get("stride", 1)
-    else:  # matmul, bmm, mm: (..., n, k) @ (..., k, m)
-        y = args[1] if len(args) > 1 else None
-        return float(x.numel() * y.shape[-1]) if isinstance(y, torch.Tensor) and y.ndim else 0.0
-    if not isinstance(w, torch.Tensor):
-        return 0.0
-    if w.ndim == 2:  # linear
-        return float(w.numel() * (x.numel() // max(x.shape[-1], 1)))
-    spatial = math.prod(x.shape[2:]) if x.ndim > 2 else 1
-    strides = stride if isinstance(stride, (tuple, list)) else (stride,) * max(x.ndim - 2, 1)
-    return float(w.numel() * x.shape[0] * spatial / max(math.prod(strides), 1)) * (8 if groups > 1 else 1)
 
 
 def _holds_tensor(value: Any) -> bool:

@@ -404,7 +404,7 @@ class _ShapeRecorder(fx.Interpreter):
         super().__init__(gm)
         self.values: dict[fx.Node, Any] = {}
         self.flops: dict[fx.Node, int] = {}
-        self._counter = NodeFlops(gm)
+        self._counter = NodeFlops(gm, self.submodules)
         self._shape_only = ShapeOnlyRuns(gm, self._counter) if substitute else None
         if self._shape_only is not None and not self._shape_only.closed:
             self._shape_only = None
@@ -658,7 +658,8 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
             recorder.run(*placeholder_values)
     finally:
         for m, mode in modes.items():
-            m.training = mode
+            if mode:  # eval() left every module in eval mode
+                m.training = mode
     return recorder.values, recorder.flops
 
 
