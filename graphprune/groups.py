@@ -137,6 +137,19 @@ class GroupGraph:
                 mask[here] = np.isin(channels[here], np.fromiter(kept, dtype=np.int64))
         return mask
 
+    def kept_atoms(self, keep: dict[int, Iterable[int]]) -> np.ndarray:
+        """``kept`` for every atom at once: index it with a channel map's labels."""
+        sizes = np.array([g.size for g in self.groups], dtype=np.int64)
+        offsets = np.cumsum(sizes) - sizes
+        table = np.ones(int(sizes.sum()), dtype=bool)
+        for gid, kept in keep.items():
+            if isinstance(gid, (int, np.integer)) and 0 <= gid < len(self.groups):
+                k = np.fromiter(kept, dtype=np.int64)
+                k = k[(k >= 0) & (k < sizes[gid])]  # np.isin ignores what is not a channel
+                table[offsets[gid] : offsets[gid] + sizes[gid]] = False
+                table[offsets[gid] + k] = True
+        return table[offsets[self._atom_group] + self._atom_channel] if len(table) else np.ones(len(self._atom_group), dtype=bool)
+
     def prunable_mac_share(self) -> float:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
         return self.budget.prunable_share("macs")
@@ -194,13 +207,14 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
         owner = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
         pos = np.arange(len(labels), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         gids = atom_group[labels]
-        order = np.lexsort((pos, gids, owner))
-        cut = np.flatnonzero((np.diff(owner[order]) != 0) | (np.diff(gids[order]) != 0)) + 1
-        chans = channel_index[channel[labels]]
-        for lo, hi in zip([0, *cut.tolist()], [*cut.tolist(), len(order)]):
-            rows = order[lo:hi]
-            rec = records[int(owner[rows[0]])]
-            members[int(gids[rows[0]])].append(Member(rec.module, rec.param, rec.dim, rec.role, pos[rows], chans[rows]))
+        order = np.argsort(owner * (int(gids.max()) + 1) + gids, kind="stable")  # by record, group, position
+        owner, gids, pos = owner[order], gids[order], pos[order]
+        chans = channel_index[channel[labels[order]]]
+        cut = (np.flatnonzero((np.diff(owner) != 0) | (np.diff(gids) != 0)) + 1).tolist()
+        starts, ends = [0, *cut], [*cut, len(order)]
+        for lo, hi, o, g in zip(starts, ends, owner[starts].tolist(), gids[starts].tolist()):
+            rec = records[o]
+            members[g].append(Member(rec.module, rec.param, rec.dim, rec.role, pos[lo:hi], chans[lo:hi]))
 
     groups = []
     for g, size in enumerate(sizes.tolist()):

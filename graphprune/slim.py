@@ -39,10 +39,11 @@ class _Slimmer:
         self.keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
         self.maps = gg._analysis.maps
         self.values = gg.traced.values
+        self._kept = gg.kept_atoms(self.keep)  # per atom: does the plan keep it
 
     # ------------------------------------------------------------- counts
     def mask(self, cmap: ChannelMap) -> np.ndarray:
-        return self.gg.kept(cmap.labels, self.keep)
+        return self._kept[cmap.labels]
 
     def size_after(self, old: fx.Node, dim: int) -> int:
         """Size of ``old``'s dim ``dim`` after slimming."""
@@ -66,11 +67,17 @@ class _Slimmer:
 
     # ------------------------------------------------------------- the pass
     def run(self) -> fx.GraphModule:
-        gm = _deepcopy(self.gg.gm)
+        slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
         for (module, name, dim), rec in self.gg._analysis.members.items():
-            mask = self.gg.kept(rec.labels, self.keep)
+            mask = self._kept[rec.labels]
             if not mask.all():
-                _slice_tensor(gm.get_submodule(module), name, dim, torch.from_numpy(np.nonzero(mask)[0]))
+                slices.setdefault((module, name), []).append((dim, torch.from_numpy(np.nonzero(mask)[0])))
+        presliced = _presliced(self.gg.gm, slices)  # copied already sliced, not whole and then sliced
+        gm = _deepcopy(self.gg.gm, {id(t): new for t, new in presliced.values()})
+        for (module, name), dims in slices.items():
+            if (module, name) not in presliced:
+                for dim, index in dims:
+                    _slice_tensor(gm.get_submodule(module), name, dim, index)
         new_nodes = {n.name: n for n in gm.graph.nodes}
         for old in self.gg.gm.graph.nodes:
             new = new_nodes[old.name]
@@ -188,10 +195,11 @@ def _tensor_shapes(value: Any) -> Any:
     return None
 
 
-def _deepcopy(module: nn.Module) -> nn.Module:
+def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
     """``copy.deepcopy`` that also copies tensors a module caches in plain attributes with their
-    autograd history (e.g. attention-bias caches filled while analysis ran the model), detached."""
-    memo: dict[int, Any] = {}
+    autograd history (e.g. attention-bias caches filled while analysis ran the model), detached.
+    ``memo``: copies to use for some objects (by id), as ``copy.deepcopy`` takes it."""
+    memo = dict(memo or {})
 
     def visit(value: Any) -> None:
         if isinstance(value, torch.Tensor):
@@ -222,9 +230,54 @@ def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
             present.update({f"{name}.{n}" if n else name: m for n, m in module.named_modules()})
 
 
+def _presliced(gm: nn.Module, slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """{(module, name): (tensor, its sliced copy)} for the sliced tensors held in exactly one place
+    (a parameter, buffer or plain attribute of one module), made as ``_slice_tensor`` would make
+    them; a deep copy given these copies never copies those tensors whole. Shared tensors are
+    left to the copy-then-slice path."""
+    modules = dict(gm.named_modules())
+    found = {key: getattr(modules[key[0]] if key[0] in modules else gm.get_submodule(key[0]), key[1]) for key in slices}
+    places = {id(t): 0 for t in found.values() if isinstance(t, torch.Tensor)}
+
+    def count(v: Any) -> None:
+        if id(v) in places and isinstance(v, torch.Tensor):
+            places[id(v)] += 1
+
+    for m in modules.values():
+        for key, value in vars(m).items():
+            if key in ("_parameters", "_buffers"):
+                for v in value.values():
+                    count(v)
+            elif key != "_modules" and isinstance(value, (torch.Tensor, list, tuple, dict)):
+                for v in _shallow(value):
+                    count(v)
+    out = {}
+    for (module, name), dims in slices.items():
+        t = found[module, name]
+        if not isinstance(t, torch.Tensor) or places.get(id(t)) != 1:
+            continue
+        sliced = t.detach()
+        for dim, index in dims:
+            sliced = sliced.index_select(dim, index)
+        if isinstance(t, nn.Parameter):
+            out[module, name] = (t, nn.Parameter(sliced, requires_grad=t.requires_grad))
+        elif name in modules.get(module, gm)._buffers or not t.requires_grad:
+            out[module, name] = (t, sliced)
+    return out
+
+
+def _shallow(value: Any) -> list:
+    """``value`` and what it holds, two levels deep (tensors kept in lists or dicts of a module)."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in ([v, *v.values()] if isinstance(v, dict) else [v])]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in ([v, *v] if isinstance(v, (list, tuple)) else [v])]
+    return [value]
+
+
 def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
     t = getattr(owner, name)
-    sliced = t.detach().index_select(dim, index).clone()
+    sliced = t.detach().index_select(dim, index)  # a new tensor already
     if isinstance(t, nn.Parameter):
         setattr(owner, name, nn.Parameter(sliced, requires_grad=t.requires_grad))
     elif name in owner._buffers:
