@@ -367,7 +367,10 @@ class ShapeOnlyRuns:
         """Run ``n`` on meta tensors (under FlopCounterMode's dispatch mode if ``count``): zeros of
         its output's shape, dtype and strides, and its FLOPs. Cached per configuration; a miss
         that is not ``worth`` a meta run (a small op computes faster) runs for real."""
-        devices = {t.device for t in _tensors((args, kwargs))}
+        tensors = _tensors((args, kwargs))
+        if any(t.numel() == 0 for t in tensors):  # meta kernels accept some empty inputs CPU ones reject
+            return None
+        devices = {t.device for t in tensors}
         if m is not None:
             devices |= {t.device for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
         if len(devices) != 1:
@@ -411,6 +414,8 @@ class ShapeOnlyRuns:
         margs, mkwargs = fx.node.map_aggregate(args, meta), fx.node.map_aggregate(kwargs, meta)
         if m is not None:
             weight, bias = meta(getattr(m, "weight", None)), meta(getattr(m, "bias", None))
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) and not _conv_checks(weight, bias, m.groups):
+                return None
             if (
                 count and type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros"
                 and len(margs) == 1 and not mkwargs and margs[0].ndim == weight.ndim
@@ -424,6 +429,10 @@ class ShapeOnlyRuns:
                 state = {k: meta(v) for k, v in (*m._parameters.items(), *m._buffers.items()) if v is not None}
                 call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
         elif n.op == "call_function":
+            if n.target in _CONV_FUNCTIONS:
+                bound = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), margs), **mkwargs)
+                if not _conv_checks(bound.get("weight"), bound.get("bias"), bound.get("groups", 1)):
+                    return None
             call = lambda: n.target(*margs, **mkwargs)  # noqa: E731
         else:
             call = lambda: getattr(margs[0], n.target)(*margs[1:], **mkwargs)  # noqa: E731
@@ -451,6 +460,18 @@ class ShapeOnlyRuns:
         if not isinstance(out, torch.Tensor) or out.device.type != "meta":
             return None
         return tuple(out.shape), out.dtype, tuple(out.stride()), flops
+
+
+_CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
+
+
+def _conv_checks(weight: Any, bias: Any, groups: Any) -> bool:
+    """What CPU convolutions check and their meta kernel does not (then the real run decides)."""
+    if not isinstance(weight, torch.Tensor) or not isinstance(groups, int) or groups < 1 or weight.ndim < 3:
+        return False
+    if weight.shape[0] % groups:
+        return False
+    return bias is None or (isinstance(bias, torch.Tensor) and bias.ndim == 1 and bias.shape[0] == weight.shape[0])
 
 
 _NORMS: frozenset[type] = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm})
@@ -484,13 +505,18 @@ def _normalized(m: nn.Module, args: tuple, kwargs: dict) -> tuple[Any, int] | No
         if m.running_mean is None or x.ndim < 2 or x.shape[1] != m.num_features:
             return None
         m._check_input_dim(x)  # the same ValueError as the real forward (caught as a restart)
+        per_channel = x.shape[1]
     elif type(m) is nn.LayerNorm:
         if tuple(x.shape[x.ndim - len(m.normalized_shape):]) != tuple(m.normalized_shape) or x.ndim < len(m.normalized_shape):
             return None
+        per_channel = math.prod(m.normalized_shape)
     elif type(m) is nn.GroupNorm:  # group_norm also rejects a single value per group
         if x.ndim < 2 or x.shape[1] != m.num_channels or x.shape[0] * x.shape[1] // m.num_groups * math.prod(x.shape[2:]) <= 1:
             return None
+        per_channel = x.shape[1]
     else:
+        return None
+    if any(t.numel() != per_channel for t in tensors if t.ndim):  # weight, bias, running statistics
         return None
     return x, 0
 
