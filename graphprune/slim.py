@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .channels import ChannelMap
 from .errors import GraphPruneError
+from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph
 from .plan import Plan
 from .trace import TensorSpec
@@ -119,12 +120,19 @@ class _ShapeCheck(fx.Interpreter):
         self.extra_traceback = False  # our message names the node already; fx would append the whole graph
         self.slimmer = slimmer
         self.old = {n.name: n for n in slimmer.gg.gm.graph.nodes}
+        # shapes as a real run gives them, without computing what only shapes depend on (see flops.py)
+        self._stand_ins = ShapeOnlyRuns(gm, NodeFlops(gm, self.submodules))
+        self._stand_ins = self._stand_ins if self._stand_ins.closed else None
 
     def check(self, inputs: list) -> None:
         modes = {m: m.training for m in self.module.modules()}
         self.module.eval()
         try:
-            self.run(*inputs)  # grad mode on, as in analysis: modules take their training-time paths
+            try:
+                self.run(*inputs)  # grad mode on, as in analysis: modules take their training-time paths
+            except Restart:  # a stand-in was read or failed: the real run decides
+                self._stand_ins = None
+                self.run(*inputs)
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -132,8 +140,19 @@ class _ShapeCheck(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         old = self.old.get(n.name)
         try:
-            out = fx.node.map_aggregate(super().run_node(n), lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+            done = None
+            if self._stand_ins is not None:
+                args, kwargs = self.fetch_args_kwargs_from_env(n)
+                self._stand_ins.check(n, args, kwargs)
+                if n in self._stand_ins.closed:
+                    done = self._stand_ins.run(n, args, kwargs)
+            out = super().run_node(n) if done is None else done[0]
+            out = fx.node.map_aggregate(out, lambda v: v.detach() if isinstance(v, torch.Tensor) else v)
+        except Restart:
+            raise
         except Exception as exc:
+            if self._stand_ins is not None and (n in self._stand_ins.closed or n in self._stand_ins.tainted):
+                raise self._stand_ins.restart(n, exc) from exc
             where = self.slimmer.groups_at(old) if old is not None else "a node the slim pass added"
             raise SlimError(
                 f"the slim model fails at node '{n.name}' ({n.op} {_target_name(n)}): {type(exc).__name__}: "
