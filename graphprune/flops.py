@@ -5,21 +5,27 @@ give them, at a fraction of the cost of running the graph.
 _scaled_mm), convolution and attention kernels, nothing else. Under the mode every other aten op
 is decomposed into primitive ops in Python (a BatchNorm becomes a handful of elementwise kernels)
 and module hooks track the module hierarchy, which makes counting a node several times slower
-than running it. And analysis needs each node's output *shape*, not its values. So:
+than running it. And analysis needs each node's output *shape* (and dtype), not its values. So:
 
-* a node whose op provably runs no contraction (BatchNorm, activations, pooling, additions, views,
-  concatenations, ... on plain tensors, with no hooks involved) is run as is and costs 0 FLOPs,
-  which is what the mode reports for it; any doubt (a module subclass, a hook, a tensor subclass, an
-  unknown function, a torch whose ``FlopCounterMode`` counts more kinds of ops) counts the node;
-* a node that may contract runs under ``FlopCounterMode``'s own dispatch mode (the same
-  decompositions and formulas), without the module tracker, whose only job is the per-module
-  breakdown (totals are kept under "Global" either way);
-* a convolution, linear or matmul whose result only ever reaches *shape-only* ops (the ops above
-  and other contractions: none of them looks at the values of a tensor, only at its shape) is run
-  on meta tensors under the mode, which gives its output shape and FLOPs without computing it, and
-  passes zeros of that shape on. That removes most of a CNN's compute. A node downstream that turns
-  out to read values after all (indexing with a tensor, ``math`` on a tensor) restarts the run
-  without substitution; a contraction whose meta run fails runs for real.
+* ``NodeFlops``: a node whose op provably runs no contraction (BatchNorm, activations, pooling,
+  additions, views, concatenations, ... on plain tensors, with no hooks involved) runs as is and
+  costs 0 FLOPs, which is what the mode reports for it; any doubt (a module subclass, a hook, a
+  tensor subclass, an unknown function, a torch whose ``FlopCounterMode`` counts more kinds of
+  ops) counts the node. A counted node runs under ``FlopCounterMode``'s own dispatch mode (the
+  same decompositions and formulas), without the module tracker, whose only job is the
+  per-module breakdown (totals are kept under "Global" either way).
+* ``ShapeOnlyRuns``: a node whose result only ever reaches *shape-only* ops (the ops above and
+  convolutions, linears and matmuls: none of them looks at a tensor's values to decide its
+  output's shape) gets a stand-in of the right shape, dtype and layout instead of being computed:
+  contractions and big pools run on meta tensors (the reference shape computation; FLOPs from the
+  mode, or for a plain convolution from the mode's own formula for the one op it dispatches),
+  cached per configuration, and pass zeros on; elementwise modules, eval-mode norms and binary
+  ops pass on the operand that already has the result's shape and dtype, after the checks the
+  real op would make. That removes nearly all of a CNN's compute. A node downstream that reads
+  values after all (indexing with a tensor, ``math`` on a tensor), or any failure near a
+  stand-in, restarts the run for real, so errors are the real run's.
+
+``tests/test_flops.py`` checks node by node that specs and FLOPs equal a real run under the mode.
 """
 
 from __future__ import annotations
