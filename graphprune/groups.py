@@ -9,8 +9,10 @@ them into several groups, and a residual add or shared weight merges producers i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Iterable, Sequence
+import gc
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -294,7 +296,26 @@ def analyze(
     ``leaf_modules``: module names or types to keep opaque (their channels are frozen).
     ``round_to``: default channel multiple for every group (e.g. 8 for tensor cores).
     """
-    traced = trace(model, example_inputs, leaf_modules, concrete_args)
-    analysis = Analysis(traced).run()
-    groups, atom_group, atom_channel = build_groups(analysis, round_to)
-    return GroupGraph(traced, analysis, groups, atom_group, atom_channel)
+    with _no_cyclic_gc():
+        traced = trace(model, example_inputs, leaf_modules, concrete_args)
+        analysis = Analysis(traced).run()
+        groups, atom_group, atom_channel = build_groups(analysis, round_to)
+        return GroupGraph(traced, analysis, groups, atom_group, atom_channel)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector (reference counting still frees everything else).
+
+    Analysis creates many small objects (graph nodes, channel maps, members) that stay alive
+    until it returns; each automatic collection walks all of them again, so with the collector on,
+    analysis time grows faster than the graph (ResNet-1202: +40%). Cycles made meanwhile are
+    collected as usual once it is back on.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
