@@ -19,12 +19,13 @@ counts), so they become constants the slim pass rewrites like any literal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import operator
 import os
 import traceback
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ class Fallback:
 @dataclasses.dataclass
 class Specialization:
     """A Python value the top-level forward took from the example inputs while being traced along
-    their path: a branch condition (``bool``), an ``int``/``float``/index, or a length.
+    their path: a branch condition (``bool``), an ``int``/``float``/index, or a length; or
+    ``mode``, False: the forward branches on ``self.training`` and the graph holds its eval path.
 
     ``guarded``: the graph re-checks it at run time and raises :class:`GuardError` when an input
     gives another value. Values computed from channel counts only are not guarded: no input
@@ -87,8 +89,75 @@ class TracedModel:
     specializations: list[Specialization] = dataclasses.field(default_factory=list)
 
 
+class _ModeFlag:
+    """Stands in for a module's ``training`` bool while tracing, so mode-dependent code is seen.
+
+    Passed to an op (``F.dropout(x, p, self.training)``) it becomes a graph node that reads the
+    module's flag when the graph runs, instead of the mode at trace time baked in as a constant.
+    Converted to a Python bool (``if self.training:``) it records that the module's code may take
+    another path in the other mode (see :func:`_trace_mode_independent`).
+    """
+
+    __slots__ = ("owner", "value", "reads")
+
+    def __init__(self, owner: str, value: bool, reads: dict[str, str]):
+        self.owner, self.value, self.reads = owner, value, reads
+
+    def __bool__(self) -> bool:
+        self.reads.setdefault(self.owner, _caller_location())
+        return self.value
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self) == other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"{self.owner or 'model'}.training"
+
+
+@contextlib.contextmanager
+def _mode_flags(root: torch.nn.Module, training: bool | None, reads: dict[str, str]) -> Iterator[None]:
+    """Give every module of ``root`` a _ModeFlag (its own mode, or ``training`` for all) while tracing."""
+    modes = {name: (m, m.training) for name, m in root.named_modules()}
+    for name, (m, mode) in modes.items():
+        m.training = _ModeFlag(name, mode if training is None else training, reads)
+    try:
+        yield
+    finally:
+        for m, mode in modes.values():
+            m.training = mode
+
+
+class ModeGuard(torch.nn.Module):
+    """A graph's first node where the model's own forward takes another path in training mode.
+
+    The graph holds the eval-mode path, which is what analysis, slimming and export run, so the
+    guard raises in training mode instead of computing the wrong path. As a submodule it follows
+    ``model.train()``/``model.eval()`` like any other.
+    """
+
+    def __init__(self, model_name: str, location: str):
+        super().__init__()
+        self.model_name, self.location = model_name, location
+
+    def forward(self) -> None:
+        if self.training:
+            raise GuardError(
+                f"{self.location}\n  {self.model_name}.forward takes another path in training mode than in eval mode, "
+                "and this graph holds the eval-mode path only: run it in eval mode (model.eval()). To train it, "
+                "move the training-only code into a submodule (a submodule whose path depends on the mode runs "
+                "as it is, as an opaque leaf) and analyze again."
+            )
+
+
 class _FallbackTracer(fx.Tracer):
-    """Symbolic tracer that remembers which non-leaf module was being traced when an error hit."""
+    """Symbolic tracer that remembers which non-leaf module was being traced when an error hit.
+
+    Modules' ``training`` flags are _ModeFlags while tracing: ``training`` forces one mode for all
+    modules (None: each module's own), and ``mode_reads`` maps each module whose code branched on
+    its flag to where.
+    """
 
     def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
         super().__init__()  # defaults: GraphModule unpickling builds a tracer with no arguments
@@ -96,9 +165,26 @@ class _FallbackTracer(fx.Tracer):
         self.leaf_types = leaf_types
         self._stack: list[str] = []
         self.failed_module: str | None = None
+        self.training: bool | None = None
+        self.mode_reads: dict[str, str] = {}
+        self._mode_nodes: dict[str, fx.Node] = {}
+
+    def trace(self, root, concrete_args=None):
+        if not isinstance(root, torch.nn.Module):
+            return super().trace(root, concrete_args)
+        with _mode_flags(root, self.training, self.mode_reads):
+            return super().trace(root, concrete_args)
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, _ModeFlag):
+            if a.owner not in self._mode_nodes:
+                target = f"{a.owner}.training" if a.owner else "training"
+                self._mode_nodes[a.owner] = self.create_node("get_attr", target, (), {})
+            return self._mode_nodes[a.owner]
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types + (ModeGuard,)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
@@ -149,6 +235,7 @@ def _trace_with_leaf_fallbacks(
     make_tracer: Callable[[set[str], tuple[type, ...]], "_FallbackTracer"],
     leaf_modules: Iterable[str | type],
     concrete_args: Mapping[str, Any] | None,
+    training: bool | None = None,
 ) -> tuple[fx.GraphModule, list[Fallback], "_FallbackTracer"]:
     """Trace, making every submodule whose forward fails a leaf and retrying; raises _RootFailure."""
     leaf_names = {m for m in leaf_modules if isinstance(m, str)}
@@ -156,6 +243,7 @@ def _trace_with_leaf_fallbacks(
     fallbacks: list[Fallback] = []
     while True:
         tracer = make_tracer(leaf_names, leaf_types)
+        tracer.training = training
         try:
             graph = tracer.trace(model, concrete_args=dict(concrete_args) if concrete_args else None)
         except GraphPruneError:
@@ -356,11 +444,13 @@ def _trace_example_path(
     leaf_modules: Iterable[str | type],
     concrete_args: Mapping[str, Any] | None,
     example_values: Callable[[list[fx.Node]], list[Any]],
-) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]]]:
+    training: bool | None = None,
+) -> tuple[fx.GraphModule, list[Fallback], "_ExamplePathTracer"]:
     """Trace a model whose own forward fails symbolic tracing along its example inputs' path."""
     try:
         gm, fallbacks, tracer = _trace_with_leaf_fallbacks(
-            model, lambda names, types: _ExamplePathTracer(names, types, example_values), leaf_modules, concrete_args
+            model, lambda names, types: _ExamplePathTracer(names, types, example_values), leaf_modules, concrete_args,
+            training,
         )
     except _RootFailure as failure:
         hint = ""
@@ -373,7 +463,7 @@ def _trace_example_path(
             "  Move that code into a submodule: a submodule graphprune cannot trace becomes an opaque leaf "
             "and the rest of the model is still analyzed (or list it in leaf_modules)."
         ) from failure.error
-    return gm, fallbacks, tracer.guards
+    return gm, fallbacks, tracer
 
 
 def _spec(value: Any) -> Any:
@@ -492,13 +582,7 @@ def trace(
 
     leaves, stale = list(leaf_modules), []
     while True:
-        guards: list[tuple[Specialization, fx.Node]] = []
-        try:
-            gm, fallbacks = symbolic_trace(model, leaves, concrete_args)
-        except TraceError:  # the top-level forward itself
-            gm = None
-        if gm is None:
-            gm, fallbacks, guards = _trace_example_path(model, leaves, concrete_args, example_values)
+        gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, concrete_args, example_values)
         flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
         try:
             values, flops = propagate(gm, flat)
@@ -510,10 +594,88 @@ def trace(
             leaves.append(leaf)
             stale.append(Fallback(leaf, f"its traced graph failed where the model runs: {str(exc).splitlines()[0]}", "<traced graph>"))
     fallbacks = stale + fallbacks
-    traced = TracedModel(model, gm, values, flops, fallbacks, flat, [s for s, _ in guards])
+    traced = TracedModel(model, gm, values, flops, fallbacks, flat, [s for s, _ in guards] + mode)
     if guards:
         _unguard_channel_counts(traced, guards)
     return traced
+
+
+_Traced = tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], dict[str, str]]
+
+
+def _trace_graph(
+    model: torch.nn.Module,
+    leaves: list[str | type],
+    concrete_args: Mapping[str, Any],
+    example_values: Callable[[list[fx.Node]], list[Any]],
+    training: bool | None = None,
+) -> _Traced:
+    """One trace (symbolic, or along the example path when the top-level forward needs it):
+    graph, fallbacks, guards, and the modules whose code branched on their mode."""
+    if isinstance(model, fx.GraphModule):
+        return model, [], [], {}
+    try:
+        gm, fallbacks, tracer = _trace_with_leaf_fallbacks(model, _FallbackTracer, leaves, concrete_args, training)
+        return gm, fallbacks, [], tracer.mode_reads
+    except _RootFailure:
+        gm, fallbacks, tracer = _trace_example_path(model, leaves, concrete_args, example_values, training)
+        return gm, fallbacks, tracer.guards, tracer.mode_reads
+
+
+def _trace_mode_independent(
+    model: torch.nn.Module,
+    leaves: list[str | type],
+    concrete_args: Mapping[str, Any],
+    example_values: Callable[[list[fx.Node]], list[Any]],
+) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], list[Specialization]]:
+    """A graph that computes what the model computes in both training and eval mode.
+
+    Mode flags passed to ops read the module's flag at run time (see :class:`_ModeFlag`). Code that
+    branches on a flag is traced in the other mode too: where a submodule's path differs, that
+    submodule becomes a leaf (it runs its own Python, in whatever mode it is); where only the model's
+    own forward differs, the graph holds its eval-mode path behind a :class:`ModeGuard` (recorded as
+    a specialization on ``training``, value False). Before this,
+    a model analyzed in training mode kept dropping activations in eval mode after slimming.
+    """
+    mode_leaves: list[Fallback] = []
+    while True:
+        names = leaves + [f.module for f in mode_leaves]
+        gm, fallbacks, guards, reads = _trace_graph(model, names, concrete_args, example_values)
+        if not reads:
+            return gm, mode_leaves + fallbacks, guards, []
+        try:
+            other = _trace_graph(model, names, concrete_args, example_values, not model.training)[0]
+        except GraphPruneError:
+            other = None
+        if other is not None and _code_of(gm) == _code_of(other):
+            return gm, mode_leaves + fallbacks, guards, []
+        differing = [o for o in reads if o and (other is None or _code_of(gm, o) != _code_of(other, o))]
+        innermost = [o for o in differing if not any(d.startswith(o + ".") for d in differing)]
+        if not innermost:
+            break
+        mode_leaves += [
+            Fallback(o, "its forward takes another path in training mode than in eval mode (it branches on "
+                        "self.training), so it runs as it is", reads[o])
+            for o in innermost
+        ]
+    gm, fallbacks, guards, _ = _trace_graph(model, names, concrete_args, example_values, False)
+    gm.add_submodule("mode_guard", ModeGuard(type(model).__name__, reads.get("", "<forward>")))
+    with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")):
+        gm.graph.call_module("mode_guard")
+    gm.recompile()
+    gm.mode_guard.train(model.training)
+    return gm, mode_leaves + fallbacks, guards, [Specialization(gm.mode_guard.location, "mode", False)]
+
+
+def _code_of(gm: fx.GraphModule, module: str | None = None) -> list[tuple]:
+    """The graph's nodes inside ``module`` (all nodes when None) in a form that does not depend on
+    node names, so two traces can be compared module by module."""
+    nodes = [n for n in gm.graph.nodes if module is None
+             or any(path == module for path, _ in (n.meta.get("nn_module_stack") or {}).values())]
+    index = {n: i for i, n in enumerate(nodes)}
+    local = lambda a: index.get(a, "outside")  # noqa: E731
+    return [(n.op, str(n.target), repr(fx.node.map_arg(n.args, local)), repr(fx.node.map_arg(n.kwargs, local)))
+            for n in nodes]
 
 
 def _none_arguments(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:

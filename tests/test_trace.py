@@ -324,3 +324,102 @@ def test_none_default_takes_the_example_branch_and_is_checked():
     assert not any(n.target is operator.mul for n in gg.gm.graph.nodes)
     with pytest.raises(AssertionError):
         gg.gm(x, torch.ones(1, 8, 1, 1))
+
+
+class FunctionalDropout(nn.Module):
+    """``F.dropout(x, p, self.training)``: fx used to bake the mode at trace time into the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.dropout(self.a(x), 0.5, self.training))
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x[:, :1, :1, :1]) > self.p) / (1 - self.p)
+
+
+class DropPathResidual(nn.Module):
+    """A submodule whose path depends on the mode (timm's DropPath)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.a, self.expand, self.project, self.out = conv(3, 8, 1), conv(8, 16, 1), conv(16, 8, 1), conv(8, 4, 1)
+        self.drop = DropPath(p)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.out(h + self.drop(self.project(torch.relu(self.expand(h)))))
+
+
+class TrainingOutputs(nn.Module):
+    """The model's own forward returns auxiliary outputs in training mode (googlenet, inception_v3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.aux = conv(3, 8, 1), conv(8, 4, 1), conv(8, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.training:
+            return self.b(h), self.aux(h)
+        return self.b(h)
+
+
+def test_a_mode_passed_to_an_op_follows_the_model_mode_after_slimming():
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    model = FunctionalDropout().train()  # a fresh model is in training mode
+    result = graphprune.apply(model, "l1", 0.5, x)
+    model.eval(), result.model.eval()
+    assert torch.equal(result.model(x), result.model(x))  # no dropout in eval mode (it was baked in before)
+    assert slim_error(model, graphprune.analyze(model.train(), x), result.plan, (x,)) <= 1e-5
+    result.model.train()
+    torch.manual_seed(1)
+    first = result.model(x)
+    torch.manual_seed(2)
+    assert not torch.equal(first, result.model(x))  # and dropout in training mode
+
+
+def test_a_submodule_whose_path_depends_on_the_mode_becomes_a_leaf():
+    x = torch.randn(2, 3, 6, 6)
+    for mode in (True, False):
+        torch.manual_seed(0)
+        gg = graphprune.analyze(DropPathResidual().train(mode), x)
+        (fallback,) = gg.traced.fallbacks
+        assert fallback.module == "drop" and "training mode" in fallback.error
+        assert "if not self.training" in fallback.location
+        assert group_with(gg, "expand").prunable and not group_with(gg, "a").prunable
+    analyze_and_check_exactness(DropPathResidual, (x,))
+    result = graphprune.apply(DropPathResidual().train(), "l1", 0.5, x)
+    result.model.train()
+    assert (result.model.drop(torch.ones(64, 8, 1, 1)) == 0).any()  # still drops paths when training
+
+
+def test_a_path_that_does_not_change_with_the_mode_needs_no_leaf():
+    x = torch.randn(2, 3, 6, 6)
+    gg = graphprune.analyze(DropPathResidual(p=0.0).train(), x)
+    assert gg.traced.fallbacks == [] and group_with(gg, "a").prunable
+
+
+def test_a_top_level_forward_branching_on_the_mode_keeps_its_eval_path_behind_a_guard():
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    gg = graphprune.analyze(TrainingOutputs().train(), x)
+    (spec,) = gg.traced.specializations
+    assert (spec.conversion, spec.value) == ("mode", False) and "if self.training" in spec.location
+    assert not any(m.module == "aux" for g in gg.groups for m in g.members)
+    analyze_and_check_exactness(TrainingOutputs, (x,))
+    result = graphprune.apply(TrainingOutputs().train(), "l1", 0.5, x)
+    assert result.model.eval()(x).shape == (2, 4, 6, 6)
+    with pytest.raises(GuardError, match="takes another path in training mode"):
+        result.model.train()(x)
