@@ -2,17 +2,18 @@
 
 Rows, all with the same total epochs:
   unpruned          train from scratch;
-  scratch:METHOD    METHOD's plan on the untrained model (e.g. scratch:uniform = uniform width
-                    scaling to the budget), then train the slim model from scratch;
+  scratch:METHOD    a data-free METHOD's plan on the untrained model (scratch:uniform = uniform
+                    width scaling to the budget), or the architecture a training METHOD found in
+                    its own row (same seed), re-initialized; the slim model trains from scratch
+                    for all epochs (this separates allocation quality from inherited weights);
   METHOD            a data-free METHOD (l1, ...): train half the epochs, prune to the budget,
-                    fine-tune the rest; a training METHOD (dsa, ...): train from scratch with the
-                    method (10% of the training split held out for its allocation steps) until
-                    its plan is ready, then train the slim model for the remaining epochs.
+                    fine-tune the rest; a training METHOD (dsa, dhp): ``graphprune.apply`` with
+                    the method's default options for all epochs (search, then the slim model).
 Validation accuracy on a held-out split (mean ± std over seeds), achieved MACs/params ratios and
 seconds per epoch go to JSON, a markdown table and PNG plots (accuracy vs MACs ratio; kept channels
 per layer; each training method's own search report, e.g. DSA's Fig. 6-style plot) under --out.
 
-    .venv/bin/python bench/cifar.py                       # default spec, CPU, well under an hour
+    .venv/bin/python bench/cifar.py                       # default spec: 30 epochs per row, ~5 min a row on 2 cores
     .venv/bin/python bench/cifar.py --full --data-root DIR  # full CIFAR-10, 160 epochs: a GPU run
 """
 
@@ -30,21 +31,9 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune import data, models, passes
-from torch.utils.data import DataLoader, Subset
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Options of the training methods for the short CPU schedule (8 epochs instead of the papers' 300):
-# DSA: one warm-up epoch instead of 20, an allocation update every 4 weight steps instead of 20 (an
-# epoch of the subset is ~33 steps), theta_lr 0.5 and beta2 growing x6 per epoch instead of x1.1, so
-# the budget is met in epoch 2-4 with nearly hard masks, as it is early in the paper's schedule; DSA
-# allocates on 10% of the training split held out (the paper's protocol). DHP: reg 0.05 instead of
-# 2e-4, so the proximal search ends within the first half of the epochs; it trains on the whole split.
-METHOD_OPTIONS = {
-    "dsa": dict(warmup_epochs=1, steps_between=4, beta2_growth=6.0, theta_lr=0.5),
-    "dhp": dict(reg=0.05),
-}
-HOLD_OUT = {"dsa"}
 
 
 def train(model, loaders, epochs: int, lr: float, seed: int, device: str, label: str):
@@ -55,7 +44,7 @@ def train(model, loaders, epochs: int, lr: float, seed: int, device: str, label:
                           val_data=val_data, seed=seed, amp=True, description=label)
 
 
-def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: torch.Tensor) -> dict:
+def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: torch.Tensor, done: list[dict]) -> dict:
     torch.manual_seed(seed)
     model = models.get(spec.model)
     full = graphprune.analyze(model, example)
@@ -64,17 +53,21 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         history = train(model, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
         final = model
     elif row.startswith("scratch:"):
-        result = graphprune.apply(model, row.split(":", 1)[1], spec.budget, example, analysis=full)
-        final, plan = result.model, result.plan
+        method = row.split(":", 1)[1]
+        if passes.get(method).trains:  # the architecture the method found in its own row, re-initialized
+            found = next((r for r in done if r["row"] == method and r["seed"] == seed), None)
+            if found is None:
+                raise SystemExit(f"{row} needs the {method} row of seed {seed} first (list {method} before {row} in --rows)")
+            plan = graphprune.Plan.from_json(found["plan"])
+            final = graphprune.apply_plan(model, plan, example)
+        else:
+            result = graphprune.apply(model, method, spec.budget, example, analysis=full)
+            final, plan = result.model, result.plan
         history = train(final, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
     elif passes.get(row).trains:
-        options = dict(METHOD_OPTIONS.get(row, {}))
-        train_part = loaders[0]
-        if row in HOLD_OUT:
-            train_part, options["val_data"] = _hold_out(loaders[0], 0.1, seed)
         start = time.perf_counter()
-        result = graphprune.apply(model, row, spec.budget, example, train_data=train_part, loss_fn=F.cross_entropy,
-                                  epochs=spec.epochs, lr=spec.lr, analysis=full, **options)
+        result = graphprune.apply(model, row, spec.budget, example, train_data=loaders[0], loss_fn=F.cross_entropy,
+                                  epochs=spec.epochs, lr=spec.lr, analysis=full)
         final, plan = result.model, result.plan
         history = [graphprune.EpochRecord(0, 0.0, (time.perf_counter() - start) / spec.epochs, {})]
         extra = {"budget_trajectory": result.method.trajectory}
@@ -94,18 +87,9 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         "macs_ratio": macs / full.budget.macs(), "params_ratio": params / full.budget.params(),
         "seconds_per_epoch": statistics.mean(h.seconds for h in history),
         "kept_per_layer": kept,
+        "plan": plan.to_json() if plan is not None else None,
         **extra,
     }
-
-
-def _hold_out(loader: DataLoader, fraction: float, seed: int) -> tuple[DataLoader, DataLoader]:
-    """Split a training loader's dataset: the rest for weights, ``fraction`` for allocation steps."""
-    n = len(loader.dataset)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000)).tolist()
-    cut = int(n * fraction)
-    g = torch.Generator().manual_seed(seed)
-    return (DataLoader(Subset(loader.dataset, order[cut:]), loader.batch_size, shuffle=True, generator=g),
-            DataLoader(Subset(loader.dataset, order[:cut]), loader.batch_size, shuffle=True, generator=g))
 
 
 def summarize(results: list[dict], spec: argparse.Namespace) -> str:
@@ -164,20 +148,22 @@ def plot(results: list[dict], spec: argparse.Namespace, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--rows", default="unpruned,scratch:uniform,l1,dsa,dhp", help="comma-separated rows (see the docstring)")
-    p.add_argument("--budget", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--rows", default="unpruned,scratch:uniform,l1,dsa,scratch:dsa,dhp,scratch:dhp",
+                   help="comma-separated rows (see the docstring)")
+    p.add_argument("--budget", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10_train_subset.npz"))
     p.add_argument("--data-root", help="a torchvision CIFAR-10 directory instead of the subset")
     p.add_argument("--full", action="store_true", help="the GPU spec: 160 epochs, batch 128, full CIFAR-10 with --data-root")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cifar"))
+    p.add_argument("--out", help="results folder (default: bench/results/cifar/macsNN for budget 0.NN)")
     p.add_argument("--merge", action="store_true", help="keep the other rows of an earlier results.json in --out (same spec)")
     p.add_argument("--replot", action="store_true", help="redraw the plots from an earlier results.json")
     spec = p.parse_args()
     if spec.full:
         spec.epochs = 160
+    spec.out = spec.out or str(ROOT / "bench" / "results" / "cifar" / f"macs{round(100 * spec.budget)}")
     spec.rows = spec.rows.split(",")
     spec.seeds = [int(s) for s in spec.seeds.split(",")]
     spec.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,7 +184,7 @@ def main() -> None:
     for seed in spec.seeds:
         for row in [r for r in spec.rows if (r, seed) not in done]:  # fresh loaders per row: same batches and augmentations whatever ran before
             loaders = data.cifar10(spec.data_root, seed=seed) if spec.data_root else data.cifar10_subset(spec.data, seed=seed)
-            results.append(run_row(row, spec, seed, loaders, example))
+            results.append(run_row(row, spec, seed, loaders, example, results))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "kept_per_layer"}), flush=True)
     table = summarize(results, spec)
     command = "python bench/cifar.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in [

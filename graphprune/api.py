@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 
 from .budget_target import Budget
+from .data import hold_out
 from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, analyze
 from .plan import Plan
@@ -88,17 +89,32 @@ class Session:
     def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget, started: float):
         self.model, self.gg, self.method, self.budget = model, gg, method_pass, budget
         self._start = started
+        self.total_steps: int | None = None
+        self.steps = 0  # optimizer steps seen, however many fit calls or loops they came from
         method_pass.attach()
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Tell the method which optimizer trains the model; ``fit`` calls it, a user's own loop calls it once."""
         self.method.bind_optimizer(optimizer)
 
+    def bind_schedule(self, total_steps: int) -> None:
+        """How many optimizer steps the whole training takes; methods place their search in it.
+
+        The first call counts: ``prepare(total_steps=)`` and ``apply`` bind the whole schedule, and
+        ``fit`` binds ``epochs x len(train_data)`` only if nothing was bound before (so a loop that
+        calls ``fit`` one epoch at a time must pass ``total_steps`` to ``prepare``).
+        """
+        if self.total_steps is None:
+            self.total_steps = total_steps
+            self.method.bind_schedule(total_steps)
+
     def before_step(self, step: int) -> None:
-        self.method.before_step(step)
+        self.method.before_step(self.steps)
 
     def after_step(self, step: int, loss: float | None = None) -> None:
-        self.method.after_step(step, loss)
+        """``step`` is the caller's count; the method sees the session's own, across calls of ``fit``."""
+        self.method.after_step(self.steps, loss)
+        self.steps += 1
 
     def end_epoch(self, epoch: int) -> None:
         self.method.end_epoch(epoch)
@@ -123,13 +139,16 @@ def prepare(
     min_channels: int = 1,
     min_ratio: float = 0.0,
     analysis: GroupGraph | None = None,
+    total_steps: int | None = None,
     **method_options: Any,
 ) -> Session:
     """Analyze ``model`` and attach ``method``; for methods that train before deciding.
 
     ``round_to``: every group keeps a multiple of this many channels (unless it keeps all);
     None leaves each group's own ``round_to`` (1 unless set). ``analysis``: a GroupGraph of this
-    model from an earlier call, to sweep budgets without analyzing again.
+    model from an earlier call, to sweep budgets without analyzing again. ``total_steps``: the
+    optimizer steps the whole training will take (epochs x steps per epoch), for methods whose
+    search is a phase of it (dsa, dhp); ``fit`` supplies it when it runs the whole schedule.
     """
     from . import passes
 
@@ -141,7 +160,10 @@ def prepare(
             g.round_to = round_to
     pass_cls = passes.get(method)
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
-    return Session(model, gg, method_pass, budget, started)
+    session = Session(model, gg, method_pass, budget, started)
+    if total_steps is not None:
+        session.bind_schedule(total_steps)
+    return session
 
 
 def apply(
@@ -160,8 +182,11 @@ def apply(
     """Prune ``model`` to ``budget`` with ``method``; returns the slim model, the plan and a report.
 
     Data-free methods ("l1", "l2", "uniform", "random") need nothing else. Methods that train
-    ("dsa", ...) train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
-    ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs.
+    ("dsa", "dhp") train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
+    ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs; their
+    search is placed in this schedule (see ``passes/search.py``). A method that allocates on held-out
+    data (dsa) gets a seeded split of ``train_data`` (a DataLoader) unless ``val_data=`` is given, and
+    the slim model trains on all of ``train_data`` again.
     ``optimizer(parameters, lr)`` builds another optimizer (e.g. Adam for restoration models); the
     cosine schedule still sets its learning rate each epoch.
     """
@@ -171,13 +196,23 @@ def apply(
         return prepare(model, method, budget, example_inputs, **options).finish()
     if train_data is None or loss_fn is None or epochs < 1:
         raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
+    search_data = train_data
+    holds_out = passes.get(method).holds_out
+    if holds_out and options.get("val_data") is None:
+        search_data, options["val_data"] = hold_out(train_data, holds_out, seed=options.get("seed", 0))
+    try:
+        total_steps = epochs * len(search_data)
+    except TypeError:
+        raise GraphPruneError(f"{method} places its search in the training schedule: train_data has no len(), so "
+                              "pass total_steps= (epochs x steps per epoch)") from None
+    options.setdefault("total_steps", total_steps)
     session = prepare(model, method, budget, example_inputs, loss_fn=loss_fn, **options)
     make_optimizer = optimizer or sgd
     optimizer = make_optimizer(model.parameters(), lr)
     epoch = 0
     while epoch < epochs and not session.method.ready():
         _cosine(optimizer, lr, epoch, epochs)
-        fit(model, train_data, loss_fn, 1, optimizer=optimizer, callbacks=[session], seed=None,
+        fit(model, search_data, loss_fn, 1, optimizer=optimizer, callbacks=[session], seed=None,
             description=f"{method}: epoch {epoch + 1}/{epochs}")
         epoch += 1
     if not session.method.ready():

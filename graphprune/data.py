@@ -7,10 +7,11 @@ standard augmentation (4-pixel padded random crop, horizontal flip) and per-chan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .errors import GraphPruneError
 
@@ -92,3 +93,25 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> tu
     g = torch.Generator().manual_seed(seed)
     return (DataLoader(TensorDataset(x[train], y[train]), batch_size, shuffle=True, generator=g),
             DataLoader(TensorDataset(x[val], y[val]), 512))
+
+
+def hold_out(loader: Iterable, fraction: float, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Split a training DataLoader's dataset, seeded: (the rest for the weights, ``fraction`` held out).
+
+    Both loaders keep the batch size and shuffle; DSA allocates on the held-out part (the paper's
+    10% of the training data), and ``apply`` trains the slim model on the whole loader again.
+    """
+    if not isinstance(loader, DataLoader):
+        raise GraphPruneError(
+            f"cannot hold out {fraction:.0%} of train_data for the search: it is a {type(loader).__name__}, not a "
+            "torch DataLoader. Pass val_data= (batches the search may use) or train_data as a DataLoader."
+        )
+    n = len(loader.dataset)
+    cut = int(round(n * fraction))
+    if not 0 < cut < n:
+        raise GraphPruneError(f"holding out {fraction:.0%} of {n} training samples leaves an empty part: pass val_data=")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000)).tolist()
+    g = torch.Generator().manual_seed(seed)
+    kept, held = Subset(loader.dataset, order[cut:]), Subset(loader.dataset, order[:cut])
+    return (DataLoader(kept, loader.batch_size, shuffle=True, generator=g, num_workers=loader.num_workers),
+            DataLoader(held, loader.batch_size, shuffle=True, generator=g, num_workers=loader.num_workers))

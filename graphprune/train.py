@@ -1,6 +1,7 @@
 """``fit``: one plain, dependable training loop, with hooks for method passes.
 
-Anything with ``bind_optimizer(optimizer)`` (called once, before the first step), ``before_step(step)``,
+Anything with ``bind_optimizer(optimizer)`` and ``bind_schedule(total_steps)`` (called once, before the
+first step; the second when ``train_data`` has a length), ``before_step(step)``,
 ``after_step(step, loss)`` or ``end_epoch(epoch)`` methods can be a callback: a ``graphprune.prepare``
 session is one, so a method that trains plugs in unchanged.
 """
@@ -92,6 +93,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history: list[EpochRecord] = []
     _call(callbacks, "bind_optimizer", optimizer)
+    if hasattr(train_data, "__len__"):
+        _call(callbacks, "bind_schedule", epochs * len(train_data))
     step = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:

@@ -20,6 +20,7 @@ class MethodPass:
 
     name: ClassVar[str]
     trains: ClassVar[bool] = False
+    holds_out: ClassVar[float] = 0.0  # fraction of the training data apply holds out as val_data for the search
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):
         self.gg, self.budget, self.model = gg, budget, model
@@ -32,6 +33,9 @@ class MethodPass:
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Called once before training with the optimizer that steps the model (e.g. for its learning rate)."""
+
+    def bind_schedule(self, total_steps: int) -> None:
+        """Called once before training with the number of optimizer steps training will take."""
 
     def before_step(self, step: int) -> None:
         """Called before each optimizer step."""
