@@ -34,6 +34,7 @@ import math
 import operator
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -394,7 +395,7 @@ class ShapeOnlyRuns:
                 self._cache[key] = found
         shape, dtype, stride, flops = found
         self.tainted.add(n)
-        return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_(), flops
+        return _zeros(shape, stride, dtype, device), flops
 
     def _config_key(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> Any:
         """Everything a meta run of ``n`` depends on, or None (then it is not cached)."""
@@ -469,6 +470,19 @@ class ShapeOnlyRuns:
 
 
 _CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
+
+
+def _zeros(shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros of this shape, strides and dtype. On the CPU from ``np.zeros`` (calloc: memory the OS
+    hands out zeroed is not written again): a stand-in's values are never read, so filling it
+    (a parallel kernel, whose pool wakes up for each of the sporadic stand-ins) is wasted work."""
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        span = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+        return torch.from_numpy(np.zeros(span, dtype=_NUMPY_DTYPES[dtype])).as_strided(shape, stride)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
 def _conv_checks(weight: Any, bias: Any, groups: Any) -> bool:
