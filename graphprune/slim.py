@@ -13,7 +13,9 @@ the shape the plan implies, so a constant that was not rewritten is an error, ne
 from __future__ import annotations
 
 import copy
+import copyreg
 import operator
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -74,25 +76,27 @@ class _Slimmer:
             if not mask.all():
                 slices.setdefault((module, name), []).append((dim, torch.from_numpy(np.nonzero(mask)[0])))
         presliced = _presliced(self.gg.gm, slices)  # copied already sliced, not whole and then sliced
-        gm = _deepcopy(self.gg.gm, {id(t): new for t, new in presliced.values()})
+        # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
+        graph = copy.deepcopy(self.gg.gm.graph)
+        new_nodes = {n.name: n for n in graph.nodes}
+        for old in self.gg.gm.graph.nodes:
+            rewrite = GRAPH_REWRITES.get(old.target) if old.op in ("call_function", "call_method") else None
+            if rewrite is not None:
+                rewrite(self, old, new_nodes[old.name])
+        memo = {id(t): new for t, new in presliced.values()}
+        memo[id(self.gg.gm.graph)] = graph
+        gm = _deepcopy(self.gg.gm, memo)
         for (module, name), dims in slices.items():
             if (module, name) not in presliced:
                 for dim, index in dims:
                     _slice_tensor(gm.get_submodule(module), name, dim, index)
-        new_nodes = {n.name: n for n in gm.graph.nodes}
         for old in self.gg.gm.graph.nodes:
-            new = new_nodes[old.name]
             if old.op == "call_module":
                 m = gm.get_submodule(old.target)
                 fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
                 if fix is not None:
                     fix(self, old, m)
-            elif old.op in ("call_function", "call_method"):
-                rewrite = GRAPH_REWRITES.get(old.target)
-                if rewrite is not None:
-                    rewrite(self, old, new)
         _keep_unused_modules(self.gg.traced.model, gm)
-        gm.recompile()
         return gm
 
     def verify(self, gm: fx.GraphModule) -> None:
@@ -235,7 +239,72 @@ def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
         for key, value in vars(m).items():
             if key not in ("_parameters", "_buffers", "_modules"):
                 visit(value)
+    for m in module.modules():
+        if m is not module:
+            _copy_module(m, memo)
     return copy.deepcopy(module, memo)
+
+
+def _copy_module(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(m, memo)``, made the same way (``__new__``, ``__getstate__``, a deep copy of
+    the state, ``__setstate__``) without going through ``__reduce_ex__`` for every attribute and
+    every (mostly empty) hook dict: that generic path is most of a model copy's time. Classes that
+    copy or pickle themselves differently take ``copy.deepcopy``."""
+    if id(m) in memo:
+        return memo[id(m)]
+    cls = type(m)
+    if not _plain_state(cls):
+        return copy.deepcopy(m, memo)
+    new = cls.__new__(cls)
+    memo[id(m)] = new
+    # the state dict is a temporary: not memoized (its id is free again once it is gone)
+    new.__setstate__({k: _copy_state(v, memo) for k, v in m.__getstate__().items()})
+    return new
+
+
+def _plain_state(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies instances of ``cls`` through ``cls.__new__`` and the state
+    ``nn.Module.__getstate__`` gives, with no arguments, slots or copy hooks of its own."""
+    return (
+        cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+        and cls.__getstate__ is nn.Module.__getstate__ and getattr(cls, "__deepcopy__", None) is None
+        and cls not in copyreg.dispatch_table and not hasattr(cls, "__getnewargs_ex__")
+        and not hasattr(cls, "__getnewargs__") and not copyreg._slotnames(cls)
+    )
+
+
+_ATOMIC = frozenset({type(None), int, float, bool, complex, str, bytes})
+
+
+def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(value, memo)`` for a module's state: dicts, lists, tuples, sets and python
+    literals the way ``copy`` copies them, submodules by ``_copy_module``, anything else by ``copy``."""
+    cls = type(value)
+    if cls in _ATOMIC:
+        return value
+    found = memo.get(id(value))
+    if found is not None:
+        return found
+    if cls is dict or cls is OrderedDict:
+        out = memo[id(value)] = cls()
+        for k, v in value.items():
+            out[_copy_state(k, memo)] = _copy_state(v, memo)
+        return out
+    if cls is list:
+        out = memo[id(value)] = []
+        out.extend(_copy_state(v, memo) for v in value)
+        return out
+    if cls is tuple:
+        items = [_copy_state(v, memo) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        return memo.setdefault(id(value), tuple(items))
+    if cls is set and all(type(v) in _ATOMIC for v in value):
+        out = memo[id(value)] = set(value)
+        return out
+    if isinstance(value, nn.Module):
+        return _copy_module(value, memo)
+    return copy.deepcopy(value, memo)
 
 
 def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:

@@ -92,6 +92,32 @@ def test_tensors_cached_with_autograd_history_do_not_stop_slimming():
     assert slim_error(model, gg, plan, (x,)) <= 1e-6
 
 
+def test_model_copy_is_what_copy_deepcopy_makes():
+    """The slim pass copies modules without copy's generic path; the copy must be the same: same
+    classes and attributes, shared objects shared once, tensors equal in new memory."""
+    import copy
+
+    from graphprune.slim import _deepcopy
+
+    shared = torch.nn.Conv2d(4, 4, 3, padding=1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), shared, torch.nn.Sequential(shared, torch.nn.ReLU()),
+        torch.nn.TransformerEncoderLayer(4, 2, 8, batch_first=True),
+    )
+    model[0].register_forward_hook(lambda *_: None)
+    model[1].extra = {"ids": [1, 2], "pair": (3, "a"), "names": {"x"}}
+    ours, reference = _deepcopy(model), copy.deepcopy(model)
+    for (name, a), (_, b) in zip(ours.named_modules(remove_duplicate=False), reference.named_modules(remove_duplicate=False)):
+        assert type(a) is type(b) and a.__dict__.keys() == b.__dict__.keys(), name
+        for key, value in vars(b).items():
+            if key not in ("_parameters", "_buffers", "_modules", "_forward_hooks"):
+                assert getattr(a, key) == value, (name, key)
+    assert ours[2] is ours[3][0] and ours[2] is not model[2] and len(ours[0]._forward_hooks) == 1
+    assert ours[1].extra == model[1].extra and ours[1].extra["ids"] is not model[1].extra["ids"]
+    for (name, a), (_, b) in zip(ours.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+
+
 def test_user_model_is_untouched_and_slim_model_trains_and_saves():
     model, x = toy_models.build("residual")
     before = {k: v.clone() for k, v in model.state_dict().items()}
