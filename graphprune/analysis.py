@@ -255,11 +255,32 @@ class Analysis:
                 if self.spec(a).ndim != self.spec(_first_mapped(found)).ndim:
                     return rules.unknown(self, node, "mixes tensors of different ranks")
                 found[a] = self.demand(a, mapped[0].dim, node)
+        joined = self._concatenated(node, found)
+        if joined is not None:
+            return joined
         try:
             return self._run_labels(node, found, self.atoms)
         except Exception as exc:  # the op does something a label tensor cannot stand in for
             rules.unknown(self, node, f"cannot be followed channel by channel ({type(exc).__name__}: {exc})")
             return self.maps[node]
+
+    def _concatenated(self, node: fx.Node, found: dict[fx.Node, ChannelMap]) -> ChannelMap | None:
+        """``torch.cat`` along the dim where every part carries its channels: the result's channels
+        are the parts' in list order, which is what running it on labels reads off (distinct
+        positions along that dim alone), without building the full-size label tensors. None: run it."""
+        if node.op != "call_function" or node.target not in (torch.cat, torch.concat) or node.kwargs.keys() - {"dim"}:
+            return None
+        parts = node.args[0] if node.args else None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out = self.traced.values.get(node)
+        if not isinstance(parts, (list, tuple)) or type(dim) is not int or not isinstance(out, TensorSpec) or not all(out.shape):
+            return None
+        dim %= out.ndim
+        if not all(isinstance(p, fx.Node) and p in found and found[p].dim == dim for p in parts):
+            return None
+        if sum(m.size for m in found.values()) < 2:  # one position: compress freezes it
+            return None
+        return ChannelMap(dim, np.concatenate([found[p].labels for p in parts]))
 
     def _run_labels(self, node: fx.Node, maps: dict[fx.Node, ChannelMap], atoms: AtomGraph) -> Any:
         atom_of = np.concatenate([m.labels for m in maps.values()])
