@@ -6,24 +6,46 @@ BatchNorm members, else the l1 norm of its producers), beta1(alpha) solved by bi
 sum_i p_i = alpha * C (Eq. 2), and the gradient reaching alpha is Eq. 6: C * sum_i dL/dp_i * w_i /
 sum_j w_j with w_i = p_i (1 - p_i) (the implicit derivative of Eq. 5). Masks are sampled from
 Bernoulli(p_i) with a straight-through estimator: the forward pass sees the hard 0/1 masks the
-pruned network will have, the backward pass gives dL/dp_i, which Eq. 6 needs. beta2 grows by
-x1.1 per epoch from 0.05, so the inexactness sum p_i (1 - p_i) goes to 0.
+pruned network will have, the backward pass gives dL/dp_i, which Eq. 6 needs.
 
-Allocation (Eq. 7-9), every ``steps_between`` weight steps after ``warmup_epochs``: one step on
-theta from a validation batch with the gradient of the theta sub-problem of Eq. 8 (validation loss
-scaled by ``loss_scale``, plus u2 + rho2 (theta - z')), projected to be non-negative as the paper
-does to reach the budget faster (a group the loss wants to keep stays, the others shrink); the
-z-step as ``inner_steps`` gradient steps on the augmented Lagrangian (Eq. 9) with the budget model's
-differentiable evaluator (costs in percent of the full model); then the dual update of u2. Once
-F(alpha) <= budget, ``plan`` keeps the top channels by b_i in each group, scaled together so the
+Schedule (``passes/search.py``): plain training for the first ``warmup`` of the steps (7%: the
+paper's 20 of 300 epochs; at initialization every BN scale is 1, so importance would play no part),
+the search until ``search_end`` (half of training), the slim model after. ``allocation_steps``
+allocation updates are spread over the search (one per weight step at most, one per 20 at least,
+the paper's rate), and beta2 grows geometrically per allocation step from 0.05 to ``final_beta2``
+at the end of the search, so the masks harden along the search (at 1000 a channel whose importance
+is 1% from the threshold has p within 1e-4 of 0 or 1) instead of a final cut the search never saw.
+
+Allocation (Eq. 7-8), one ADMM iteration per allocation step:
+- theta: the theta sub-problem, L_v + u2 (theta - z) + rho2/2 ||theta - z||^2, solved with L_v
+  linearized at the current theta (the paper takes one stochastic gradient step; the linearized
+  problem has a closed form, so no step size to tune): theta = z - (u2 + eta g) / rho2. g is
+  dL_v/dtheta from Eq. 6 on ``val_batches`` validation batches with fresh masks, averaged over
+  allocation steps by an exponential moving average (one batch's estimate is mostly mask noise) and
+  divided by one scalar, the average's largest magnitude. Dividing by one scalar keeps the groups'
+  relative sensitivities, which decide how far each group moves (Adam would move every group by
+  its step size, whatever Eq. 6 says), and frees the step from the loss's units (the paper's fixed
+  1e5 scale fits one loss). eta = ``travel`` / (allocation steps in the search): over the whole
+  search the loss can move a group by about ``travel`` logits against the budget's path, whatever
+  the schedule's length.
+- z: the exact solution of its sub-problem, the projection of theta + u2/rho2 onto the budget set
+  F(sigmoid(z)) <= B (Eq. 9's inner gradient loop approximates it), by bisection along the budget
+  gradient, re-linearized a few times. B follows the search: from the cost when the search starts
+  down to the target at ``pace`` of the search, so that the budget is met on any schedule and the
+  rest of the search hardens the masks at the target.
+- u2 += rho2 (theta - z).
+Together: z moves by projected gradient descent on the normalized validation loss inside the
+shrinking budget set, and theta follows it. The paper projects theta's gradient to be non-negative
+"to reach the budget faster"; the paced z-step reaches it on schedule, and with that projection
+every noisy positive estimate ratchets a group down for good (the cost drifted to 14% of a 25%
+budget in a 3200-step search), so it is left out.
+``plan`` keeps the top channels by b_i in each group with counts alpha_k C_k, scaled together so the
 plan meets the budget exactly (<= target, within half a point).
 
-The paper leaves theta's optimizer and step size unstated. Plain SGD steps of 0.1 x the 1e5-scaled
-loss gradient moved one group from keep 0.99 to 0.0003 in a single step (ResNet-20, the first
-benchmark run). Adam (DARTS' architecture optimizer; the paper follows DARTS' bi-level scheme) moves
-every group by about ``theta_lr`` per step whatever the loss scale, so the loss decides *which*
-groups shrink and the budget pressure (u2, rho2) decides *how far*: ``theta_lr`` 0.2 reaches a
-50% MACs budget from keep 0.99 in about 25 allocation steps on ResNet-20.
+While the BN scales are DSA's importance they get no weight decay (``bind_optimizer`` moves them
+into a param group without it): decay would shrink the importance it reads. ``apply`` holds out a
+seeded 10% of the training data for the allocation steps unless ``val_data`` is given, and gives
+it back to training once the search is over (the paper's protocol).
 """
 
 from __future__ import annotations
@@ -31,6 +53,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from graphprune.allocate import Allocation, allocate_by_ratios
@@ -39,38 +62,48 @@ from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
 from . import register
-from .base import MethodPass
 from .magnitude import member_norms
 from .masks import ChannelMasks
+from .search import ScheduledSearch, exempt_from_weight_decay
 
 
-def keep_probabilities(log_b: torch.Tensor, alpha: float, beta2: float, iterations: int = 100) -> tuple[torch.Tensor, float]:
-    """p_i = sigmoid(beta2 (log b_i - log beta1)) with mean(p) = alpha; returns (p, log beta1)."""
-    lo, hi = float(log_b.min()) - 60.0 / beta2, float(log_b.max()) + 60.0 / beta2
+def keep_probabilities(log_b: torch.Tensor, alpha: Any, beta2: float, iterations: int = 100) -> tuple[torch.Tensor, Any]:
+    """p_i = sigmoid(beta2 (log b_i - log beta1)) with mean(p) = alpha; returns (p, log beta1).
+
+    A 2-D ``log_b`` holds one group per row, padded with -inf (p = 0 there, not counted), and
+    ``alpha`` one ratio per row: every group's bisection runs at once.
+    """
+    rows = log_b.unsqueeze(0) if log_b.dim() == 1 else log_b
+    valid = torch.isfinite(rows)
+    counts = valid.sum(1)
+    target = torch.as_tensor(alpha, dtype=rows.dtype).reshape(-1)
+    lo = rows.masked_fill(~valid, math.inf).min(1).values - 60.0 / beta2
+    hi = rows.masked_fill(~valid, -math.inf).max(1).values + 60.0 / beta2
     for _ in range(iterations):  # mean(p) decreases in log beta1
         mid = (lo + hi) / 2
-        if float(torch.sigmoid(beta2 * (log_b - mid)).mean()) > alpha:
-            lo = mid
-        else:
-            hi = mid
+        above = torch.sigmoid(beta2 * (rows - mid[:, None])).sum(1) / counts > target
+        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
     log_beta1 = (lo + hi) / 2
-    return torch.sigmoid(beta2 * (log_b - log_beta1)), log_beta1
+    p = torch.sigmoid(beta2 * (rows - log_beta1[:, None]))
+    return (p[0], float(log_beta1[0])) if log_b.dim() == 1 else (p, log_beta1)
 
 
 class ExpectedKeep(torch.autograd.Function):
-    """alpha -> p (bisection, no autograd inside); backward is the implicit-function gradient (Eq. 5-6)."""
+    """alpha -> p (bisection, no autograd inside); backward is the implicit-function gradient (Eq. 5-6).
+
+    One group (``alpha`` a scalar, ``log_b`` 1-D) or all at once (rows padded with -inf)."""
 
     @staticmethod
     def forward(ctx, alpha: torch.Tensor, log_b: torch.Tensor, beta2: float) -> torch.Tensor:
-        p, _ = keep_probabilities(log_b.double(), float(alpha), beta2)
-        ctx.save_for_backward(p)
+        p, _ = keep_probabilities(log_b.double(), alpha.detach().double(), beta2)
+        ctx.save_for_backward(p, torch.isfinite(log_b).sum(-1))
         return p.to(log_b.dtype)
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
-        (p,) = ctx.saved_tensors
+        p, counts = ctx.saved_tensors
         w = p * (1 - p)
-        grad_alpha = len(p) * (grad_p.double() * w).sum() / w.sum().clamp_min(1e-30)
+        grad_alpha = counts * (grad_p.double() * w).sum(-1) / w.sum(-1).clamp_min(1e-30)
         return grad_alpha.to(grad_p.dtype), None, None
 
 
@@ -81,132 +114,212 @@ def sample_masks(p: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 @register
-class DSAPass(MethodPass):
+class DSAPass(ScheduledSearch):
+    """Options: ``warmup``/``search_end`` (fractions of training, 0.07/0.5), ``allocation_steps``
+    (100), ``val_batches`` per allocation step (2), ``beta2``/``final_beta2`` (0.05/1000), ``rho2``
+    (1), ``travel`` (4 logits), ``momentum`` of the Eq. 6
+    average (0.9), ``pace`` (0.8: the budget is met at this fraction of the search),
+    ``initial_keep`` (0.99), ``seed`` (mask sampling)."""
+
     name = "dsa"
     trains = True
+    holds_out = 0.1
+    window = (0.07, 0.5)
 
     def __init__(
         self, *args: Any, val_data: Iterable | None = None, loss_fn: Callable | None = None,
-        warmup_epochs: int = 0, steps_between: int = 20, beta2: float = 0.05, beta2_growth: float = 1.1,
-        rho1: float = 0.01, rho2: float = 0.01, inner_steps: int = 50, inner_lr: float = 1e-3,
-        theta_lr: float = 0.2, loss_scale: float = 1e5, initial_keep: float = 0.99, seed: int = 0, **kwargs: Any,
+        allocation_steps: int = 100, val_batches: int = 2, beta2: float = 0.05, final_beta2: float = 1000.0,
+        rho2: float = 1.0, travel: float = 4.0, momentum: float = 0.9, pace: float = 0.8,
+        initial_keep: float = 0.99, seed: int = 0, **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        if not 0 < pace <= 1 or allocation_steps < 1 or val_batches < 1 or not 0 < initial_keep < 1:
+            raise GraphPruneError("dsa: need 0 < pace <= 1, allocation_steps >= 1, val_batches >= 1 and 0 < initial_keep < 1")
         self.val_data, self.loss_fn = val_data, loss_fn
-        self.warmup_epochs, self.steps_between = warmup_epochs, steps_between
-        self.beta2, self.beta2_growth = beta2, beta2_growth
-        self.rho1, self.rho2, self.inner_steps, self.inner_lr = rho1, rho2, inner_steps, inner_lr
-        self.theta_lr, self.loss_scale = theta_lr, loss_scale
+        self.allocation_steps, self.val_batches = allocation_steps, val_batches
+        self.initial_beta2, self.final_beta2, self.beta2 = beta2, final_beta2, beta2
+        self.rho2, self.travel, self.momentum, self.pace = rho2, travel, momentum, pace
         self.group_ids = [g.id for g in self.gg.prunable_groups if g.size > 1]
         self._pos = {gid: i for i, gid in enumerate(self.group_ids)}
         logit = math.log(initial_keep / (1 - initial_keep))
         self.theta = torch.full((len(self.group_ids),), logit, dtype=torch.float64)
         self.z = self.theta.clone()
-        self._theta_opt = torch.optim.Adam([self.theta], lr=theta_lr, betas=(0.5, 0.999))  # DARTS' architecture optimizer
-        self.u1, self.u2 = 0.0, torch.zeros_like(self.theta)
+        self.u2 = torch.zeros_like(self.theta)
+        self._loss_grad = torch.zeros_like(self.theta)  # moving average of dL_v/dtheta
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.masks, self.trajectory = 0, {}, []
+        self.masks: dict[int, torch.Tensor] = {}
+        self._stale = False  # masks are drawn again at the next forward pass
+        self.trajectory: list[float] = []  # cost after each allocation step, % of the full model
+        self.step = 0
+        self._start_cost: float | None = None
         self._sensitivity_sum, self._sensitivity_steps = torch.zeros_like(self.theta), 0
         b = self.gg.budget
         self._full = b.exact(self.budget.metric)
         self._target = 100 * self.budget.target(self._full) / self._full
-        self._budget_index = [b.groups.index(self.gg.groups[gid]) for gid in self.group_ids]
+        self._budget_index = torch.tensor([b.groups.index(self.gg.groups[gid]) for gid in self.group_ids], dtype=torch.long)
         self._val_iter: Iterator | None = None
 
     # ------------------------------------------------------------- importance and masks
-    def importance(self) -> dict[int, torch.Tensor]:
-        """b_i: |BN scale| summed over the group's BatchNorm members; l1 of the producers otherwise."""
-        fallback = None
-        out = {}
+    def _bn_scales(self) -> list[tuple[int, Any, torch.nn.Module]]:
+        """(group id, member, BatchNorm) for every affine BatchNorm scale among the groups' members."""
+        found = []
         for gid in self.group_ids:
-            g = self.gg.groups[gid]
-            total = torch.zeros(g.size, dtype=torch.float64)
-            found = False
-            for m in g.members:
+            for m in self.gg.groups[gid].members:
                 owner = self.model.get_submodule(m.module)
                 if m.param == "weight" and isinstance(owner, torch.nn.modules.batchnorm._NormBase) and owner.affine:
-                    total.index_add_(0, torch.from_numpy(m.channels), owner.weight.detach().abs().double().cpu()[torch.from_numpy(m.positions)])
-                    found = True
-            if not found:
-                fallback = fallback or member_norms(self.model, self.gg, 1)
-                total = torch.from_numpy(fallback[gid])
-            out[gid] = total.clamp_min(1e-12)
-        return out
+                    found.append((gid, m, owner))
+        return found
+
+    def importance(self) -> dict[int, torch.Tensor]:
+        """b_i: |BN scale| summed over the group's BatchNorm members; l1 of the producers otherwise."""
+        totals = {gid: torch.zeros(self.gg.groups[gid].size, dtype=torch.float64) for gid in self.group_ids}
+        with_bn = set()
+        for gid, m, bn in self._bn_scales():
+            scale = bn.weight.detach().abs().double().cpu()[torch.from_numpy(m.positions)]
+            totals[gid].index_add_(0, torch.from_numpy(m.channels), scale)
+            with_bn.add(gid)
+        if len(with_bn) < len(self.group_ids):
+            norms = member_norms(self.model, self.gg, 1)
+            for gid in set(self.group_ids) - with_bn:
+                totals[gid] = torch.from_numpy(norms[gid])
+        return {gid: t.clamp_min(1e-12) for gid, t in totals.items()}
 
     def alphas(self) -> torch.Tensor:
         return torch.sigmoid(self.theta)
 
+    def _log_importance(self) -> torch.Tensor:
+        """log b_i, one row per group, padded with -inf."""
+        b = self.importance()
+        rows = torch.full((len(self.group_ids), max(len(v) for v in b.values())), -math.inf, dtype=torch.float64)
+        for i, gid in enumerate(self.group_ids):
+            rows[i, : len(b[gid])] = b[gid].log()
+        return rows
+
+    def keep_probabilities(self) -> dict[int, torch.Tensor]:
+        """p_i of every group at the current alpha and beta2."""
+        p, _ = keep_probabilities(self._log_importance(), self.alphas(), self.beta2)
+        return {gid: p[i, : self.gg.groups[gid].size] for i, gid in enumerate(self.group_ids)}
+
     def resample(self, theta: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
         """Fresh masks for every group (differentiable w.r.t. ``theta`` if it requires grad)."""
         theta = self.theta if theta is None else theta
-        alphas = torch.sigmoid(theta)
-        b = self.importance()
-        self.masks = {
-            gid: sample_masks(ExpectedKeep.apply(alphas[i], b[gid].log(), self.beta2), self.generator).float()
-            for i, gid in enumerate(self.group_ids)
-        }
+        masks = sample_masks(ExpectedKeep.apply(torch.sigmoid(theta), self._log_importance(), self.beta2), self.generator)
+        self.masks = {gid: masks[i, : self.gg.groups[gid].size].float() for i, gid in enumerate(self.group_ids)}
+        self._stale = False
         return self.masks
 
+    def current_masks(self) -> dict[int, torch.Tensor]:
+        """The masks the next forward pass uses: drawn afresh after every weight step, when first read."""
+        if self._stale:
+            with torch.no_grad():
+                self.resample()
+        return self.masks
+
+    def searching(self) -> bool:
+        schedule = self.require_schedule()
+        return schedule.start_step <= self.step < schedule.end_step
+
     def attach(self) -> None:
-        self._masking = ChannelMasks(self.model, self.gg, self.group_ids, lambda: self.masks if self.epoch >= self.warmup_epochs else {})
-        with torch.no_grad():
-            self.resample()
+        self._masking = ChannelMasks(self.model, self.gg, self.group_ids, self.current_masks)
 
     def detach(self) -> None:
         self._masking.remove()
 
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """BN scales are the importance: no weight decay on them during the search."""
+        exempt_from_weight_decay(optimizer, [bn.weight for _, _, bn in self._bn_scales()])
+
     # ------------------------------------------------------------- budget
     def cost(self, alphas: torch.Tensor) -> torch.Tensor:
-        """F(alpha) in percent of the full model, through the budget model's differentiable evaluator.
-
-        Percent units keep the augmented Lagrangian's terms O(1) with the paper's rho = 0.01 and
-        inner learning rate 1e-3 whatever the model's size (the paper does not state its units).
-        """
+        """F(alpha) in percent of the full model, through the budget model's differentiable evaluator."""
         full = torch.ones(len(self.gg.budget.groups), dtype=alphas.dtype)
-        ratios = full.index_copy(0, torch.tensor(self._budget_index, dtype=torch.long), alphas)
-        return 100 * self.gg.budget.torch(self.budget.metric, ratios) / self._full
+        return 100 * self.gg.budget.torch(self.budget.metric, full.index_copy(0, self._budget_index, alphas)) / self._full
 
     def within_budget(self) -> bool:
         return float(self.cost(self.alphas())) <= self._target
 
     def ready(self) -> bool:
-        return self.epoch >= self.warmup_epochs and self.within_budget()
+        return self.schedule is not None and self.step >= self.schedule.end_step
 
-    # ------------------------------------------------------------- ADMM allocation (Eq. 7-9)
-    def z_step(self) -> None:
-        """Inner gradient descent on L^(z)(z, u1) with a dual ascent step on u1 each time (Eq. 9)."""
-        z = self.z.clone().requires_grad_(True)
-        for _ in range(self.inner_steps):
-            excess = self.cost(torch.sigmoid(z)) - self._target
-            lagrangian = (self.u1 * excess.clamp_min(0) + self.rho1 / 2 * excess.clamp_min(0) ** 2
-                          + (self.u2 * (self.theta - z)).sum() + self.rho2 / 2 * ((self.theta - z) ** 2).sum())
-            (grad,) = torch.autograd.grad(lagrangian, z)
-            with torch.no_grad():
-                z -= self.inner_lr * grad
-            self.u1 += self.rho1 * float((self.cost(torch.sigmoid(self.theta)) - self._target).clamp_min(0))
-        self.z = z.detach()
+    def paced_target(self, progress: float) -> float:
+        """The budget B of the z-step: from the cost when the search started to the target at ``pace``."""
+        start = self._start_cost if self._start_cost is not None else float(self.cost(self.alphas()))
+        return max(self._target, start + (self._target - start) * min(1.0, progress / self.pace))
 
-    def allocation_step(self) -> None:
-        """One theta step on a validation batch, the z-step, then the dual update of u2 (Eq. 8)."""
-        x, y = self._next_val_batch()
-        theta = self.theta.clone().requires_grad_(True)
-        self.resample(theta)
+    # ------------------------------------------------------------- ADMM allocation (Eq. 7-8)
+    def project(self, v: torch.Tensor, bound: float, rounds: int = 20) -> torch.Tensor:
+        """z = argmin ||z - v|| s.t. F(sigmoid(z)) <= bound: the z-step of Eq. 8 solved exactly.
+
+        At the optimum z = v - mu grad F(z) (KKT); mu by bisection for F = bound along a direction
+        averaged with the gradient at the previous z until it settles, at most ``rounds`` times (the
+        plain fixed-point iteration oscillates where the sigmoid saturates). Costs in numpy.
+        """
+        def cost(z: np.ndarray) -> float:
+            ratios = np.ones(len(self.gg.budget.groups))
+            ratios[self._budget_index.numpy()] = 1 / (1 + np.exp(-z))
+            return 100 * float(self.gg.budget.evaluate(self.budget.metric, ratios)) / self._full
+
+        start = v.numpy()
+        if cost(start) <= bound:
+            return v.clone()
+        z, direction = start, None
+        for _ in range(rounds):
+            point = torch.from_numpy(z).requires_grad_(True)
+            (gradient,) = torch.autograd.grad(self.cost(torch.sigmoid(point)), point)
+            direction = gradient.numpy() if direction is None else (direction + gradient.numpy()) / 2
+            hi = 1.0
+            while cost(start - hi * direction) > bound and hi < 1e12:
+                hi *= 2
+            lo = 0.0
+            for _ in range(50):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if cost(start - mid * direction) <= bound else (mid, hi)
+            z, previous = start - hi * direction, z
+            if np.abs(z - previous).max() < 1e-9:
+                break
+        return torch.from_numpy(z)
+
+    def loss_gradient(self) -> torch.Tensor:
+        """dL_v/dtheta on ``val_batches`` validation batches, fresh masks for each (Eq. 6)."""
+        device = next(self.model.parameters()).device
+        total = torch.zeros_like(self.theta)
         was_training = self.model.training
         self.model.train()
-        loss = self.loss_fn(self.model(x), y) * self.loss_scale
+        for _ in range(self.val_batches):
+            x, y = self._next_val_batch()
+            theta = self.theta.clone().requires_grad_(True)
+            self.resample(theta)
+            loss = self.loss_fn(self.model(x.to(device)), y.to(device))
+            (grad,) = torch.autograd.grad(loss, theta, allow_unused=True)
+            if grad is not None:
+                total += grad.double()
         self.model.train(was_training)
-        (grad,) = torch.autograd.grad(loss, theta, allow_unused=True)
-        grad = torch.zeros_like(theta) if grad is None else grad.double()
-        alphas = torch.sigmoid(self.theta)
-        self._sensitivity_sum -= grad / (self.loss_scale * alphas * (1 - alphas))  # -dL/dalpha
+        return total / self.val_batches
+
+    def steps_between(self) -> int:
+        """Weight steps per allocation step: ``allocation_steps`` over the search, at most every
+        step and at least every 20 (the paper's rate)."""
+        return min(20, max(1, self.require_schedule().length // self.allocation_steps))
+
+    def planned_allocations(self) -> int:
+        return -(-self.require_schedule().length // self.steps_between())
+
+    def allocation_step(self, progress: float) -> None:
+        """One ADMM iteration (Eq. 8): theta step, z projection, dual update of u2."""
+        if self._start_cost is None:
+            self._start_cost = float(self.cost(self.alphas()))
+        grad = self.loss_gradient()
+        alphas = self.alphas()
+        self._sensitivity_sum -= grad / (alphas * (1 - alphas))  # -dL/dalpha
         self._sensitivity_steps += 1
-        self.theta.grad = (grad + self.u2 + self.rho2 * (self.theta - self.z)).clamp_min(0)  # the paper's projection
-        self._theta_opt.step()
-        self.z_step()
+        self._loss_grad = self.momentum * self._loss_grad + (1 - self.momentum) * grad
+        scale = float(self._loss_grad.abs().max())
+        loss_term = self._loss_grad / scale if scale > 0 else self._loss_grad
+        eta = self.travel / self.planned_allocations()
+        self.theta = self.z - (self.u2 + eta * loss_term) / self.rho2
+        self.z = self.project(self.theta + self.u2 / self.rho2, self.paced_target(progress))
         self.u2 = self.u2 + self.rho2 * (self.theta - self.z)
         self.trajectory.append(float(self.cost(self.alphas())))
-        with torch.no_grad():
-            self.resample()
 
     def sensitivity(self) -> torch.Tensor:
         """Mean -dL_v/dalpha_k over the allocation steps, normalized to a maximum of 1 (the paper's Fig. 6).
@@ -218,7 +331,8 @@ class DSAPass(MethodPass):
 
     def _next_val_batch(self):
         if self.val_data is None or self.loss_fn is None:
-            raise GraphPruneError("dsa needs val_data= (a held-out iterable of batches, e.g. 10% of the training data) and loss_fn= to allocate")
+            raise GraphPruneError("dsa needs val_data= (a held-out iterable of batches, e.g. 10% of the training data) "
+                                  "and loss_fn= to allocate; graphprune.apply holds out 10% of a DataLoader itself")
         if self._val_iter is None:
             self._val_iter = iter(self.val_data)
         try:
@@ -229,18 +343,18 @@ class DSAPass(MethodPass):
 
     # ------------------------------------------------------------- training hooks
     def after_step(self, step: int, loss: float | None = None) -> None:
-        if self.epoch < self.warmup_epochs:
+        """Called with the session's step count: allocation steps spread evenly over the search window."""
+        schedule = self.require_schedule()
+        self.step = step + 1
+        if step < schedule.start_step:  # warm-up: plain training
             return
-        if step % self.steps_between == 0 and not self.within_budget():
-            self.allocation_step()
-        else:
-            with torch.no_grad():
-                self.resample()
-
-    def end_epoch(self, epoch: int) -> None:
-        self.epoch += 1  # epochs this pass has seen: a loop may call fit one epoch at a time
-        if self.epoch > self.warmup_epochs:
-            self.beta2 *= self.beta2_growth
+        if step >= schedule.end_step:  # the search is over: the last masks stay until finish()
+            return
+        progress = schedule.progress(step)
+        if (step - schedule.start_step) % self.steps_between() == 0:
+            self.beta2 = self.initial_beta2 * (self.final_beta2 / self.initial_beta2) ** progress
+            self.allocation_step(progress)
+        self._stale = True
 
     # ------------------------------------------------------------- the plan
     def plan(self) -> Plan:
