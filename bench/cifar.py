@@ -185,16 +185,21 @@ def main() -> None:
         for row in [r for r in spec.rows if (r, seed) not in done]:  # fresh loaders per row: same batches and augmentations whatever ran before
             loaders = data.cifar10(spec.data_root, seed=seed) if spec.data_root else data.cifar10_subset(spec.data, seed=seed)
             results.append(run_row(row, spec, seed, loaders, example, results))
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "kept_per_layer"}), flush=True)
-    table = summarize(results, spec)
+            print(json.dumps({k: v for k, v in results[-1].items() if k not in ("kept_per_layer", "plan")}), flush=True)
+            write(results, spec, out, earlier_minutes + (time.perf_counter() - start) / 60)  # --merge resumes from here
+    print(summarize(results, spec))
+
+
+def write(results: list[dict], spec: argparse.Namespace, out: Path, minutes: float) -> None:
+    done = [row for row in spec.rows if any(r["row"] == row for r in results)]
+    shown = argparse.Namespace(**{**vars(spec), "rows": done})
     command = "python bench/cifar.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in [
         ("model", spec.model), ("rows", ",".join(spec.rows)), ("budget", spec.budget), ("epochs", spec.epochs),
         ("seeds", ",".join(map(str, spec.seeds)))])
     (out / "results.json").write_text(json.dumps({"command": command, "device": spec.device_name, "results": results,
-                                                  "minutes": earlier_minutes + (time.perf_counter() - start) / 60}, indent=2))
-    (out / "results.md").write_text(f"# CIFAR benchmark: {spec.model}\n\nCommand: `{command}`\n\n{table}\n")
-    plot(results, spec, out)
-    print(table)
+                                                  "minutes": minutes}, indent=2))
+    (out / "results.md").write_text(f"# CIFAR benchmark: {spec.model}\n\nCommand: `{command}`\n\n{summarize(results, shown)}\n")
+    plot(results, shown, out)
 
 
 if __name__ == "__main__":

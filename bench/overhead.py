@@ -25,12 +25,13 @@ from graphprune import data, models
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# label -> (method, options): the paper's DSA allocation interval and the one bench/cifar.py uses.
+# label -> (method, options): the search from the first step (warmup=0), in a schedule of 10000 steps
+# (DSA: an allocation step every 20 weight steps, the paper's rate) and of 400 (one every 3).
 CONFIGS = {
     "plain": (None, {}),
-    "dsa-every-20-steps": ("dsa", dict(steps_between=20)),
-    "dsa-every-4-steps": ("dsa", dict(steps_between=4)),
-    "dhp": ("dhp", {}),
+    "dsa-every-20-steps": ("dsa", dict(warmup=0.0, total_steps=10000)),
+    "dsa-every-3-steps": ("dsa", dict(warmup=0.0, total_steps=400)),
+    "dhp": ("dhp", dict(warmup=0.0, total_steps=10000)),
 }
 
 
