@@ -158,7 +158,8 @@ def main() -> None:
     p.add_argument("--data-root", help="a torchvision CIFAR-10 directory instead of the subset")
     p.add_argument("--full", action="store_true", help="the GPU spec: 160 epochs, batch 128, full CIFAR-10 with --data-root")
     p.add_argument("--out", help="results folder (default: bench/results/cifar/macsNN for budget 0.NN)")
-    p.add_argument("--merge", action="store_true", help="keep the other rows of an earlier results.json in --out (same spec)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep an earlier results.json in --out (same spec) and run only the (row, seed) pairs it lacks")
     p.add_argument("--replot", action="store_true", help="redraw the plots from an earlier results.json")
     spec = p.parse_args()
     if spec.full:
@@ -176,7 +177,7 @@ def main() -> None:
     results, earlier_minutes = [], 0.0
     if spec.merge and (out / "results.json").exists():
         earlier = json.loads((out / "results.json").read_text())
-        results = [r for r in earlier["results"] if r["row"] not in spec.rows]
+        results = earlier["results"]  # (row, seed) pairs already measured are not run again
         spec.rows = list(dict.fromkeys([r["row"] for r in results] + spec.rows))
         earlier_minutes = earlier["minutes"]
     start = time.perf_counter()
