@@ -182,3 +182,14 @@ def test_dsa_reaches_the_budget_and_slims_exactly(name, tmp_path):
     assert bool(torch.isfinite(sensitivity).all()) and float(sensitivity.abs().max()) == pytest.approx(1.0)
     result.method.report_png(str(tmp_path / "dsa.png"))
     assert (tmp_path / "dsa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dsa_runs_on_cuda_with_cpu_batches():
+    """fit moves the model to CUDA after attach; allocation batches and masks must follow it."""
+    torch.manual_seed(0)
+    model, x = models.get("resnet20"), torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 10, (16,))
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 16, 8)]
+    result = graphprune.apply(model, "dsa", 0.5, x[:2], train_data=batches, loss_fn=F.cross_entropy, epochs=6, val_data=batches)
+    assert 0.495 <= result.report.macs_ratio <= 0.5
