@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 

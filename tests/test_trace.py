@@ -1,7 +1,6 @@
 """Tracing with fallbacks, shape propagation, and the errors users see."""
 
 import io
-import math
 import operator
 
 import numpy as np
