@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 
