@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from graphprune.allocate import Allocation, allocate_by_score
+from graphprune.allocate import Allocation, allocate_by_score, check_reachable
 from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
@@ -209,13 +209,12 @@ class DHPPass(ScheduledSearch):
     def _check_reachable(self) -> None:
         """BudgetError now rather than a search that can never end."""
         floors = Allocation(self.gg, {gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids}, self.min_channels, self.min_ratio)
-        lowest = self.gg.budget.exact(self.budget.metric, floors.counts(len(floors.ranked_groups)))
-        if lowest > self._target:
-            raise BudgetError(
-                f"dhp: a {self.budget.metric} budget of {self._target / self._full:.4f} is unreachable: with every searched "
-                f"group at its floor the model keeps {lowest / self._full:.4f}. Lower min_channels/min_ratio/round_to"
-                + (", or pass keep_classifier_input=False" if self.kept_whole else "")
-            )
+        try:
+            check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_groups)))
+        except BudgetError as exc:
+            if not self.kept_whole:
+                raise
+            raise BudgetError(f"{exc} dhp keeps the classifier's input whole: keep_classifier_input=False searches it too") from None
 
     # ------------------------------------------------------------- instrumentation
     def attach(self) -> None:

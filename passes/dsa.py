@@ -140,7 +140,6 @@ class DSAPass(ScheduledSearch):
         self.initial_beta2, self.final_beta2, self.beta2 = beta2, final_beta2, beta2
         self.rho2, self.travel, self.momentum, self.pace = rho2, travel, momentum, pace
         self.group_ids = [g.id for g in self.gg.prunable_groups if g.size > 1]
-        self._pos = {gid: i for i, gid in enumerate(self.group_ids)}
         logit = math.log(initial_keep / (1 - initial_keep))
         self.theta = torch.full((len(self.group_ids),), logit, dtype=torch.float64)
         self.z = self.theta.clone()
@@ -215,10 +214,6 @@ class DSAPass(ScheduledSearch):
                 self.resample()
         return self.masks
 
-    def searching(self) -> bool:
-        schedule = self.require_schedule()
-        return schedule.start_step <= self.step < schedule.end_step
-
     def attach(self) -> None:
         self._masking = ChannelMasks(self.model, self.gg, self.group_ids, self.current_masks)
 
@@ -234,9 +229,6 @@ class DSAPass(ScheduledSearch):
         """F(alpha) in percent of the full model, through the budget model's differentiable evaluator."""
         full = torch.ones(len(self.gg.budget.groups), dtype=alphas.dtype)
         return 100 * self.gg.budget.torch(self.budget.metric, full.index_copy(0, self._budget_index, alphas)) / self._full
-
-    def within_budget(self) -> bool:
-        return float(self.cost(self.alphas())) <= self._target
 
     def ready(self) -> bool:
         return self.schedule is not None and self.step >= self.schedule.end_step
