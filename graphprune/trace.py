@@ -19,13 +19,10 @@ counts), so they become constants the slim pass rewrites like any literal.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import operator
-import os
-import traceback
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -33,9 +30,8 @@ import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
 
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
-
-_TORCH_DIR = os.path.dirname(torch.__file__)
-
+from .locations import caller_location, user_location
+from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
@@ -88,75 +84,15 @@ class TracedModel:
     specializations: list[Specialization] = dataclasses.field(default_factory=list)
 
 
-class _ModeFlag:
-    """Stands in for a module's ``training`` bool while tracing, so mode-dependent code is seen.
-
-    Passed to an op (``F.dropout(x, p, self.training)``) it becomes a graph node that reads the
-    module's flag when the graph runs, instead of the mode at trace time baked in as a constant.
-    Converted to a Python bool (``if self.training:``) it records that the module's code may take
-    another path in the other mode (see :func:`_trace_mode_independent`).
-    """
-
-    __slots__ = ("owner", "value", "reads")
-
-    def __init__(self, owner: str, value: bool, reads: dict[str, str]):
-        self.owner, self.value, self.reads = owner, value, reads
-
-    def __bool__(self) -> bool:
-        self.reads.setdefault(self.owner, _caller_location())
-        return self.value
-
-    def __eq__(self, other: object) -> bool:
-        return bool(self) == other
-
-    __hash__ = object.__hash__
-
-    def __repr__(self) -> str:
-        return f"{self.owner or 'model'}.training"
-
-
-@contextlib.contextmanager
-def _mode_flags(root: torch.nn.Module, training: bool | None, reads: dict[str, str]) -> Iterator[None]:
-    """Give every module of ``root`` a _ModeFlag (its own mode, or ``training`` for all) while tracing."""
-    modes = {name: (m, m.training) for name, m in root.named_modules()}
-    for name, (m, mode) in modes.items():
-        m.training = _ModeFlag(name, mode if training is None else training, reads)
-    try:
-        yield
-    finally:
-        for m, mode in modes.values():
-            m.training = mode
-
-
-class ModeGuard(torch.nn.Module):
-    """A graph's first node where the model's own forward takes another path in training mode.
-
-    The graph holds the eval-mode path, which is what analysis, slimming and export run, so the
-    guard raises in training mode instead of computing the wrong path. As a submodule it follows
-    ``model.train()``/``model.eval()`` like any other.
-    """
-
-    def __init__(self, model_name: str, location: str):
-        super().__init__()
-        self.model_name, self.location = model_name, location
-
-    def forward(self) -> None:
-        if self.training:
-            raise GuardError(
-                f"{self.location}\n  {self.model_name}.forward takes another path in training mode than in eval mode, "
-                "and this graph holds the eval-mode path only: run it in eval mode (model.eval()). To train it, "
-                "move the training-only code into a submodule (a submodule whose path depends on the mode runs "
-                "as it is, as an opaque leaf) and analyze again."
-            )
-
-
 class _FallbackTracer(fx.Tracer):
     """Symbolic tracer that remembers which non-leaf module was being traced when an error hit.
 
-    Modules' ``training`` flags are _ModeFlags while tracing: ``training`` forces one mode for all
+    Modules' ``training`` flags are ModeFlags while tracing: ``training`` forces one mode for all
     modules (None: each module's own), and ``mode_reads`` maps each module whose code branched on
     its flag to where.
     """
+
+    proxy_buffer_attributes = True  # in-place updates of buffers are recorded, not run at trace time
 
     def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
         super().__init__()  # defaults: GraphModule unpickling builds a tracer with no arguments
@@ -171,11 +107,11 @@ class _FallbackTracer(fx.Tracer):
     def trace(self, root, concrete_args=None):
         if not isinstance(root, torch.nn.Module):
             return super().trace(root, concrete_args)
-        with _mode_flags(root, self.training, self.mode_reads):
+        with mode_flags(root, self.training, self.mode_reads):
             return super().trace(root, concrete_args)
 
     def create_arg(self, a: Any) -> Any:
-        if isinstance(a, _ModeFlag):
+        if isinstance(a, ModeFlag):
             if a.owner not in self._mode_nodes:
                 target = f"{a.owner}.training" if a.owner else "training"
                 self._mode_nodes[a.owner] = self.create_node("get_attr", target, (), {})
@@ -200,25 +136,6 @@ class _FallbackTracer(fx.Tracer):
             raise
         finally:
             self._stack.pop()
-
-
-def _user_location(exc: BaseException) -> str:
-    """The user's line that broke tracing."""
-    return _format_user_frame(traceback.extract_tb(exc.__traceback__))
-
-
-def _caller_location() -> str:
-    """The user's line being traced."""
-    return _format_user_frame(traceback.extract_stack())
-
-
-def _format_user_frame(frames: Iterable[traceback.FrameSummary]) -> str:
-    """The innermost frame outside torch and this file."""
-    user = [f for f in frames if not f.filename.startswith(_TORCH_DIR) and f.filename != __file__]
-    if not user:
-        return "<unknown location>"
-    f = user[-1]
-    return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
 
 
 class _RootFailure(Exception):
@@ -249,7 +166,7 @@ def _trace_with_leaf_fallbacks(
             raise
         except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError, ...
             failed = tracer.failed_module
-            location = _user_location(exc)
+            location = user_location(exc)
             if not failed:
                 raise _RootFailure(exc, location) from exc
             fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location))
@@ -399,7 +316,7 @@ class _ExamplePathTracer(_FallbackTracer):
                 return super().to_bool(proxy)
             raise TypeError(f"symbolic tracing cannot compute {conversion}() of a traced value")
         value = _CONVERSIONS[conversion](self._example_value(proxy.node))
-        self._add_guard(proxy, conversion, value, _caller_location())
+        self._add_guard(proxy, conversion, value, caller_location())
         return value
 
     def _add_guard(self, proxy: fx.Proxy, conversion: str, value: Any, location: str) -> None:
@@ -629,13 +546,16 @@ def _trace_mode_independent(
 ) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], list[Specialization]]:
     """A graph that computes what the model computes in both training and eval mode.
 
-    Mode flags passed to ops read the module's flag at run time (see :class:`_ModeFlag`). Code that
-    branches on a flag is traced in the other mode too: where a submodule's path differs, that
-    submodule becomes a leaf (it runs its own Python, in whatever mode it is); where only the model's
-    own forward differs, the graph holds its eval-mode path behind a :class:`ModeGuard` (recorded as
-    a specialization on ``training``, value False). Before this,
-    a model analyzed in training mode kept dropping activations in eval mode after slimming.
+    Mode flags passed to ops read the module's flag at run time (see :class:`ModeFlag`). Code that
+    branches on a flag is traced in the other mode too, and the two traces are merged where they
+    differ only in constants and side effects (see :func:`merge_mode_paths`). Where a submodule's
+    path differs in what it computes, that submodule becomes a leaf (it runs its own Python, in
+    whatever mode it is); where the model's own forward does, the graph holds its eval-mode path
+    behind a :class:`ModeGuard` (recorded as a specialization on ``training``, value False).
+    Before this, a model analyzed in training mode kept dropping activations in eval mode after
+    slimming.
     """
+    own_modes = {name: m.training for name, m in model.named_modules()}
     mode_leaves: list[Fallback] = []
     while True:
         names = leaves + [f.module for f in mode_leaves]
@@ -643,20 +563,18 @@ def _trace_mode_independent(
         if not reads:
             return gm, mode_leaves + fallbacks, guards, []
         try:
-            other = _trace_graph(model, names, concrete_args, example_values, not model.training)[0]
+            other = _trace_graph(model, names, concrete_args, example_values, FLIPPED)[0]
         except GraphPruneError:
-            other = None
-        if other is not None and _code_of(gm) == _code_of(other):
-            return gm, mode_leaves + fallbacks, guards, []
-        differing = [o for o in reads if o and (other is None or _code_of(gm, o) != _code_of(other, o))]
-        innermost = [o for o in differing if not any(d.startswith(o + ".") for d in differing)]
-        if not innermost:
             break
-        mode_leaves += [
-            Fallback(o, "its forward takes another path in training mode than in eval mode (it branches on "
-                        "self.training), so it runs as it is", reads[o])
-            for o in innermost
-        ]
+        differing = merge_mode_paths(gm, other, own_modes, reads)
+        if differing is None:
+            return fx.GraphModule(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
+        owner = owner_of(differing, reads)
+        if not owner:
+            break
+        mode_leaves.append(Fallback(
+            owner, "its forward takes another path in training mode than in eval mode (it branches on "
+                   "self.training), so it runs as it is", reads[owner]))
     gm, fallbacks, guards, _ = _trace_graph(model, names, concrete_args, example_values, False)
     gm.add_submodule("mode_guard", ModeGuard(type(model).__name__, reads.get("", "<forward>")))
     with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")):
@@ -664,17 +582,6 @@ def _trace_mode_independent(
     gm.recompile()
     gm.mode_guard.train(model.training)
     return gm, mode_leaves + fallbacks, guards, [Specialization(gm.mode_guard.location, "mode", False)]
-
-
-def _code_of(gm: fx.GraphModule, module: str | None = None) -> list[tuple]:
-    """The graph's nodes inside ``module`` (all nodes when None) in a form that does not depend on
-    node names, so two traces can be compared module by module."""
-    nodes = [n for n in gm.graph.nodes if module is None
-             or any(path == module for path, _ in (n.meta.get("nn_module_stack") or {}).values())]
-    index = {n: i for i, n in enumerate(nodes)}
-    local = lambda a: index.get(a, "outside")  # noqa: E731
-    return [(n.op, str(n.target), repr(fx.node.map_arg(n.args, local)), repr(fx.node.map_arg(n.kwargs, local)))
-            for n in nodes]
 
 
 def _none_arguments(model: torch.nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:

@@ -374,6 +374,49 @@ class TrainingOutputs(nn.Module):
         return self.b(h)
 
 
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: a BatchNorm subclass whose own forward branches on self.training."""
+
+    def forward(self, x):
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        bn_training = True if self.training else self.running_mean is None
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, bn_training, self.momentum, self.eps)
+        return torch.relu(x)
+
+
+class ConvBatchNormAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(3, 8, 1), BatchNormAct(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.bn(self.a(x)))
+
+
+@pytest.mark.parametrize("analyzed_in_training", [True, False])
+def test_a_submodule_branching_on_the_mode_only_for_side_effects_is_traced_in_both_modes(analyzed_in_training):
+    """Its two paths differ in a constant (batch_norm's training) and a side effect
+    (num_batches_tracked): one graph does both, so the channels stay prunable."""
+    x = torch.randn(4, 3, 6, 6)
+    torch.manual_seed(0)
+    model = ConvBatchNormAct().train(analyzed_in_training)
+    gg = graphprune.analyze(model, x)
+    assert gg.traced.fallbacks == [] and gg.traced.specializations == []
+    assert group_with(gg, "a") is group_with(gg, "bn") and group_with(gg, "a").prunable
+    keep = [0, 2, 3, 7]
+    plan = graphprune.Plan({group_with(gg, "a").id: keep}, {group_with(gg, "a").id: 8})
+    slim = graphprune.slim(gg, plan)
+    with torch.no_grad():
+        model.b.weight[:, [i for i in range(8) if i not in keep]] = 0
+    for training in (True, False):
+        model.train(training), slim.train(training)
+        tracked = int(slim.bn.num_batches_tracked)
+        assert torch.allclose(slim(x), model(x), atol=1e-5)  # batch statistics in training, running ones in eval
+        assert int(slim.bn.num_batches_tracked) == tracked + training
+    assert torch.allclose(slim.bn.running_mean, model.bn.running_mean[keep])
+
+
 def test_a_mode_passed_to_an_op_follows_the_model_mode_after_slimming():
     x = torch.randn(2, 3, 6, 6)
     torch.manual_seed(0)
