@@ -384,8 +384,26 @@ def survivors(dhp):
 def resnet20_dhp(**options):
     torch.manual_seed(0)
     model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
+    options = {"latent_init": "normal", **options}  # distinct |latents| to cut between
     dhp = graphprune.prepare(model, "dhp", 0.5, x, **options).method
     return (dhp, *cut_costs(dhp))
+
+
+def test_latents_start_equal_in_magnitude_so_the_task_ranks_them():
+    torch.manual_seed(0)
+    model, x = models.get("resnet20"), torch.randn(4, 3, 32, 32)
+    session = graphprune.prepare(model, "dhp", 0.5, x, total_steps=100)
+    dhp = session.method
+    assert torch.equal(dhp.bank.values.detach().abs(), torch.ones(dhp.size))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    session.bind_optimizer(optimizer)
+    F.cross_entropy(model(x), torch.arange(4)).backward()
+    optimizer.step()  # warm-up: the task gradient alone moves them apart
+    moved = dhp.bank.values.detach().abs()[dhp._sparse]
+    assert len(set(moved.tolist())) > len(moved) // 2
+    with pytest.raises(graphprune.GraphPruneError, match="latent_init"):
+        graphprune.prepare(models.get("resnet20"), "dhp", 0.5, x, latent_init="uniform")
+    session.finish()
 
 
 def test_plan_keeps_the_search_mask_when_it_lands_within_tolerance():
