@@ -1,23 +1,16 @@
 """DHP: differentiable meta pruning via hypernetworks (Li et al., ECCV 2020).
 
 Every conv, transposed conv and linear layer the analysis sees gets its weight from a hypernetwork
-(``hypernet.py``) fed by the latent vectors of the weight's two channel dims. The latents live in
-one bank, one segment per channel group: a group is exactly the paper's shared latent vector
-(residual stages, Sec. B.2). A weight dim's latent is gathered from the bank through the dim's
-group members, ``z[member.positions] = latent[group][member.channels]``, which gives dense concats
-(the sources' latents concatenated, B.3), pixel shuffle and flatten -> linear (latents repeated,
-B.5) and transposed convs (dim 0 is the input there) without a special case. Positions no group
-covers (the per-group input dim of depthwise/grouped convs, B.1 II(b)) get a latent of their own.
+fed by the latent vectors of its two channel dims, one latent vector per channel group (the
+reparameterization, ``reparam.py``, shared with LW-DNA).
 
 Optimization (Sec. 3.2): the user's optimizer trains hypernetworks and latents on the task loss;
 after each optimizer step of the search the sparsified latents take the proximal step of threshold
 ``lambda * lr`` (l1: soft-thresholding, Eq. 8; l2: per-vector shrinkage, Eq. S1), ``lr`` read from
 the optimizer the session was bound to (``graphprune.fit`` binds it; a user's own loop calls
 ``session.bind_optimizer(optimizer)``). Binding also moves the latents to a param group without
-weight decay: Eq. 5 decays only the hypernetworks' W and B. Never sparsified (B.1 IV and the
-authors' code): the input image's latent, frozen groups', the per-layer latents of depthwise/grouped
-convs, and by default the latents feeding the final classifier (``keep_classifier_input``; the
-last-stage residual latent of a ResNet).
+weight decay: Eq. 5 decays only the hypernetworks' W and B. Which latents are never sparsified:
+see ``reparam.py``.
 
 Schedule (``passes/search.py``): the search is a window of training, ``warmup`` to ``search_end``
 as fractions of its optimizer steps (default 5% to 20%). Before it, latents and hypernetworks train
@@ -54,86 +47,19 @@ keeps the planned channels.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from graphprune.allocate import Allocation, allocate_by_score, check_reachable
 from graphprune.errors import BudgetError, GraphPruneError
-from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
 from . import register
-from .hypernet import HyperNetwork, fan_in
+from .reparam import Reparameterization
 from .search import ScheduledSearch, SearchSchedule, exempt_from_weight_decay
-
-GENERATED = (nn.modules.conv._ConvNd, nn.Linear)
-
-
-class LatentBank(nn.Module):
-    """All latent vectors in one parameter; every generated weight reads its slices from here.
-
-    ``init``: "normal" draws N(0, 1) (the paper); "sign" draws +-1 (same second moment, so the
-    hypernetworks' initialization is unchanged), so that every |latent| starts equal and only the
-    task gradients rank them before the shrinkage (see the DHP module docstring).
-    """
-
-    def __init__(self, size: int, generator: torch.Generator, init: str = "normal"):
-        super().__init__()
-        values = torch.randn(size, generator=generator)
-        self.values = nn.Parameter(values.sign() if init == "sign" else values)
-
-
-class GeneratedWeight(nn.Module):
-    """Parametrization: the weight is the hypernetwork's output, the stored weight is left empty."""
-
-    def __init__(self, hypernet: HyperNetwork, bank: LatentBank, index0: np.ndarray, index1: np.ndarray):
-        super().__init__()
-        self.hypernet, self.bank = hypernet, bank
-        self.register_buffer("index0", torch.from_numpy(index0), persistent=False)
-        self.register_buffer("index1", torch.from_numpy(index1), persistent=False)
-
-    def forward(self, _stored: torch.Tensor) -> torch.Tensor:
-        z = self.bank.values
-        return self.hypernet(z[self.index0], z[self.index1])
-
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.new_empty(0)  # the hypernetwork replaces the weight; removal writes it back
-
-
-def latent_layout(gg: GroupGraph, shapes: dict[str, torch.Size]) -> tuple[dict[int, int], dict[str, tuple[np.ndarray, np.ndarray]], int]:
-    """Bank offsets per group, bank indices of each layer's weight dims 0 and 1, and the bank size.
-
-    ``shapes``: the generated layers' weight shapes. The groups found on their dims 0 and 1 come
-    first, in group order; then each layer's uncovered positions, a segment per dim.
-    """
-    by_dim: dict[tuple[str, int], list[tuple[int, Any]]] = {}
-    for g in gg.groups:
-        for m in g.members:
-            if m.param == "weight" and m.dim in (0, 1) and m.module in shapes:
-                by_dim.setdefault((m.module, m.dim), []).append((g.id, m))
-    used = {gid for entries in by_dim.values() for gid, _ in entries}
-    offsets, size = {}, 0
-    for g in gg.groups:
-        if g.id in used:
-            offsets[g.id], size = size, size + g.size
-    indices = {}
-    for name in shapes:
-        dims = []
-        for dim in (0, 1):
-            index = np.full(shapes[name][dim], -1, dtype=np.int64)
-            for gid, m in by_dim.get((name, dim), []):
-                index[m.positions] = offsets[gid] + m.channels
-            free = index < 0
-            index[free] = size + np.arange(int(free.sum()))
-            size += int(free.sum())
-            dims.append(index)
-        indices[name] = (dims[0], dims[1])
-    return offsets, indices, size
 
 
 def soft_threshold(z: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -148,16 +74,6 @@ def shrink_vectors(z: torch.Tensor, vector: torch.Tensor, n_vectors: int, thresh
     """
     norms = z.new_zeros(n_vectors).index_add_(0, vector, z * z).sqrt()
     return (1 - threshold / norms.clamp_min(threshold))[vector] * z
-
-
-def classifier_inputs(gg: GroupGraph, model: nn.Module, layers: Iterable[str]) -> set[int]:
-    """Groups on the input dim of a linear layer whose outputs are the model's outputs: the classifier's input."""
-    def on(g, name: str, dim: int) -> bool:
-        return any(m.module == name and m.param == "weight" and m.dim == dim for m in g.members)
-
-    heads = [name for name in layers if isinstance(model.get_submodule(name), nn.Linear)
-             and any(g.reason == "model output" and on(g, name, 0) for g in gg.groups)]
-    return {g.id for g in gg.groups if any(on(g, name, 1) for name in heads)}
 
 
 @register
@@ -188,27 +104,12 @@ class DHPPass(ScheduledSearch):
         super().__init__(*args, **kwargs)  # loss_fn: apply passes it to every trained method; DHP's loss is the loop's
         if norm not in ("l1", "l2"):
             raise GraphPruneError(f"dhp: norm must be 'l1' or 'l2', got {norm!r}")
-        if latent_init not in ("sign", "normal"):
-            raise GraphPruneError(f"dhp: latent_init must be 'sign' or 'normal', got {latent_init!r}")
         if reg is not None and reg <= 0:
             raise GraphPruneError(f"dhp: reg must be positive (or None to derive it from the schedule), got {reg}")
-        self.reg, self.tau, self.norm, self.embedding, self.tolerance = reg, tau, norm, embedding, tolerance
-        self.latent_init = latent_init
-        self.generator = torch.Generator().manual_seed(seed)
-        analyzed = {m.module for g in self.gg.groups for m in g.members}
-        shapes = {name: module.weight.shape for name, module in self.model.named_modules()
-                  if isinstance(module, GENERATED) and name in analyzed}
-        self.layers = list(shapes)
-        self.offsets, self.indices, self.size = latent_layout(self.gg, shapes)
-        self.kept_whole = classifier_inputs(self.gg, self.model, shapes) if keep_classifier_input else set()
-        self.group_ids = [g.id for g in self.gg.prunable_groups
-                          if g.size > 1 and g.id in self.offsets and g.id not in self.kept_whole]
-        if not self.group_ids:
-            raise GraphPruneError("dhp found no prunable group on a conv or linear weight to search (see graphprune inspect)"
-                                  + ("; keep_classifier_input=False lets it prune the classifier's input" if self.kept_whole else ""))
-        sparse = [np.arange(self.offsets[gid], self.offsets[gid] + self.gg.groups[gid].size) for gid in self.group_ids]
-        self._sparse = torch.from_numpy(np.concatenate(sparse))
-        self._vector = torch.from_numpy(np.concatenate([np.full(len(s), i) for i, s in enumerate(sparse)]))
+        self.reg, self.tau, self.norm, self.tolerance = reg, tau, norm, tolerance
+        self.latents = Reparameterization(self.gg, self.model, "dhp", embedding=embedding, latent_init=latent_init,
+                                          keep_classifier_input=keep_classifier_input, seed=seed)
+        self.group_ids = self.latents.group_ids
         self._full = self.gg.budget.exact(self.budget.metric)
         self._target = self.budget.target(self._full)
         self._check_reachable()
@@ -216,7 +117,6 @@ class DHPPass(ScheduledSearch):
         self.thresholds: list[float] = []  # lambda * lr of each search step
         self.kept_counts: dict[int, int] = {}  # per group, at the latest search step
         self.result: dict[int, np.ndarray] | None = None  # |latent| per group when the search stopped
-        self.bank: LatentBank | None = None
         self._lr_group: dict | None = None
 
     def _check_reachable(self) -> None:
@@ -225,32 +125,24 @@ class DHPPass(ScheduledSearch):
         try:
             check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_groups)))
         except BudgetError as exc:
-            if not self.kept_whole:
+            if not self.latents.kept_whole:
                 raise
             raise BudgetError(f"{exc} dhp keeps the classifier's input whole: keep_classifier_input=False searches it too") from None
 
     # ------------------------------------------------------------- instrumentation
     def attach(self) -> None:
-        first = self.model.get_submodule(self.layers[0]).weight
-        self.bank = LatentBank(self.size, self.generator, self.latent_init).to(first.device, first.dtype)
-        for name in self.layers:
-            module = self.model.get_submodule(name)
-            hyper = HyperNetwork(module.weight.shape, fan_in(module), self.embedding, self.generator)
-            generated = GeneratedWeight(hyper, self.bank, *self.indices[name]).to(module.weight.device, module.weight.dtype)
-            parametrize.register_parametrization(module, "weight", generated)
+        self.latents.attach()
         self._record()
 
     def detach(self) -> None:
         """Remove the hypernetworks; each layer keeps the weight they generate now."""
-        for name in self.layers:
-            module = self.model.get_submodule(name)
-            if parametrize.is_parametrized(module, "weight"):
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        self.latents.detach()
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer whose learning rate is the proximal step size mu; its weight decay stops at the latents."""
-        exempt_from_weight_decay(optimizer, [self.bank.values])
-        self._lr_group = next((g for g in optimizer.param_groups if any(p is self.bank.values for p in g["params"])), None)
+        latents = self.latents.bank.values
+        exempt_from_weight_decay(optimizer, [latents])
+        self._lr_group = next((g for g in optimizer.param_groups if any(p is latents for p in g["params"])), None)
         if self._lr_group is None:
             raise GraphPruneError("dhp: the optimizer does not hold the latent vectors; create it from model.parameters() "
                                   "after graphprune.prepare(...)")
@@ -304,22 +196,19 @@ class DHPPass(ScheduledSearch):
     @torch.no_grad()
     def proximal_step(self, threshold: float) -> None:
         """Eq. 8 (l1) or Eq. S1 (l2) on the sparsified latents, after the optimizer's step."""
-        z = self.bank.values
-        if self._sparse.device != z.device:  # fit moves the model after attach
-            self._sparse, self._vector = self._sparse.to(z.device), self._vector.to(z.device)
-        sparse = z[self._sparse]
+        z = self.latents.bank.values
+        searched, vector = self.latents.on_device()
         if self.norm == "l1":
-            z[self._sparse] = soft_threshold(sparse, threshold)
+            z[searched] = soft_threshold(z[searched], threshold)
         else:
-            z[self._sparse] = shrink_vectors(sparse, self._vector, len(self.group_ids), threshold)
+            z[searched] = shrink_vectors(z[searched], vector, len(self.group_ids), threshold)
 
     def ready(self) -> bool:
         return self.result is not None
 
     def magnitudes(self) -> dict[int, np.ndarray]:
         """|latent| of every sparsified group."""
-        z = self.bank.values.detach().abs().cpu().double().numpy()
-        return {gid: z[self.offsets[gid] : self.offsets[gid] + self.gg.groups[gid].size] for gid in self.group_ids}
+        return self.latents.per_group(self.latents.bank.values.abs())
 
     def _masked(self, scores: dict[int, np.ndarray]) -> tuple[Allocation, dict[int, int]]:
         """Kept counts when every latent below tau goes (floors and round_to applied)."""
@@ -351,4 +240,4 @@ class DHPPass(ScheduledSearch):
                     f"DHP: {self.budget.metric} search")
 
 
-__all__ = ["DHPPass", "GeneratedWeight", "LatentBank", "classifier_inputs", "latent_layout", "soft_threshold", "shrink_vectors"]
+__all__ = ["DHPPass", "soft_threshold", "shrink_vectors"]

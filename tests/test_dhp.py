@@ -98,17 +98,17 @@ def test_proximal_step_after_the_optimizer_step(norm):
     dhp = session.method
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     session.bind_optimizer(optimizer)
-    before = dhp.bank.values.detach().clone()
+    before = dhp.latents.bank.values.detach().clone()
     dhp.after_step(0)
-    after = dhp.bank.values.detach()
+    after = dhp.latents.bank.values.detach()
     sparse = torch.zeros(len(before), dtype=torch.bool)
-    sparse[dhp._sparse] = True
+    sparse[dhp.latents.searched] = True
     assert torch.equal(after[~sparse], before[~sparse])  # input and frozen latents are not sparsified
     if norm == "l1":
         assert torch.allclose(after[sparse], before[sparse].sign() * (before[sparse].abs() - 0.1).clamp_min(0))
     else:
         for gid in dhp.group_ids:
-            seg = slice(dhp.offsets[gid], dhp.offsets[gid] + dhp.gg.groups[gid].size)
+            seg = slice(dhp.latents.offsets[gid], dhp.latents.offsets[gid] + dhp.gg.groups[gid].size)
             norm_g = float(before[seg].norm())
             assert torch.allclose(after[seg], max(0.0, 1 - 0.1 / norm_g) * before[seg])
     assert len(dhp.trajectory) == 2
@@ -134,7 +134,7 @@ def test_binding_the_optimizer_exempts_the_latents_from_weight_decay():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     for _ in range(2):  # apply's fit binds it once per epoch
         session.bind_optimizer(optimizer)
-        latents = session.method.bank.values
+        latents = session.method.latents.bank.values
         (own,) = [g for g in optimizer.param_groups if any(p is latents for p in g["params"])]
         assert own["params"] == [latents] and own["weight_decay"] == 0.0 and own["lr"] == 0.1 and own["momentum"] == 0.9
         (rest,) = [g for g in optimizer.param_groups if g is not own]
@@ -147,7 +147,7 @@ def test_the_classifier_input_is_kept_whole_unless_asked():
     last_stage = group_with(gg, "fc", dim=1)
     assert group_with(gg, "layers.8.conv2.0") is last_stage  # the last-stage residual latent
     kept = graphprune.prepare(models.get("resnet20"), "dhp", 0.5, x, analysis=gg).method
-    assert last_stage.id not in kept.group_ids and last_stage.id in kept.offsets
+    assert last_stage.id not in kept.group_ids and last_stage.id in kept.latents.offsets
     assert last_stage.id not in kept.plan().keep or len(kept.plan().keep[last_stage.id]) == last_stage.size
     pruned = graphprune.prepare(models.get("resnet20"), "dhp", 0.5, x, analysis=gg, keep_classifier_input=False).method
     assert set(pruned.group_ids) == set(kept.group_ids) | {last_stage.id}
@@ -169,13 +169,13 @@ def test_search_steps_on_cuda_after_fit_moved_the_model(norm):
         session.after_step(step)
         if session.method.ready():
             break
-    assert session.method.ready() and session.method.bank.values.is_cuda
+    assert session.method.ready() and session.method.latents.bank.values.is_cuda
     assert session.finish().report.macs_ratio <= 0.5
 
 
 def test_removing_the_hypernetworks_keeps_the_outputs():
     model, x, session = dhp_on("depthwise")
-    names = session.method.layers
+    names = session.method.latents.layers
     assert names == ["a", "dw", "b"] and all(parametrize.is_parametrized(model.get_submodule(n), "weight") for n in names)
     with torch.no_grad():
         want = model(x)
@@ -188,7 +188,7 @@ def test_removing_the_hypernetworks_keeps_the_outputs():
 
 
 def indices(session, layer):
-    return session.method.indices[layer]
+    return session.method.latents.indices[layer]
 
 
 def test_latents_follow_the_groups():
@@ -197,18 +197,18 @@ def test_latents_follow_the_groups():
     assert np.array_equal(stem[0], conv2[0]) and np.array_equal(head[1], stem[0])  # one latent per residual stage
     assert np.array_equal(conv2[1], conv1[0])
     gid = group_with(s.gg, "stem").id
-    assert np.array_equal(stem[0], s.method.offsets[gid] + np.arange(8))
+    assert np.array_equal(stem[0], s.method.latents.offsets[gid] + np.arange(8))
 
     _, _, s = dhp_on("dense_concat")
     assert np.array_equal(indices(s, "c")[1], np.concatenate([indices(s, "a")[0], indices(s, "b")[0]]))
 
     _, _, s = dhp_on("pixel_shuffle")
-    start = s.method.offsets[group_with(s.gg, "a").id]
+    start = s.method.latents.offsets[group_with(s.gg, "a").id]
     assert np.array_equal(indices(s, "a")[0], start + np.arange(4).repeat(4))  # each latent element repeated r² times
     assert np.array_equal(indices(s, "b")[1], start + np.arange(4))
 
     _, _, s = dhp_on("flatten_linear", keep_classifier_input=False)  # a's group is all there is
-    start = s.method.offsets[group_with(s.gg, "a").id]
+    start = s.method.latents.offsets[group_with(s.gg, "a").id]
     assert np.array_equal(indices(s, "fc")[1], start + np.arange(4).repeat(9))
 
 
@@ -217,10 +217,10 @@ def test_depthwise_input_latents_are_per_layer_and_not_sparsified():
     dhp = s.method
     a, dw, b = (indices(s, n) for n in ("a", "dw", "b"))
     assert np.array_equal(dw[0], a[0]) and np.array_equal(b[1], a[0])
-    groups_end = sum(g.size for g in s.gg.groups if g.id in dhp.offsets)
+    groups_end = sum(g.size for g in s.gg.groups if g.id in dhp.latents.offsets)
     assert dw[1].shape == (1,) and dw[1][0] >= groups_end
-    assert dw[1][0] not in dhp._sparse.tolist() and a[1][0] not in dhp._sparse.tolist()  # nor the image input's
-    assert dhp.size == groups_end + 1
+    assert dw[1][0] not in dhp.latents.searched.tolist() and a[1][0] not in dhp.latents.searched.tolist()  # nor the image input's
+    assert dhp.latents.size == groups_end + 1
 
 
 class TransposedNet(nn.Module):
@@ -237,7 +237,7 @@ def test_transposed_conv_latents_run_along_its_in_out_dims():
     s = graphprune.prepare(model, "dhp", 0.5, x)
     a, t, b = (indices(s, n) for n in ("a", "t", "b"))
     assert np.array_equal(t[0], a[0])  # weight (in, out, kh, kw): dim 0 reads a's channels
-    assert np.array_equal(t[1], b[1]) and np.array_equal(t[1], s.method.offsets[group_with(s.gg, "t", dim=1).id] + np.arange(4))
+    assert np.array_equal(t[1], b[1]) and np.array_equal(t[1], s.method.latents.offsets[group_with(s.gg, "t", dim=1).id] + np.arange(4))
 
 
 # ------------------------------------------------------------------ end to end
@@ -298,7 +298,7 @@ def test_default_lambda_meets_the_budget_inside_the_window(epochs, steps_per_epo
             group["lr"] = 0.05 * 0.5 * (1 + np.cos(np.pi * epoch / epochs))
         for step in range(steps_per_epoch):
             with torch.no_grad():
-                z = dhp.bank.values
+                z = dhp.latents.bank.values
                 z += optimizer.param_groups[0]["lr"] * (0.02 * z.sign() + 0.2 * torch.randn(z.shape, generator=noise))
             session.after_step(step)
             if dhp.ready():
@@ -394,12 +394,12 @@ def test_latents_start_equal_in_magnitude_so_the_task_ranks_them():
     model, x = models.get("resnet20"), torch.randn(4, 3, 32, 32)
     session = graphprune.prepare(model, "dhp", 0.5, x, total_steps=100)
     dhp = session.method
-    assert torch.equal(dhp.bank.values.detach().abs(), torch.ones(dhp.size))
+    assert torch.equal(dhp.latents.bank.values.detach().abs(), torch.ones(dhp.latents.size))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     session.bind_optimizer(optimizer)
     F.cross_entropy(model(x), torch.arange(4)).backward()
     optimizer.step()  # warm-up: the task gradient alone moves them apart
-    moved = dhp.bank.values.detach().abs()[dhp._sparse]
+    moved = dhp.latents.bank.values.detach().abs()[dhp.latents.searched]
     assert len(set(moved.tolist())) > len(moved) // 2
     with pytest.raises(graphprune.GraphPruneError, match="latent_init"):
         graphprune.prepare(models.get("resnet20"), "dhp", 0.5, x, latent_init="uniform")
