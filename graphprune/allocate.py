@@ -12,6 +12,7 @@ multiple of its ``round_to`` unless that would exceed its size.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 
@@ -33,7 +34,8 @@ def round_up(count: int, round_to: int, size: int) -> int:
 class Allocation:
     """Kept counts of the prunable groups as a function of which low-score channels are removed."""
 
-    def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0):
+    def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0,
+                 floors: Mapping[int, int] | None = None):
         self.gg = gg
         self.groups = [g for g in gg.prunable_groups if g.id in scores]
         self.scores = scores
@@ -42,7 +44,8 @@ class Allocation:
         flat = np.concatenate([np.asarray(scores[gid], dtype=np.float64).reshape(-1) for gid in gids]) if gids else np.zeros(0)
         owner = np.repeat(np.asarray(gids, dtype=np.int64), [np.size(scores[gid]) for gid in gids])
         self.ranked_groups = owner[np.argsort(flat, kind="stable")]
-        self.floors = {g.id: floor_of(g.size, g.round_to, min_channels, min_ratio) for g in self.groups}
+        self.floors = {g.id: max(floor_of(g.size, g.round_to, min_channels, min_ratio), (floors or {}).get(g.id, 0))
+                       for g in self.groups}  # ``floors``: per-group minimum counts on top (LW-DNA's Eq. 11)
 
     def dropped(self, removed: int) -> dict[int, int]:
         """Channels dropped per group when the ``removed`` lowest-ranked channels go."""
@@ -79,9 +82,10 @@ def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]
     return target
 
 
-def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Budget, min_channels: int = 1, min_ratio: float = 0.0) -> Plan:
+def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Budget, min_channels: int = 1, min_ratio: float = 0.0,
+                      floors: Mapping[int, int] | None = None) -> Plan:
     """Remove the globally lowest-scoring channels until ``budget`` is met (as few as possible)."""
-    alloc = Allocation(gg, scores, min_channels, min_ratio)
+    alloc = Allocation(gg, scores, min_channels, min_ratio, floors)
     total = len(alloc.ranked_groups)
     target = check_reachable(gg, budget, alloc.counts(total))
     lo, hi = 0, total  # cost falls as more channels are removed: find the fewest removals that fit

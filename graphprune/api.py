@@ -73,12 +73,15 @@ class PruneResult:
     method: Any = None  # the method pass, for what it learned (e.g. DSA's budget trajectory)
 
 
-def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds: float) -> PruneReport:
-    b = gg.budget
+def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds: float,
+               reference: GroupGraph | None = None) -> PruneReport:
+    """``plan`` on ``gg`` against the model ``reference`` (default ``gg``): LW-DNA plans on a
+    widened copy and reports against the original."""
+    b, before = gg.budget, (reference or gg).budget
     counts = plan.counts()
-    full = b.exact(budget.metric)
+    full = before.exact(budget.metric)
     return PruneReport(
-        method, budget.metric, budget.target(full) / full, b.macs(), b.macs(counts), b.params(), b.params(counts),
+        method, budget.metric, budget.target(full) / full, before.macs(), b.macs(counts), before.params(), b.params(counts),
         plan.summary(gg), seconds,
     )
 
@@ -123,9 +126,9 @@ class Session:
         """Decide the plan, remove the method's instrumentation, and slim the model."""
         plan = self.method.plan()
         self.method.detach()
-        small = slim(self.gg, plan)
-        report = report_for(self.gg, plan, self.method.name, self.budget, time.perf_counter() - self._start)
-        return PruneResult(small, plan, report, self.gg, self.method)
+        small, planned_on = self.method.build(plan), self.method.planned_on()
+        report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)
+        return PruneResult(small, plan, report, planned_on, self.method)
 
 
 def prepare(
@@ -193,7 +196,12 @@ def apply(
     from . import passes
 
     if not passes.get(method).trains:
-        return prepare(model, method, budget, example_inputs, **options).finish()
+        if passes.get(method).reads_data:
+            options.update(train_data=train_data, loss_fn=loss_fn)
+        result = prepare(model, method, budget, example_inputs, **options).finish()
+        if passes.get(method).reads_data and epochs > 0:  # its model starts from scratch: train it (lwdna)
+            _train(result.model, train_data, loss_fn, lr, optimizer, 0, epochs)
+        return result
     if train_data is None or loss_fn is None or epochs < 1:
         raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
     search_data = train_data
@@ -207,23 +215,28 @@ def apply(
                               "pass total_steps= (epochs x steps per epoch)") from None
     options.setdefault("total_steps", total_steps)
     session = prepare(model, method, budget, example_inputs, loss_fn=loss_fn, **options)
-    make_optimizer = optimizer or sgd
-    optimizer = make_optimizer(model.parameters(), lr)
+    searching = (optimizer or sgd)(model.parameters(), lr)
     epoch = 0
     while epoch < epochs and not session.method.ready():
-        _cosine(optimizer, lr, epoch, epochs)
-        fit(model, search_data, loss_fn, 1, optimizer=optimizer, callbacks=[session], seed=None,
+        _cosine(searching, lr, epoch, epochs)
+        fit(model, search_data, loss_fn, 1, optimizer=searching, callbacks=[session], seed=None,
             description=f"{method}: epoch {epoch + 1}/{epochs}")
         epoch += 1
     if not session.method.ready():
         raise BudgetError(f"{method} did not reach the budget in {epochs} epochs; give it more epochs")
     result = session.finish()
-    optimizer = make_optimizer(result.model.parameters(), lr)
-    for later in range(epoch, epochs):
-        _cosine(optimizer, lr, later, epochs)
-        fit(result.model, train_data, loss_fn, 1, optimizer=optimizer, seed=None,
-            description=f"training the slim model: epoch {later + 1}/{epochs}")
+    _train(result.model, train_data, loss_fn, lr, optimizer, epoch, epochs)
     return result
+
+
+def _train(model: torch.nn.Module, train_data: Iterable, loss_fn: Callable, lr: float,
+           optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None, first: int, epochs: int) -> None:
+    """The slim model's share of the schedule: epochs ``first`` to ``epochs`` of the cosine schedule."""
+    built = (optimizer or sgd)(model.parameters(), lr)
+    for epoch in range(first, epochs):
+        _cosine(built, lr, epoch, epochs)
+        fit(model, train_data, loss_fn, 1, optimizer=built, seed=None,
+            description=f"training the slim model: epoch {epoch + 1}/{epochs}")
 
 
 def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:

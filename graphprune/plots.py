@@ -1,4 +1,4 @@
-"""Figures of a training method's search: how the budget fell, and where channels were cut."""
+"""Figures of a method's search: how the budget fell, and where channels were cut (or grown)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,26 @@ def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float
         twin = right.twinx()
         twin.plot(range(len(kept)), [sensitivity.get(layer, float("nan")) for layer in kept], "o-", color="tab:red", markersize=3)
         twin.set_ylabel("normalized sensitivity -dL/dalpha", color="tab:red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_widths(path: str, percentages: Mapping[str, float], title: str = "") -> None:
+    """PNG: ``percentages`` ({layer: output channels as % of the original layer's}, in network order)
+    as bars, with the original width at 100% (LW-DNA's Fig. 5/8: layers may end above it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(percentages)), 4))
+    ax.bar(range(len(percentages)), list(percentages.values()))
+    ax.axhline(100, color="gray", linestyle="--", label="original width")
+    ax.set_xticks(range(len(percentages)), list(percentages), rotation=90, fontsize=5)
+    ax.set_ylabel("output channels (% of the original)")
+    ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -9,6 +9,7 @@ import torch
 from graphprune.budget_target import Budget
 from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
+from graphprune.slim import slim
 
 
 class MethodPass:
@@ -21,6 +22,7 @@ class MethodPass:
     name: ClassVar[str]
     trains: ClassVar[bool] = False
     holds_out: ClassVar[float] = 0.0  # fraction of the training data apply holds out as val_data for the search
+    reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):
         self.gg, self.budget, self.model = gg, budget, model
@@ -52,6 +54,14 @@ class MethodPass:
 
     def plan(self) -> Plan:
         raise NotImplementedError
+
+    def planned_on(self) -> GroupGraph:
+        """The analysis the plan refers to: the model's own (LW-DNA: its widened copy's)."""
+        return self.gg
+
+    def build(self, plan: Plan) -> torch.nn.Module:
+        """The model the plan gives: the slim pass on :meth:`planned_on` (LW-DNA also re-initializes it)."""
+        return slim(self.planned_on(), plan)
 
     def detach(self) -> None:
         """Remove whatever :meth:`attach` added."""
