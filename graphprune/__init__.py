@@ -14,6 +14,7 @@ from .plan import Plan, PlanError
 from .slim import SlimError, slim
 from .trace import trace
 from .train import EpochRecord, accuracy, fit, seed_everything
+from .widen import Widened, WidenError, widen
 
 __all__ = [
     "analyze",
@@ -30,6 +31,9 @@ __all__ = [
     "Plan",
     "PlanError",
     "SlimError",
+    "widen",
+    "Widened",
+    "WidenError",
     "trace",
     "fit",
     "accuracy",

@@ -141,8 +141,7 @@ class GroupGraph:
 
     def kept_atoms(self, keep: dict[int, Iterable[int]]) -> np.ndarray:
         """``kept`` for every atom at once: index it with a channel map's labels."""
-        sizes = np.array([g.size for g in self.groups], dtype=np.int64)
-        offsets = np.cumsum(sizes) - sizes
+        sizes, offsets = self._channel_offsets()
         table = np.ones(int(sizes.sum()), dtype=bool)
         for gid, kept in keep.items():
             if isinstance(gid, (int, np.integer)) and 0 <= gid < len(self.groups):
@@ -150,7 +149,27 @@ class GroupGraph:
                 k = k[(k >= 0) & (k < sizes[gid])]  # np.isin ignores what is not a channel
                 table[offsets[gid] : offsets[gid] + sizes[gid]] = False
                 table[offsets[gid] + k] = True
-        return table[offsets[self._atom_group] + self._atom_channel] if len(table) else np.ones(len(self._atom_group), dtype=bool)
+        return self._per_atom(table, offsets)
+
+    def atom_copies(self, copies: dict[int, np.ndarray]) -> np.ndarray:
+        """Per atom: ``copies[g][c]`` for an atom of channel ``c`` of group ``g`` (1 where ``g`` is
+        not listed); index it with a channel map's labels. The widen pass's ``kept_atoms``."""
+        sizes, offsets = self._channel_offsets()
+        table = np.ones(int(sizes.sum()), dtype=np.int64)
+        for gid, n in copies.items():
+            table[offsets[gid] : offsets[gid] + sizes[gid]] = n
+        return self._per_atom(table, offsets)
+
+    def _channel_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Group sizes, and where each group's channels start in a table of all channels."""
+        sizes = np.array([g.size for g in self.groups], dtype=np.int64)
+        return sizes, np.cumsum(sizes) - sizes
+
+    def _per_atom(self, table: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """A table with one entry per (group, channel), read out for every atom."""
+        if not len(table):
+            return np.ones(len(self._atom_group), dtype=table.dtype)
+        return table[offsets[self._atom_group] + self._atom_channel]
 
     def prunable_mac_share(self) -> float:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""

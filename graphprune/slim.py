@@ -8,6 +8,9 @@ Works on a deep copy (the user's model is untouched). Three steps, each driven b
    literal view/reshape sizes, pad amounts, functional ``groups``) are recomputed.
 Then the slim graph is run once on the example inputs and every node's shape is checked against
 the shape the plan implies, so a constant that was not rewritten is an error, never a wrong model.
+
+The machinery is written for a *count* per channel, not a keep flag: slimming keeps each channel
+0 or 1 times, the widen pass (widen.py) 1 or more times, and both use the same tables.
 """
 
 from __future__ import annotations
@@ -36,45 +39,66 @@ class SlimError(GraphPruneError):
     """The slim graph does not have the shapes the plan implies."""
 
 
-class _Slimmer:
-    def __init__(self, gg: GroupGraph, plan: Plan):
+class _Resizer:
+    """Builds a copy of the analyzed model in which every channel occurs ``counts[atom]`` times.
+
+    Each position of a channel map becomes ``count`` adjacent positions (slicing is
+    ``index_select`` with ``np.repeat(arange(n), counts)``), so every size, bound and group
+    count of the new graph is a sum of counts. The class attributes word the errors of the pass.
+    """
+
+    error: type[GraphPruneError] = SlimError
+    model_name = "slim model"
+    implied_by = "the plan"
+    verb = "pruned"
+    advice = ("Keep those groups whole (leave them out of the plan) or make the module a leaf "
+              "(leaf_modules=[...]), and report the model.")
+
+    def __init__(self, gg: GroupGraph, counts: np.ndarray, changed: dict[int, str]):
+        """``counts``: per atom (index it with a channel map's labels); ``changed``: {group id: what
+        happens to it} for the groups whose counts are not all 1, as messages show it."""
         self.gg = gg
-        self.keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
+        self.changed = changed
         self.maps = gg._analysis.maps
         self.values = gg.traced.values
-        self._kept = gg.kept_atoms(self.keep)  # per atom: does the plan keep it
+        self._counts = counts
 
     # ------------------------------------------------------------- counts
-    def mask(self, cmap: ChannelMap) -> np.ndarray:
-        return self._kept[cmap.labels]
+    def counts(self, cmap: ChannelMap) -> np.ndarray:
+        """How many times each position of ``cmap`` occurs in the new graph."""
+        return self._counts[cmap.labels]
+
+    def count(self, cmap: ChannelMap) -> int:
+        """The new size of ``cmap``'s channel dim."""
+        return int(self.counts(cmap).sum())
 
     def size_after(self, old: fx.Node, dim: int) -> int:
-        """Size of ``old``'s dim ``dim`` after slimming."""
+        """Size of ``old``'s dim ``dim`` in the new graph."""
         m = self.maps.get(old)
         ndim = self.values[old].ndim
         if isinstance(m, ChannelMap) and m.dim == dim % ndim:
-            return int(self.mask(m).sum())
+            return self.count(m)
         return self.values[old].shape[dim]
 
     def expected(self, old: fx.Node) -> Any:
-        """The example value of ``old`` with every channel dim shrunk to its kept count."""
-        def shrink(value, cmap):
+        """The example value of ``old`` with every channel dim resized to its new count."""
+        def resize(value, cmap):
             if isinstance(value, TensorSpec) and isinstance(cmap, ChannelMap):
                 shape = list(value.shape)
-                shape[cmap.dim] = int(self.mask(cmap).sum())
+                shape[cmap.dim] = self.count(cmap)
                 return TensorSpec(tuple(shape), value.dtype)
             if isinstance(value, (tuple, list)) and isinstance(cmap, (tuple, list)):
-                return type(value)(shrink(v, c) for v, c in zip(value, cmap))
+                return type(value)(resize(v, c) for v, c in zip(value, cmap))
             return value
-        return shrink(self.values[old], self.maps.get(old))
+        return resize(self.values[old], self.maps.get(old))
 
     # ------------------------------------------------------------- the pass
     def run(self) -> fx.GraphModule:
         slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
         for (module, name, dim), rec in self.gg._analysis.members.items():
-            mask = self._kept[rec.labels]
-            if not mask.all():
-                slices.setdefault((module, name), []).append((dim, torch.from_numpy(np.nonzero(mask)[0])))
+            counts = self._counts[rec.labels]
+            if not (counts == 1).all():
+                slices.setdefault((module, name), []).append((dim, torch.from_numpy(_repeat_index(counts))))
         presliced = _presliced(self.gg.gm, slices)  # copied already sliced, not whole and then sliced
         # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
         graph = copy.deepcopy(self.gg.gm.graph)
@@ -100,30 +124,35 @@ class _Slimmer:
         return gm
 
     def verify(self, gm: fx.GraphModule) -> None:
-        """Run the slim graph on the example inputs; every node must have the shape the plan implies."""
+        """Run the new graph on the example inputs; every node must have the shape the counts imply."""
         _ShapeCheck(self, gm).check(self.gg.traced.placeholder_values)
 
     def groups_at(self, old: fx.Node) -> str:
-        """The pruned groups whose channels flow through ``old`` (its inputs and its output)."""
+        """The changed groups whose channels flow through ``old`` (its inputs and its output)."""
         found: dict[int, None] = {}
         for n in [*old.all_input_nodes, old]:
             for cmap in _channel_maps(self.maps.get(n)):
                 for g in self.gg.groups_of(cmap.labels).tolist():
-                    if g in self.keep:
+                    if g in self.changed:
                         found[g] = None
         if not found:
-            return "no pruned group flows through it"
-        return "groups " + ", ".join(f"{g} (keeps {len(self.keep[g])} of {self.gg.groups[g].size})" for g in found)
+            return f"no {self.verb} group flows through it"
+        return "groups " + ", ".join(f"{g} ({self.changed[g]})" for g in found)
+
+
+def _repeat_index(counts: np.ndarray) -> np.ndarray:
+    """Indices that take position ``i`` ``counts[i]`` times, in order (the kept ones for 0/1 counts)."""
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 
 
 class _ShapeCheck(fx.Interpreter):
-    """Runs the slim graph node by node: a failing op or a wrong shape is a SlimError naming the node and its groups."""
+    """Runs the new graph node by node: a failing op or a wrong shape is the pass's error naming the node and its groups."""
 
-    def __init__(self, slimmer: _Slimmer, gm: fx.GraphModule):
+    def __init__(self, resizer: _Resizer, gm: fx.GraphModule):
         super().__init__(gm)
         self.extra_traceback = False  # our message names the node already; fx would append the whole graph
-        self.slimmer = slimmer
-        self.old = {n.name: n for n in slimmer.gg.gm.graph.nodes}
+        self.resizer = resizer
+        self.old = {n.name: n for n in resizer.gg.gm.graph.nodes}
         # shapes as a real run gives them, without computing what only shapes depend on (see flops.py)
         self._stand_ins = ShapeOnlyRuns(gm, NodeFlops(gm, self.submodules))
         self._stand_ins = self._stand_ins if self._stand_ins.closed else None
@@ -157,20 +186,20 @@ class _ShapeCheck(fx.Interpreter):
         except Exception as exc:
             if self._stand_ins is not None and (n in self._stand_ins.closed or n in self._stand_ins.tainted):
                 raise self._stand_ins.restart(n, exc) from exc
-            where = self.slimmer.groups_at(old) if old is not None else "a node the slim pass added"
-            raise SlimError(
-                f"the slim model fails at node '{n.name}' ({n.op} {_target_name(n)}): {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}\n  pruned here: {where}.\n  graphprune could not "
-                "rewrite a value this op depends on. Keep those groups whole (leave them out of the plan) or make "
-                "the module a leaf (leaf_modules=[...]), and report the model."
+            r = self.resizer
+            where = r.groups_at(old) if old is not None else "a node the pass added"
+            raise r.error(
+                f"the {r.model_name} fails at node '{n.name}' ({n.op} {_target_name(n)}): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}\n  {r.verb} here: {where}.\n  graphprune could not "
+                f"rewrite a value this op depends on. {r.advice}"
             ) from exc
         if old is not None and old.op not in ("output", "get_attr"):
-            got, want = _tensor_shapes(_spec_of(out)), _tensor_shapes(self.slimmer.expected(old))
+            r = self.resizer
+            got, want = _tensor_shapes(_spec_of(out)), _tensor_shapes(r.expected(old))
             if got != want:
-                raise SlimError(
-                    f"after slimming, node '{old.name}' has shape {got} but the plan implies {want}; pruned here: "
-                    f"{self.slimmer.groups_at(old)}. graphprune could not rewrite a constant of this op: keep those "
-                    "groups whole, or make the module a leaf (leaf_modules=[...]), and report the model."
+                raise r.error(
+                    f"in the {r.model_name}, node '{old.name}' has shape {got} but {r.implied_by} implies {want}; "
+                    f"{r.verb} here: {r.groups_at(old)}. graphprune could not rewrite a constant of this op. {r.advice}"
                 )
         return out
 
@@ -201,7 +230,8 @@ def _target_name(n: fx.Node) -> str:
 def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
     """A physically smaller copy of the analyzed model that keeps ``plan``'s channels."""
     plan.validate(gg)
-    slimmer = _Slimmer(gg, plan)
+    keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
+    slimmer = _Resizer(gg, gg.kept_atoms(keep), {g: f"keeps {len(k)} of {gg.groups[g].size}" for g, k in keep.items()})
     gm = slimmer.run()
     if verify:
         slimmer.verify(gm)
@@ -376,40 +406,40 @@ def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) ->
 
 # ------------------------------------------------------------------ module attribute fixups
 
-def _fix_conv(s: _Slimmer, old: fx.Node, m: nn.Module) -> None:
+def _fix_conv(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
     new_in, new_out = s.size_after(old.args[0], 1), s.size_after(old, 1)
-    if m.groups > 1:  # whole conv groups were pruned: the group count follows the channels
+    if m.groups > 1:  # whole conv groups were pruned (or copied): the group count follows the channels
         m.groups = m.groups * new_out // m.out_channels
     m.in_channels, m.out_channels = new_in, new_out
 
 
-def _fix_linear(s: _Slimmer, old: fx.Node, m: nn.Linear) -> None:
+def _fix_linear(s: _Resizer, old: fx.Node, m: nn.Linear) -> None:
     m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
 
 
-def _fix_batchnorm(s: _Slimmer, old: fx.Node, m: nn.Module) -> None:
+def _fix_batchnorm(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
     m.num_features = s.size_after(old.args[0], 1)
 
 
-def _fix_groupnorm(s: _Slimmer, old: fx.Node, m: nn.GroupNorm) -> None:
+def _fix_groupnorm(s: _Resizer, old: fx.Node, m: nn.GroupNorm) -> None:
     new = s.size_after(old.args[0], 1)
     m.num_groups, m.num_channels = m.num_groups * new // m.num_channels, new
 
 
-def _fix_layernorm(s: _Slimmer, old: fx.Node, m: nn.LayerNorm) -> None:
+def _fix_layernorm(s: _Resizer, old: fx.Node, m: nn.LayerNorm) -> None:
     if len(m.normalized_shape) == 1:
         m.normalized_shape = (s.size_after(old.args[0], -1),)
 
 
-def _fix_prelu(s: _Slimmer, old: fx.Node, m: nn.PReLU) -> None:
+def _fix_prelu(s: _Resizer, old: fx.Node, m: nn.PReLU) -> None:
     m.num_parameters = m.weight.numel()
 
 
-def _fix_embedding(s: _Slimmer, old: fx.Node, m: nn.Embedding) -> None:
+def _fix_embedding(s: _Resizer, old: fx.Node, m: nn.Embedding) -> None:
     m.embedding_dim = m.weight.shape[1]
 
 
-MODULE_FIXUPS: dict[type, Callable[[_Slimmer, fx.Node, nn.Module], None]] = {
+MODULE_FIXUPS: dict[type, Callable[[_Resizer, fx.Node, nn.Module], None]] = {
     nn.modules.conv._ConvNd: _fix_conv,
     nn.Linear: _fix_linear,
     nn.modules.batchnorm._NormBase: _fix_batchnorm,
@@ -437,7 +467,7 @@ def _set_arg(node: fx.Node, pos: int, name: str, value) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-def _split_sizes(s: _Slimmer, old: fx.Node) -> tuple[list[int], int] | None:
+def _split_sizes(s: _Resizer, old: fx.Node) -> tuple[list[int], int] | None:
     """New part sizes of a split/chunk along the channel dim (None: it splits another dim)."""
     x = old.args[0]
     m = s.maps.get(x)
@@ -446,12 +476,12 @@ def _split_sizes(s: _Slimmer, old: fx.Node) -> tuple[list[int], int] | None:
     dim = _arg(old, 2, "dim", 0)
     if not isinstance(m, ChannelMap) or m.dim != dim % ndim or not isinstance(parts, (tuple, list)):
         return None
-    sizes = [int(s.mask(p).sum()) if isinstance(p, ChannelMap) else v.shape[dim] for p, v in zip(parts, s.values[old])]
+    sizes = [s.count(p) if isinstance(p, ChannelMap) else v.shape[dim] for p, v in zip(parts, s.values[old])]
     return sizes, dim
 
 
-def _rewrite_split(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
-    """split/chunk/tensor_split along the channel dim become split with the kept part sizes."""
+def _rewrite_split(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """split/chunk/tensor_split along the channel dim become split with the new part sizes."""
     found = _split_sizes(s, old)
     if found is None:
         return
@@ -463,13 +493,14 @@ def _rewrite_split(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
         new.target = torch.split
 
 
-def _concrete(s: _Slimmer, value: Any) -> Any:
+def _concrete(s: _Resizer, value: Any) -> Any:
     """``value`` with every fx node replaced by its example value (a bound computed from shapes)."""
     return fx.node.map_arg(value, lambda n: s.values[n])
 
 
-def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
-    """A slice of the channel dim keeps the kept channels inside its bounds (computed bounds included)."""
+def _rewrite_getitem(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """A slice of the channel dim takes the new positions of the channels inside its bounds
+    (computed bounds included): a bound moves to the count of the positions before it."""
     x, index = old.args[0], old.args[1]
     m = s.maps.get(x)
     if not isinstance(m, ChannelMap) or not isinstance(s.values.get(x), TensorSpec):
@@ -485,69 +516,71 @@ def _rewrite_getitem(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
             continue
         if dim == m.dim and isinstance(item, slice):
             item = _concrete(s, item)
+            counts = s.counts(m)
             if item.step not in (None, 1):
-                raise SlimError(f"'{old.name}' slices the channel dim with step {item.step}; graphprune cannot rewrite it")
+                if (counts == 1).all():
+                    return  # these channels keep their count: the slice stays as it is
+                raise s.error(f"'{old.name}' slices the channel dim with step {item.step}; graphprune cannot rewrite it")
             start, stop, _ = item.indices(m.size)
-            mask = s.mask(m)
             new_items = list(new.args[1]) if isinstance(index, tuple) else [new.args[1]]
-            new_items[pos] = slice(int(mask[:start].sum()), int(mask[:stop].sum()))
+            new_items[pos] = slice(int(counts[:start].sum()), int(counts[:stop].sum()))
             new.args = (new.args[0], tuple(new_items) if isinstance(index, tuple) else new_items[0])
             return
         dim += 1
 
 
-def _rewrite_narrow(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+def _rewrite_narrow(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     x = old.args[0]
     m = s.maps.get(x)
     dim, start, length = _concrete(s, old.args[1:4])
     if isinstance(m, ChannelMap) and dim % s.values[x].ndim == m.dim:
-        mask = s.mask(m)
-        new.args = (new.args[0], dim, int(mask[:start].sum()), int(mask[start : start + length].sum()))
+        counts = s.counts(m)
+        new.args = (new.args[0], dim, int(counts[:start].sum()), int(counts[start : start + length].sum()))
 
 
-def _rewrite_sizes(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
-    """view/reshape/expand with literal sizes: the channel dim's literal becomes the kept count."""
+def _rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """view/reshape/expand with literal sizes: the channel dim's literal becomes the new count."""
     out = s.maps.get(old)
     if not isinstance(out, ChannelMap):
         return
     packed = len(new.args) == 2 and isinstance(new.args[1], (tuple, list))
     sizes = list(new.args[1] if packed else new.args[1:])
     if isinstance(sizes[out.dim], int) and sizes[out.dim] != -1:
-        sizes[out.dim] = int(s.mask(out).sum())
+        sizes[out.dim] = s.count(out)
         new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
 
 
-def _rewrite_pad(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+def _rewrite_pad(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     out = s.maps.get(old)
     pad = list(_arg(new, 1, "pad"))
     ndim = s.values[old].ndim
     at = 2 * (ndim - 1 - out.dim) if isinstance(out, ChannelMap) else len(pad)
     if at + 1 < len(pad) and all(isinstance(p, int) for p in pad[at : at + 2]):
-        mask = s.mask(out)
+        counts = s.counts(out)
         before, after = pad[at], pad[at + 1]
-        pad[at], pad[at + 1] = int(mask[:before].sum()), int(mask[len(mask) - after :].sum())
+        pad[at], pad[at + 1] = int(counts[:before].sum()), int(counts[len(counts) - after :].sum())
         _set_arg(new, 1, "pad", pad)
 
 
-def _rewrite_conv_groups(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+def _rewrite_conv_groups(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     groups = _arg(new, 6, "groups", 1)
     if isinstance(groups, int) and groups > 1:
         _set_arg(new, 6, "groups", groups * s.size_after(old, 1) // s.values[old].shape[1])
 
 
-def _rewrite_group_norm(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+def _rewrite_group_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     x = old.args[0]
     groups = _arg(new, 1, "num_groups")
     _set_arg(new, 1, "num_groups", groups * s.size_after(x, 1) // s.values[x].shape[1])
 
 
-def _rewrite_layer_norm(s: _Slimmer, old: fx.Node, new: fx.Node) -> None:
+def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     shape = tuple(_arg(new, 1, "normalized_shape"))
     if len(shape) == 1:
         _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
 
 
-GRAPH_REWRITES: dict[Any, Callable[[_Slimmer, fx.Node, fx.Node], None]] = {
+GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     **{t: _rewrite_split for t in ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)},
     operator.getitem: _rewrite_getitem,
     "narrow": _rewrite_narrow,
