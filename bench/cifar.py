@@ -8,7 +8,10 @@ Rows, all with the same total epochs:
                     for all epochs (this separates allocation quality from inherited weights);
   METHOD            a data-free METHOD (l1, ...): train half the epochs, prune to the budget,
                     fine-tune the rest; a training METHOD (dsa, dhp): ``graphprune.apply`` with
-                    the method's default options for all epochs (search, then the slim model).
+                    the method's default options for all epochs (search, then the slim model);
+                    a METHOD that decides from a batch at initialization (lwdna: widen, shrink in
+                    one shot): its architecture trains from scratch for all epochs, as the
+                    scratch rows (its budget is relative to the original model, as theirs).
 Validation accuracy on a held-out split (mean ± std over seeds), achieved MACs/params ratios and
 seconds per epoch go to JSON, a markdown table and PNG plots (accuracy vs MACs ratio; kept channels
 per layer; each training method's own search report, e.g. DSA's Fig. 6-style plot) under --out.
@@ -49,6 +52,7 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
     model = models.get(spec.model)
     full = graphprune.analyze(model, example)
     plan, history, extra = None, [], {}
+    macs = params = kept = None
     if row == "unpruned":
         history = train(model, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
         final = model
@@ -64,6 +68,13 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
             result = graphprune.apply(model, method, spec.budget, example, analysis=full)
             final, plan = result.model, result.plan
         history = train(final, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
+    elif passes.get(row).reads_data:  # decides from a batch, then its model trains from scratch like the scratch rows (lwdna)
+        result = graphprune.apply(model, row, spec.budget, example, train_data=loaders[0], loss_fn=F.cross_entropy, seed=seed)
+        final, plan = result.model, result.plan
+        history = train(final, loaders, spec.epochs, spec.lr, seed, spec.device, f"{row} seed {seed}")
+        result.method.report_png(str(Path(spec.out) / spec.model / f"{row}_widths_seed{seed}.png"))
+        macs, params = result.report.macs_after, result.report.params_after  # its plan is on the widened model
+        kept = {layer: pct / 100 for layer, pct in result.method.width_percentages(plan).items()}
     elif passes.get(row).trains:
         start = time.perf_counter()
         result = graphprune.apply(model, row, spec.budget, example, train_data=loaders[0], loss_fn=F.cross_entropy,
@@ -79,8 +90,9 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         final, plan = result.model, result.plan
         history += train(final, loaders, spec.epochs - pre, spec.lr / 10, seed, spec.device, f"{row} fine-tune seed {seed}")
     final = final.cpu()
-    macs, params = full.budget.macs(plan.counts() if plan else None), full.budget.params(plan.counts() if plan else None)
-    kept = plan.kept_per_layer(full) if plan is not None else {}  # network order
+    if macs is None:  # the plan is on the model itself
+        macs, params = full.budget.macs(plan.counts() if plan else None), full.budget.params(plan.counts() if plan else None)
+        kept = plan.kept_per_layer(full) if plan is not None else {}  # network order
     return {
         "row": row, "seed": seed,
         "val_accuracy": graphprune.accuracy(final, loaders[1]),
