@@ -117,13 +117,13 @@ def test_the_cli_prunes_with_lwdna(tmp_path):
 
 
 def zoo(name):
-    if name in ("resnet56", "mobilenet_v2_cifar", "densenet40"):
-        return models.get(name), torch.randn(2, 3, 32, 32), {}
+    if name in ("resnet56", "mobilenet_v2", "densenet40"):
+        return models.get(name), torch.randn(2, *models.input_shape(name)[1:]), {}
     return torchvision.models.get_model(name, weights=None, num_classes=10), torch.randn(2, 3, 64, 64), {"embedding": 2}
 
 
 @pytest.mark.parametrize("name", ["resnet56", pytest.param("densenet40", marks=pytest.mark.slow),
-                                  pytest.param("mobilenet_v2_cifar", marks=pytest.mark.slow),
+                                  pytest.param("mobilenet_v2", marks=pytest.mark.slow),
                                   pytest.param("resnet50", marks=pytest.mark.slow),
                                   pytest.param("regnet_y_400mf", marks=pytest.mark.slow)])
 def test_lwdna_end_to_end_slims_exactly_and_exports(name, tmp_path):
