@@ -114,7 +114,7 @@ class Reparameterization:
     """
 
     def __init__(self, gg: GroupGraph, model: nn.Module, method: str, *, embedding: int = 8,
-                 latent_init: str = "sign", keep_classifier_input: bool = True, seed: int = 0):
+                 latent_init: str = "normal", keep_classifier_input: bool = True, seed: int = 0):
         if latent_init not in ("sign", "normal"):
             raise GraphPruneError(f"{method}: latent_init must be 'sign' or 'normal', got {latent_init!r}")
         self.gg, self.model, self.embedding, self.latent_init = gg, model, embedding, latent_init
