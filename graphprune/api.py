@@ -30,6 +30,7 @@ class PruneReport:
     params_after: int
     groups: list[tuple[int, int, int, str]]  # (group id, kept, size, members)
     seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)  # what a method adds (e.g. NAP's fine-grained compression)
 
     @property
     def macs_ratio(self) -> float:
@@ -61,6 +62,8 @@ class PruneReport:
         for gid, kept, size, members in self.groups:
             groups.add_row(str(gid), str(kept), str(size), f"{100 * kept / size:.0f}", members)
         console.print(groups)
+        for note in self.notes:
+            console.print(note, soft_wrap=True)
         console.print(f"done in {self.seconds:.2f}s")
 
 
@@ -128,6 +131,7 @@ class Session:
         self.method.detach()
         small, planned_on = self.method.build(plan), self.method.planned_on()
         report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)
+        report = self.method.refine_report(report)
         return PruneResult(small, plan, report, planned_on, self.method)
 
 

@@ -42,11 +42,15 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
     model.eval()
     x = torch.randn(*shape)
     budget = Budget(**{args.metric: args.budget})
+    options = dict(_option(o) for o in args.set or [])
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
-        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels)
+        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels, **options)
     console.print(f"[green]analyzed[/green]: {len(session.gg.prunable_groups)} prunable groups of {len(session.gg.groups)}")
-    with console.status(f"{args.method}: allocating channels and slimming"):
+    if session.method.trains:  # no data here: the method finishes on its own and reports how (nap: from the example input)
         result = session.finish()
+    else:
+        with console.status(f"{args.method}: allocating channels and slimming"):
+            result = session.finish()
     result.report.print(console)
     if args.plan:
         with open(args.plan, "w") as f:
@@ -62,6 +66,19 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
             f"wrote {args.onnx} ({rep.file_bytes / 1e6:.1f} MB, {rep.exporter} exporter, opset {rep.opset}); "
             f"onnxruntime max |diff| {rep.max_abs_diff:.2e} ({rep.provider})"
         )
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE: a Python literal (number, bool, None, quoted string), else the text itself."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise GraphPruneError(f"--set takes KEY=VALUE (a method option, e.g. granularity=weight), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a method option, repeatable (e.g. --method nap --metric params --set granularity=weight)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")
     p.add_argument("--plan", metavar="F", help="write the pruning plan as JSON")
     p.add_argument("--save", metavar="F", help="torch.save the slim model")

@@ -43,6 +43,6 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import dhp, dsa, lwdna, magnitude, uniform  # noqa: E402,F401  (built-in passes register themselves)
+from . import dhp, dsa, lwdna, magnitude, nap, uniform  # noqa: E402,F401  (built-in passes register themselves)
 
 __all__ = ["MethodPass", "register", "get", "names"]

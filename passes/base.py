@@ -63,5 +63,9 @@ class MethodPass:
         """The model the plan gives: the slim pass on :meth:`planned_on` (LW-DNA also re-initializes it)."""
         return slim(self.planned_on(), plan)
 
+    def refine_report(self, report: Any) -> Any:
+        """The PruneReport with the method's own counts and notes (NAP fine-grained: nonzero weights)."""
+        return report
+
     def detach(self) -> None:
         """Remove whatever :meth:`attach` added."""
