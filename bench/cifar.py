@@ -11,7 +11,9 @@ Rows, all with the same total epochs:
                     the method's default options for all epochs (search, then the slim model);
                     a METHOD that decides from a batch at initialization (lwdna: widen, shrink in
                     one shot): its architecture trains from scratch for all epochs, as the
-                    scratch rows (its budget is relative to the original model, as theirs).
+                    scratch rows (its budget is relative to the original model, as theirs);
+                    a training METHOD that starts from a trained model (nap): as l1, train half
+                    the epochs, then ``graphprune.apply`` for the rest at the fine-tuning rate.
 Validation accuracy on a held-out split (mean ± std over seeds), achieved MACs/params ratios and
 seconds per epoch go to JSON, a markdown table and PNG plots (accuracy vs MACs ratio; kept channels
 per layer; each training method's own search report, e.g. DSA's Fig. 6-style plot) under --out.
@@ -75,6 +77,14 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         result.method.report_png(str(Path(spec.out) / spec.model / f"{row}_widths_seed{seed}.png"))
         macs, params = result.report.macs_after, result.report.params_after  # its plan is on the widened model
         kept = {layer: pct / 100 for layer, pct in result.method.width_percentages(plan).items()}
+    elif passes.get(row).trains and passes.get(row).starts_trained:  # nap: as l1, train half, then the method
+        pre = spec.epochs // 2
+        history = train(model, loaders, pre, spec.lr, seed, spec.device, f"{row} pretrain seed {seed}")
+        start = time.perf_counter()
+        result = graphprune.apply(model.cpu(), row, spec.budget, example, train_data=loaders[0], loss_fn=F.cross_entropy,
+                                  epochs=spec.epochs - pre, lr=spec.lr / 10, analysis=graphprune.analyze(model.cpu(), example))
+        final, plan = result.model, result.plan
+        history.append(graphprune.EpochRecord(0, 0.0, (time.perf_counter() - start) / (spec.epochs - pre), {}))
     elif passes.get(row).trains:
         start = time.perf_counter()
         result = graphprune.apply(model, row, spec.budget, example, train_data=loaders[0], loss_fn=F.cross_entropy,

@@ -22,6 +22,7 @@ class MethodPass:
     name: ClassVar[str]
     trains: ClassVar[bool] = False
     holds_out: ClassVar[float] = 0.0  # fraction of the training data apply holds out as val_data for the search
+    starts_trained: ClassVar[bool] = False  # expects a trained model (nap): benchmarks train it first, as for l1
     reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):

@@ -123,6 +123,7 @@ class NAPPass(ScheduledSearch):
     """Options: see the module docstring."""
 
     name = "nap"
+    starts_trained = True
     trains = True
     window = (0.0, 0.2)
 
