@@ -45,21 +45,23 @@ def test_layernorm_groups_are_close_but_not_exact():
     assert 0 < error < 1.0  # the normalization statistics change: documented, not exact
 
 
+class LiteralView(torch.nn.Module):
+    """A literal channel count in a view: only the view rewrite keeps it right."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv1d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x).view(x.shape[0], 6, -1))
+
+
 def test_a_constant_the_slim_pass_misses_is_a_slim_error_naming_node_and_group(monkeypatch):
     """Without the view rewrite, a literal channel count in a view is stale: the failure is reported
     by the slim pass with the node and the pruned group, not as an example-input error."""
     import importlib
 
     slim_module = importlib.import_module("graphprune.slim")
-
-    class LiteralView(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.head = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv1d(6, 2, 1)
-
-        def forward(self, x):
-            return self.head(self.conv(x).view(x.shape[0], 6, -1))
-
     model, x = LiteralView(), torch.randn(1, 3, 4, 4)
     gg = graphprune.analyze(model, x)
     g = group_with(gg, "conv")

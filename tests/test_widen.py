@@ -9,6 +9,7 @@ import graphprune
 import toy_models
 from graphprune import models
 from helpers import group_with
+from test_slim import LiteralView
 
 TOYS = sorted(set(toy_models.ALL))
 
@@ -187,15 +188,6 @@ def test_a_constant_the_pass_misses_is_a_widen_error_naming_node_and_group(monke
     import importlib
 
     slim_module = importlib.import_module("graphprune.slim")
-
-    class LiteralView(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.head = torch.nn.Conv2d(3, 6, 1), torch.nn.Conv1d(6, 2, 1)
-
-        def forward(self, x):
-            return self.head(self.conv(x).view(x.shape[0], 6, -1))
-
     gg = graphprune.analyze(LiteralView(), torch.randn(1, 3, 4, 4))
     g = group_with(gg, "conv")
     monkeypatch.delitem(slim_module.GRAPH_REWRITES, "view")
