@@ -564,17 +564,17 @@ def _trace_mode_independent(
             return gm, mode_leaves + fallbacks, guards, []
         try:
             other = _trace_graph(model, names, concrete_args, example_values, FLIPPED)[0]
-        except GraphPruneError:
+        except GraphPruneError:  # the other mode does not trace: every module that branched runs as it is
+            owners = [o for o in reads if o and not any(d.startswith(o + ".") for d in reads)]
+        else:
+            differing = merge_mode_paths(gm, other, own_modes, reads)
+            if differing is None:
+                return fx.GraphModule(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
+            owners = [owner for owner in [owner_of(differing, reads)] if owner]
+        if not owners:
             break
-        differing = merge_mode_paths(gm, other, own_modes, reads)
-        if differing is None:
-            return fx.GraphModule(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
-        owner = owner_of(differing, reads)
-        if not owner:
-            break
-        mode_leaves.append(Fallback(
-            owner, "its forward takes another path in training mode than in eval mode (it branches on "
-                   "self.training), so it runs as it is", reads[owner]))
+        mode_leaves += [Fallback(o, "its forward takes another path in training mode than in eval mode (it branches on "
+                                    "self.training), so it runs as it is", reads[o]) for o in owners]
     gm, fallbacks, guards, _ = _trace_graph(model, names, concrete_args, example_values, False)
     gm.add_submodule("mode_guard", ModeGuard(type(model).__name__, reads.get("", "<forward>")))
     with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")):
