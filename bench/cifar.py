@@ -170,7 +170,7 @@ def plot(results: list[dict], spec: argparse.Namespace, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--rows", default="unpruned,scratch:uniform,l1,dsa,scratch:dsa,dhp,scratch:dhp",
+    p.add_argument("--rows", default="unpruned,scratch:uniform,l1,lwdna,nap,dsa,scratch:dsa,dhp,scratch:dhp",
                    help="comma-separated rows (see the docstring)")
     p.add_argument("--budget", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=30)
