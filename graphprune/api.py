@@ -204,6 +204,8 @@ def apply(
             options.update(train_data=train_data, loss_fn=loss_fn)
         result = prepare(model, method, budget, example_inputs, **options).finish()
         if passes.get(method).reads_data and epochs > 0:  # its model starts from scratch: train it (lwdna)
+            if train_data is None or loss_fn is None:
+                raise GraphPruneError(f"{method} with epochs= trains its model from scratch: pass train_data= and loss_fn=")
             _train(result.model, train_data, loss_fn, lr, optimizer, 0, epochs)
         return result
     if train_data is None or loss_fn is None or epochs < 1:

@@ -106,9 +106,15 @@ def test_bad_input_says_what_to_do():
 def test_apply_trains_the_lwdna_model_from_scratch():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    result = lwdna(models.get("resnet20"), x, 1.0, epochs=1)
-    before = graphprune.slim(result.groups, result.plan)  # the same architecture, untrained
-    assert {tuple(p.shape) for p in before.parameters()} == {tuple(p.shape) for p in result.model.parameters()}
+    untrained = lwdna(models.get("resnet20"), x, 1.0).model  # re-initialized with the pass's seed
+    trained = lwdna(models.get("resnet20"), x, 1.0, epochs=1).model
+    pairs = list(zip(untrained.parameters(), trained.parameters()))
+    assert all(a.shape == b.shape for a, b in pairs)
+    again = lwdna(models.get("resnet20"), x, 1.0).model
+    assert all(torch.equal(a, b) for a, b in zip(untrained.parameters(), again.parameters()))  # seeded: the untrained state
+    assert not all(torch.equal(a, b) for a, b in pairs)  # the epoch trained it
+    with pytest.raises(graphprune.GraphPruneError, match="train_data"):
+        graphprune.apply(models.get("resnet20"), "lwdna", 1.0, x, epochs=1)
 
 
 def test_the_cli_prunes_with_lwdna(tmp_path):
