@@ -27,3 +27,7 @@ class ModelSpecError(GraphPruneError):
 
 class GuardError(GraphPruneError):
     """A graph traced along the example inputs' path got an input that takes another path."""
+
+
+class DistributedError(GraphPruneError):
+    """A collective operation across ranks failed or timed out (usually: another rank failed first)."""

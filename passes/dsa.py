@@ -67,6 +67,7 @@ import scipy.optimize
 import torch
 
 from graphprune.allocate import Allocation, allocate_by_ratios
+from graphprune.distributed import all_reduce_mean
 from graphprune.errors import GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
@@ -296,7 +297,7 @@ class DSAPass(ScheduledSearch):
             if grad is not None:
                 total += grad.double()
         self.model.train(was_training)
-        return total / self.val_batches
+        return all_reduce_mean(total / self.val_batches)  # each rank's validation batches: alpha, z, u2 agree everywhere
 
     def steps_between(self) -> int:
         """Weight steps per allocation step: ``allocation_steps`` over the search, at most every
