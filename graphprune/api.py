@@ -12,6 +12,7 @@ import torch.fx as fx
 
 from .budget_target import Budget
 from .data import hold_out
+from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, analyze
 from .plan import Plan
@@ -46,6 +47,9 @@ class PruneReport:
         return self.macs_ratio if self.metric == "macs" else self.params_ratio
 
     def print(self, console=None) -> None:
+        """The report on the console (rank 0's only, under torchrun)."""
+        if not is_main():
+            return
         from rich.console import Console
         from rich.table import Table
 
@@ -126,8 +130,12 @@ class Session:
         self.method.end_epoch(epoch)
 
     def finish(self) -> PruneResult:
-        """Decide the plan, remove the method's instrumentation, and slim the model."""
-        plan = self.method.plan()
+        """Decide the plan, remove the method's instrumentation, and slim the model.
+
+        Under torchrun every rank computes the plan (methods may synchronize on the way) and rank 0's
+        is the one every rank slims to: one decision, the same model everywhere.
+        """
+        plan = broadcast_object(self.method.plan())
         self.method.detach()
         small, planned_on = self.method.build(plan), self.method.planned_on()
         report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)

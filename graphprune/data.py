@@ -2,6 +2,11 @@
 
 Nothing here downloads. Loaders yield (images, labels) batches; CIFAR training batches get the
 standard augmentation (4-pixel padded random crop, horizontal flip) and per-channel normalization.
+
+Under a process group (``torchrun``) the training loaders are sharded by a ``DistributedSampler``:
+``batch_size`` stays the *global* batch, each rank loads its 1/world share of every batch, so
+steps per epoch, and with them the schedules the methods place their searches in, do not change
+with the number of ranks. Validation loaders are not sharded: every rank evaluates the whole set.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from .distributed import is_distributed, rank, world_size
 from .errors import GraphPruneError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -73,11 +79,27 @@ def cifar10(root: str | Path, batch_size: int = 128, val_fraction: float = 0.1, 
     return _loaders(x, np.asarray(ds.targets), train, val, batch_size, seed, augment)
 
 
+def loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0, num_workers: int = 0,
+           distributed: bool | None = None) -> DataLoader:
+    """A training loader of global batches of ``batch_size``, seeded; sharded over the ranks when
+    ``distributed`` (None: whenever a process group is initialized). ``fit`` moves a sharded
+    loader's ``DistributedSampler`` to a new epoch after each pass."""
+    if distributed is None:
+        distributed = is_distributed()
+    if not distributed:
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size, shuffle=shuffle, generator=g, num_workers=num_workers)
+    if batch_size % world_size():
+        raise GraphPruneError(f"a global batch of {batch_size} does not split over {world_size()} ranks: "
+                              f"give a batch_size divisible by {world_size()}")
+    sampler = DistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size // world_size(), sampler=sampler, num_workers=num_workers)
+
+
 def _loaders(x, y, train, val, batch_size, seed, augment) -> tuple[DataLoader, DataLoader]:
-    g = torch.Generator().manual_seed(seed)
-    train_ds = AugmentedImages(x[train], y[train], augment, seed)
+    train_ds = AugmentedImages(x[train], y[train], augment, seed + rank())  # augmentation draws differ per rank
     val_ds = AugmentedImages(x[val], y[val], False)
-    return DataLoader(train_ds, batch_size, shuffle=True, generator=g), DataLoader(val_ds, 512)
+    return loader(train_ds, batch_size, seed=seed), DataLoader(val_ds, 512)
 
 
 def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> tuple[DataLoader, DataLoader]:
@@ -90,28 +112,30 @@ def digits(batch_size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> tu
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target)
     train, val = _split(len(y), val_fraction, seed)
-    g = torch.Generator().manual_seed(seed)
-    return (DataLoader(TensorDataset(x[train], y[train]), batch_size, shuffle=True, generator=g),
-            DataLoader(TensorDataset(x[val], y[val]), 512))
+    return loader(TensorDataset(x[train], y[train]), batch_size, seed=seed), DataLoader(TensorDataset(x[val], y[val]), 512)
 
 
-def hold_out(loader: Iterable, fraction: float, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+def hold_out(train: Iterable, fraction: float, seed: int = 0) -> tuple[DataLoader, DataLoader]:
     """Split a training DataLoader's dataset, seeded: (the rest for the weights, ``fraction`` held out).
 
-    Both loaders keep the batch size and shuffle; DSA allocates on the held-out part (the paper's
-    10% of the training data), and ``apply`` trains the slim model on the whole loader again.
+    Both loaders keep the batch size and shuffle (and the sharding over ranks of a loader with a
+    ``DistributedSampler``); DSA allocates on the held-out part (the paper's 10% of the training
+    data), and ``apply`` trains the slim model on the whole loader again.
     """
-    if not isinstance(loader, DataLoader):
+    if not isinstance(train, DataLoader):
         raise GraphPruneError(
-            f"cannot hold out {fraction:.0%} of train_data for the search: it is a {type(loader).__name__}, not a "
+            f"cannot hold out {fraction:.0%} of train_data for the search: it is a {type(train).__name__}, not a "
             "torch DataLoader. Pass val_data= (batches the search may use) or train_data as a DataLoader."
         )
-    n = len(loader.dataset)
+    n = len(train.dataset)
     cut = int(round(n * fraction))
     if not 0 < cut < n:
         raise GraphPruneError(f"holding out {fraction:.0%} of {n} training samples leaves an empty part: pass val_data=")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000)).tolist()
+    kept, held = Subset(train.dataset, order[cut:]), Subset(train.dataset, order[:cut])
+    if isinstance(train.sampler, DistributedSampler):
+        batch = train.batch_size * world_size()
+        return tuple(loader(part, batch, seed=seed, num_workers=train.num_workers, distributed=True) for part in (kept, held))
     g = torch.Generator().manual_seed(seed)
-    kept, held = Subset(loader.dataset, order[cut:]), Subset(loader.dataset, order[:cut])
-    return (DataLoader(kept, loader.batch_size, shuffle=True, generator=g, num_workers=loader.num_workers),
-            DataLoader(held, loader.batch_size, shuffle=True, generator=g, num_workers=loader.num_workers))
+    return (DataLoader(kept, train.batch_size, shuffle=True, generator=g, num_workers=train.num_workers),
+            DataLoader(held, train.batch_size, shuffle=True, generator=g, num_workers=train.num_workers))

@@ -77,7 +77,7 @@ def default_device() -> torch.device:
 def _collective(what: str) -> Iterator[None]:
     try:
         yield
-    except (RuntimeError, ValueError) as exc:  # DistBackendError and gloo/nccl timeouts are RuntimeErrors
+    except RuntimeError as exc:  # DistBackendError, gloo and nccl timeouts
         raise DistributedError(
             f"rank {rank()} of {world_size()}: {what} failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
             "Another rank most likely failed or is stuck: look for its traceback above. If the ranks are only slow, "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from .distributed import main_only
 from .errors import ExportError, GuardError
 from .trace import guard
 
@@ -154,6 +155,7 @@ def _export(model, inputs: tuple, path: str, exporter: str, opset: int | None, d
     return "dynamo"
 
 
+@main_only
 def export_onnx(
     model: torch.nn.Module,
     path: str,
@@ -163,13 +165,14 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "auto",
     tolerance: float = 1e-4,
-) -> ExportReport:
+) -> ExportReport | None:
     """Export ``model`` to ONNX and check onnxruntime reproduces PyTorch's outputs.
 
     ``exporter``: "auto" (TorchScript exporter, falling back to torch.export), "torchscript" or
     "dynamo". ``tolerance``: allowed max |onnx - torch| relative to the largest output magnitude.
     With ``dynamic_batch`` the check also runs a batch twice as large as the example. Non-tensor
     example inputs are baked into the graph: the ONNX model takes the tensor inputs only.
+    Under torchrun only rank 0 exports (and checks); the other ranks get None.
     """
     import onnx
     import onnxruntime as ort

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from .distributed import main_only  # figures are written on rank 0 only under torchrun
 
+
+@main_only
 def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float], target: float | None = None, title: str = "",
                 sensitivity: Mapping[str, float] | None = None) -> None:
     """PNG: ``trajectory`` (cost per search step, % of the full model) beside ``kept`` ({layer: kept
@@ -36,6 +39,7 @@ def plot_search(path: str, trajectory: Sequence[float], kept: Mapping[str, float
     plt.close(fig)
 
 
+@main_only
 def plot_widths(path: str, percentages: Mapping[str, float], title: str = "") -> None:
     """PNG: ``percentages`` ({layer: output channels as % of the original layer's}, in network order)
     as bars, with the original width at 100% (LW-DNA's Fig. 5/8: layers may end above it)."""
