@@ -46,6 +46,10 @@ tolerance, target]; otherwise it moves the cut along the global |latent| ranking
 by the same threshold, the mask is one global threshold), so the plan meets the budget exactly.
 ``detach`` removes the hypernetworks leaving the generated weights in place; the slim pass then
 keeps the planned channels.
+
+Under torchrun the hypernetworks and latents are parameters, so DDP keeps them identical on every
+rank and the proximal step, a function of them, is identical too; whether the search stops is rank
+0's decision (``graphprune.distributed.agree``), so no rank stops a step early on a rounding tie.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import numpy as np
 import torch
 
 from graphprune.allocate import Allocation, allocate_by_score, check_reachable
+from graphprune.distributed import agree
 from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
@@ -225,7 +230,7 @@ class DHPPass(ScheduledSearch):
         _, self.kept_counts = self._masked(scores)
         cost = self.gg.budget.exact(self.budget.metric, self.kept_counts)
         self.trajectory.append(100 * cost / self._full)
-        if cost <= self._target + self.tolerance * self._full:
+        if agree(cost <= self._target + self.tolerance * self._full):  # rank 0 decides when the search stops
             self.result = scores
 
     # ------------------------------------------------------------- the plan

@@ -43,6 +43,10 @@ Grouped and depthwise convolutions: one pair of factors per convolution group (t
 diagonal over groups, since each group's weights see only their own inputs); a depthwise conv
 has g = C groups of a (k² + 1)-square A and a 1 × 1 S.
 
+Under torchrun each rank estimates the step's factors on its own batch and ``commit`` averages the
+estimates over the ranks before they enter the moving averages, so every rank holds the factors of
+the global batch (the sampled labels are drawn independently on each rank).
+
 Statistics are only collected while ``collecting`` is set (and, with ``train_only``, the model is in
 training mode) in forward passes with gradients enabled: evaluation passes change nothing.
 """
@@ -57,6 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from graphprune.distributed import all_reduce_mean, rank, world_size
 from graphprune.errors import GraphPruneError
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # what K-FAC factors; everything else gets a diagonal Fisher
@@ -433,7 +438,7 @@ class KFAC:
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed + rank())  # independent draws per rank
         return self._generators[device]
 
     # ------------------------------------------------------------- statistics
@@ -441,7 +446,7 @@ class KFAC:
         """Empirical Fisher: fold in the step's statistics once the training's backward ran."""
         if self.fisher != "empirical":
             return
-        n = self._batch
+        n = self._batch * world_size()  # under DDP the gradient is already the mean over every rank's batch
         for key in self.diagonal_names:
             t = getattr(self.model.get_submodule(key[0]), key[1])
             if isinstance(t, torch.Tensor) and t.grad is not None and any(p.count for p in self._pending_a.values()):
@@ -449,17 +454,18 @@ class KFAC:
         self.commit()
 
     def commit(self) -> None:
-        """Fold the pending batch estimates into the moving averages."""
+        """Fold the pending batch estimates, averaged over the ranks, into the moving averages."""
         committed = False
         for name in self.layers:
             for factor, pending in ((self.a[name], self._pending_a[name]), (self.s[name], self._pending_s[name])):
                 value = pending.take()
                 if value is not None:
-                    factor.update(value, self.decay)
+                    factor.update(all_reduce_mean(value), self.decay)
                     committed = True
         for key in self.diagonal_names:
             value = self._pending_diag[key].take()
             if value is not None:
+                value = all_reduce_mean(value)
                 old = self.diag.get(key)
                 self.diag[key] = value.clone() if old is None or old.device != value.device else old.mul_(self.decay).add_(value, alpha=1 - self.decay)
         self.updates += int(committed)

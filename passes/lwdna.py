@@ -23,7 +23,8 @@ matches or beats the hand-designed uniform widths, and one mini-batch finds it. 
 The budget is relative to the **original** model by default (``budget=1.0``: the original's MACs);
 ``relative_to="widened"`` makes it relative to the widened one. Without ``train_data`` (the CLI),
 the batch is the example inputs and the labels are drawn from the model's own predictive
-distribution (classification outputs only).
+distribution (classification outputs only). Under torchrun the latents' gradient (and, for the
+magnitude criterion, every gradient of the two SGD steps) is averaged over the ranks' batches.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from graphprune.allocate import Allocation, allocate_by_score, check_reachable, floor_of
 from graphprune.budget_target import Budget
+from graphprune.distributed import all_reduce_gradients
 from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
@@ -116,11 +118,13 @@ class LWDNAPass(MethodPass):
             latents.grad = None
             for x, y in self._batches(self.batches):
                 self._loss(model, x, y).backward()
+            all_reduce_gradients([latents])  # under torchrun: the gradient of every rank's batches
             return self.latents.per_group(latents.grad.abs())
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         for x, y in self._batches(2):
             optimizer.zero_grad()
             self._loss(model, x, y).backward()
+            all_reduce_gradients(model.parameters())
             optimizer.step()
         return self.latents.per_group(latents.abs())
 

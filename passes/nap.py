@@ -68,6 +68,10 @@ pruning completes on its own: ``rounds`` (10) rounds of statistics from ``train_
 from the example inputs with labels sampled from the model's own predictions (8 samples per input),
 each followed by an iteration with p raised so the rounds suffice; OBS updates, no fine-tuning.
 
+Under torchrun the K-FAC statistics are averaged over the ranks (``kfac.py``), each iteration's
+importances are rank 0's and the OBS-updated weights are broadcast from rank 0, so every rank
+removes the same channels and keeps the same weights.
+
 Cost. In the window, each step adds the K-FAC updates and, for the true Fisher, one backward of the
 sampled loss (no weight gradients are kept); each iteration inverts every factor in float64.
 Memory: the factors (``factor_bytes()``; torchvision ResNet-50, 10 classes: 583 MiB in float32,
@@ -94,6 +98,7 @@ import torch
 import torch.nn as nn
 
 from graphprune.allocate import Allocation, allocate_by_score, check_reachable
+from graphprune.distributed import broadcast_module, broadcast_object, is_main
 from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
@@ -431,11 +436,12 @@ class NAPPass(ScheduledSearch):
             removed, final, fraction = self._iterate_weights(inverses, final, slots, fraction)
             self._last_scores = sum(int(self._layer_mask(n)[..., : self._weight_cols(n)].sum()) for n in self.layers)
         else:
-            scores = self.channel_importance(inverses)
+            scores = broadcast_object(self.channel_importance(inverses))  # rank 0 decides what goes
             if slots is not None:
                 fraction = self._fit_fraction(scores, slots)
             removed, final = self._iterate_channels(scores, inverses, final, fraction)
             self._last_scores = {gid: np.where(self.alive[gid], s, -np.inf) for gid, s in scores.items()}
+        broadcast_module(self.model)  # the OBS-updated weights, rank 0's on every rank
         record = Iteration(self.step, removed, fraction, self.cost(), loss, final)
         self.iterations.append(record)
         self.done = final
@@ -553,7 +559,7 @@ class NAPPass(ScheduledSearch):
         set_weight_matrix(module, w * after)
 
     def _iterate_weights(self, inverses, final: bool, slots: int | None, fraction: float) -> tuple[int, bool, float]:
-        importances = {name: self.layer_importance(name, inverses[name]) for name in self.layers}
+        importances = broadcast_object({name: self.layer_importance(name, inverses[name]) for name in self.layers})
         values, owners = [], []
         for k, name in enumerate(self.layers):
             dl = importances[name][..., : self._weight_cols(name)]
@@ -754,9 +760,11 @@ def _unique(items: Iterable) -> list:
 
 
 def _console():
+    """The console for NAP's progress lines: rank 0's only under torchrun."""
     from rich import get_console
+    from rich.console import Console
 
-    return get_console()
+    return get_console() if is_main() else Console(quiet=True)
 
 
 __all__ = ["NAPPass", "Iteration", "obs_structured", "obs_weights"]

@@ -142,6 +142,7 @@ class Reparameterization:
             hyper = HyperNetwork(module.weight.shape, fan_in(module), self.embedding, self.generator)
             generated = GeneratedWeight(hyper, self.bank, *self.indices[name]).to(module.weight.device, module.weight.dtype)
             parametrize.register_parametrization(module, "weight", generated)
+            module.parametrizations.weight.original.requires_grad_(False)  # empty and unused: DDP would wait for its gradient
 
     def detach(self) -> None:
         """Remove the hypernetworks; each layer keeps the weight they generate now."""
@@ -149,6 +150,7 @@ class Reparameterization:
             module = self.model.get_submodule(name)
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+                module.weight.requires_grad_(True)
 
     def on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``searched`` and ``vector`` on the bank's device (fit moves the model after attach)."""
