@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import graphprune
+from graphprune import distributed
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 CASES = ["l1", "dsa", "dhp", "lwdna", "nap"]
 DETERMINISTIC = ["l1", "dhp", "lwdna", "nap"]  # dsa: BatchNorm statistics per rank differ from the global batch's
@@ -72,6 +75,15 @@ def test_matches_one_process(runs, case):
     assert rank0["plan"] == single["plan"]
     _close(rank0["state"], single["state"], 1e-4)
     _close(rank0["weights"], single["weights"], 1e-4)
+
+
+def test_without_a_process_group_the_errors_say_how_to_launch(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(graphprune.DistributedError, match="torchrun"):
+        distributed.init()
+    with pytest.raises(graphprune.DistributedError, match="torchrun"):
+        graphprune.fit(torch.nn.Linear(2, 2), [(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))],
+                       torch.nn.functional.cross_entropy, 1, distributed=True, progress=False)
 
 
 def test_a_missing_rank_fails_with_a_clear_error(tmp_path):
