@@ -258,14 +258,17 @@ class ShapeOnlyRuns:
     applies only where its preconditions are checked; otherwise the node runs for real.
     """
 
-    def __init__(self, gm: fx.GraphModule, flops: NodeFlops):
+    def __init__(self, gm: fx.GraphModule, flops: NodeFlops, count: bool = True):
+        """``count``: contractions report their FLOPs (a check of shapes alone needs none)."""
         self._flops = flops
+        self._count = count
         self._modules = flops._modules
         self.closed: set[fx.Node] = set()  # nodes whose value only reaches shape-only ops
         self.tainted: set[fx.Node] = set()  # nodes whose value is a stand-in (or computed from one)
         self._cache: dict[Any, tuple[tuple[int, ...], torch.dtype, tuple[int, ...], int]] = {}
         self._kind: dict[fx.Node, str | None] = {}  # the stand-in each closed node may get
         self._module_keys: dict[int, Any] = {}
+        self._unhooked: dict[str, bool] = {}  # per module: no hooks, plain parameters and buffers
         if not flops._skip_modules:
             return
         closed: dict[fx.Node, bool] = {}  # the node's value only reaches shape-only ops
@@ -278,20 +281,22 @@ class ShapeOnlyRuns:
                 self._kind[n] = self._classify(n)
 
     # ---------------------------------------------------------------- classification
-    def _module_ok(self, m: Any, types: frozenset) -> bool:
-        return (
-            type(m) in types
-            and not any(getattr(m, h, None) for h in _MODULE_HOOKS)
-            and all(type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
-        )
+    def _module_ok(self, n: fx.Node, types: frozenset) -> bool:
+        """Whether ``n`` calls a module of one of ``types`` with no hooks and plain tensors."""
+        m = self._modules.get(n.target)
+        if type(m) not in types:
+            return False
+        if n.target not in self._unhooked:
+            self._unhooked[n.target] = not any(getattr(m, h, None) for h in _MODULE_HOOKS) and all(
+                type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
+        return self._unhooked[n.target]
 
     def _shape_only(self, n: fx.Node) -> bool:
         """Whether ``n`` never looks at its inputs' values to decide its output's shape."""
         if n.op == "output":
             return True
         if n.op == "call_module":
-            m = self._modules.get(n.target)
-            return self._module_ok(m, FREE_MODULES) or self._module_ok(m, CONTRACTION_MODULES)
+            return self._module_ok(n, FREE_MODULES) or self._module_ok(n, CONTRACTION_MODULES)
         if n.op == "call_function":
             return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or _qualified(n.target) in SHAPE_ONLY_NAMED
         if n.op == "call_method":
@@ -300,11 +305,7 @@ class ShapeOnlyRuns:
 
     def _classify(self, n: fx.Node) -> str | None:
         if n.op == "call_module":
-            m = self._modules.get(n.target)
-            for kind, types in (("alias", SAME_AS_INPUT_MODULES | {nn.Identity}), ("norm", _NORMS), ("contraction", CONTRACTION_MODULES), ("pool", POOL_MODULES)):
-                if self._module_ok(m, types):
-                    return kind
-            return None
+            return next((kind for kind, types in _MODULE_KINDS if self._module_ok(n, types)), None)
         if (n.op == "call_function" and n.target in BINARY_FUNCTIONS) or (n.op == "call_method" and n.target in BINARY_METHODS):
             return "binary"
         if (n.op == "call_function" and n.target in CONTRACTION_FUNCTIONS) or (n.op == "call_method" and n.target in CONTRACTION_METHODS):
@@ -339,12 +340,12 @@ class ShapeOnlyRuns:
         tensors = _tensors((args, kwargs))
         if not tensors or not all(type(t) in _PLAIN_TENSORS for t in tensors):
             return None
-        done = self._stand_in(n, kind, args, kwargs)
+        done = self._stand_in(n, kind, args, kwargs, tensors)
         if done is not None:
             self.tainted.add(n)
         return done
 
-    def _stand_in(self, n: fx.Node, kind: str, args: tuple, kwargs: dict) -> tuple[Any, int] | None:
+    def _stand_in(self, n: fx.Node, kind: str, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> tuple[Any, int] | None:
         m = self._modules[n.target] if n.op == "call_module" else None
         if kind == "alias":
             return self._alias(n, 0, _same_as_input(m, args, kwargs))
@@ -354,9 +355,9 @@ class ShapeOnlyRuns:
             found = _binary(args, kwargs)
             return None if found is None else self._alias(n, found[0], (args[found[0]], 0))
         if kind == "contraction":
-            return self._meta(n, m, args, kwargs, count=True)
+            return self._meta(n, m, args, kwargs, tensors, count=self._count)
         if kind == "pool" and len(args) == 1 and not kwargs:
-            return self._meta(n, m, args, kwargs, count=False, worth=args[0].numel() >= SUBSTITUTE_ELEMENTS)
+            return self._meta(n, m, args, kwargs, tensors, count=False, worth=args[0].numel() >= SUBSTITUTE_ELEMENTS)
         return None
 
     def restart(self, n: fx.Node, exc: Exception) -> Restart:
@@ -370,11 +371,12 @@ class ShapeOnlyRuns:
             return None
         return done
 
-    def _meta(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool, worth: bool = True) -> tuple[Any, int] | None:
+    def _meta(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor], count: bool,
+              worth: bool = True) -> tuple[Any, int] | None:
         """Run ``n`` on meta tensors (under FlopCounterMode's dispatch mode if ``count``): zeros of
         its output's shape, dtype and strides, and its FLOPs. Cached per configuration; a miss
-        that is not ``worth`` a meta run (a small op computes faster) runs for real."""
-        tensors = _tensors((args, kwargs))
+        that is not ``worth`` a meta run (a small op computes faster) runs for real. ``tensors``:
+        those in ``args`` and ``kwargs``."""
         if any(t.numel() == 0 for t in tensors):  # meta kernels accept some empty inputs CPU ones reject
             return None
         devices = {t.device for t in tensors}
@@ -461,7 +463,7 @@ class ShapeOnlyRuns:
         try:
             out = m._conv_forward(x, weight, bias)  # their forward, verbatim
             aten_args = (x, weight, bias, list(m.stride), m.padding, list(m.dilation), False, [0] * (weight.ndim - 2), m.groups)
-            flops = int(formula(*aten_args, out_val=out))
+            flops = int(_call_formula(formula, aten_args, out))
         except Exception:  # the real run decides
             return None
         if not isinstance(out, torch.Tensor) or out.device.type != "meta":
@@ -470,6 +472,23 @@ class ShapeOnlyRuns:
 
 
 _CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
+
+try:
+    from torch.utils.flop_counter import shape_wrapper
+
+    _SHAPE_WRAPPER_CODE = shape_wrapper(lambda: 0).__code__
+except ImportError:  # pragma: no cover - another torch: formulas are called as they are
+    _SHAPE_WRAPPER_CODE = None
+
+
+def _call_formula(formula: Callable, args: tuple, out: torch.Tensor) -> int:
+    """``formula(*args, out_val=out)``, as FlopCounterMode calls it, for flat ``args``. A formula
+    registered through ``shape_wrapper`` only maps each tensor to its shape first, with a pytree
+    walk that costs 20 times the formula: the function it wraps gets the shapes directly."""
+    raw = getattr(formula, "__wrapped__", None)
+    if raw is None or _SHAPE_WRAPPER_CODE is None or getattr(formula, "__code__", None) is not _SHAPE_WRAPPER_CODE:
+        return formula(*args, out_val=out)
+    return raw(*(a.shape if isinstance(a, torch.Tensor) else a for a in args), out_shape=out.shape)
 
 
 def _zeros(shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -495,6 +514,7 @@ def _conv_checks(weight: Any, bias: Any, groups: Any) -> bool:
 
 
 _NORMS: frozenset[type] = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm})
+_MODULE_KINDS = (("alias", SAME_AS_INPUT_MODULES | {nn.Identity}), ("norm", _NORMS), ("contraction", CONTRACTION_MODULES), ("pool", POOL_MODULES))
 
 
 def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:

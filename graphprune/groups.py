@@ -257,7 +257,9 @@ def _signature_groups(channel: np.ndarray, maps: list[np.ndarray], n_channels: i
     """
     if n_channels == 0:
         return np.zeros(0, dtype=np.int64)
-    # maps holding the same channel sequence give every channel the same entry: keep one of each
+    # maps holding the same channel sequence give every channel the same entry: keep one of each,
+    # first of each array (most maps share their array with others: a conv's output and its norm's)
+    maps = list({id(m): m for m in maps}.values())
     lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
     per_map = channel[np.concatenate(maps)] if maps else np.zeros(0, dtype=np.int64)
     distinct: dict[bytes, np.ndarray] = {}

@@ -154,7 +154,7 @@ class _ShapeCheck(fx.Interpreter):
         self.resizer = resizer
         self.old = {n.name: n for n in resizer.gg.gm.graph.nodes}
         # shapes as a real run gives them, without computing what only shapes depend on (see flops.py)
-        self._stand_ins = ShapeOnlyRuns(gm, NodeFlops(gm, self.submodules))
+        self._stand_ins = ShapeOnlyRuns(gm, NodeFlops(gm, self.submodules), count=False)
         self._stand_ins = self._stand_ins if self._stand_ins.closed else None
 
     def check(self, inputs: list) -> None:
