@@ -32,7 +32,7 @@ from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph
 from .plan import Plan
-from .trace import TensorSpec
+from .trace import AnalysisGraphModule, TensorSpec
 
 
 class SlimError(GraphPruneError):
@@ -109,7 +109,7 @@ class _Resizer:
                 rewrite(self, old, new_nodes[old.name])
         memo = {id(t): new for t, new in presliced.values()}
         memo[id(self.gg.gm.graph)] = graph
-        gm = _deepcopy(self.gg.gm, memo)
+        gm = _compiled(_deepcopy(self.gg.gm, memo))
         for (module, name), dims in slices.items():
             if (module, name) not in presliced:
                 for dim, index in dims:
@@ -335,6 +335,15 @@ def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
     if isinstance(value, nn.Module):
         return _copy_module(value, memo)
     return copy.deepcopy(value, memo)
+
+
+def _compiled(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the analysis graph (compiled lazily, see trace.py) as a plain GraphModule with its
+    code generated now: the model handed to users scripts, saves and runs like any GraphModule."""
+    if AnalysisGraphModule is not fx.GraphModule and isinstance(gm, AnalysisGraphModule):
+        gm.__class__ = type(fx.GraphModule.__new__(fx.GraphModule))  # the per-instance class fx gives
+        gm.recompile()
+    return gm
 
 
 def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:

@@ -33,6 +33,11 @@ from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .locations import caller_location, user_location
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of
 
+try:  # analysis only interprets its graph: its Python code is generated if it is ever called
+    from torch.fx._lazy_graph_module import _LazyGraphModule as AnalysisGraphModule
+except ImportError:  # pragma: no cover - another torch: compiled when built
+    AnalysisGraphModule = fx.GraphModule
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """Shape and dtype of a tensor an fx node produced on the example inputs."""
@@ -172,7 +177,7 @@ def _trace_with_leaf_fallbacks(
             fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location))
             leaf_names.add(failed)
             continue
-        return fx.GraphModule(tracer.root, graph, type(model).__name__), fallbacks, tracer
+        return AnalysisGraphModule(tracer.root, graph, type(model).__name__), fallbacks, tracer
 
 
 def symbolic_trace(
@@ -569,7 +574,7 @@ def _trace_mode_independent(
         else:
             differing = merge_mode_paths(gm, other, own_modes, reads)
             if differing is None:
-                return fx.GraphModule(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
+                return AnalysisGraphModule(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
             owners = [owner for owner in [owner_of(differing, reads)] if owner]
         if not owners:
             break
