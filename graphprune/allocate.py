@@ -35,7 +35,7 @@ class Allocation:
     """Kept counts of the prunable groups as a function of which low-score channels are removed."""
 
     def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0,
-                 floors: Mapping[int, int] | None = None):
+                 floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None):
         self.gg = gg
         self.groups = [g for g in gg.prunable_groups if g.id in scores]
         self.scores = scores
@@ -46,6 +46,8 @@ class Allocation:
         self.ranked_groups = owner[np.argsort(flat, kind="stable")]
         self.floors = {g.id: max(floor_of(g.size, g.round_to, min_channels, min_ratio), (floors or {}).get(g.id, 0))
                        for g in self.groups}  # ``floors``: per-group minimum counts on top (LW-DNA's Eq. 11)
+        # ``ceilings``: per-group maximum counts (NAP: channels already zeroed for good never come back)
+        self.ceilings = {g.id: (ceilings or {}).get(g.id, g.size) for g in self.groups}
 
     def dropped(self, removed: int) -> dict[int, int]:
         """Channels dropped per group when the ``removed`` lowest-ranked channels go."""
@@ -56,8 +58,8 @@ class Allocation:
         return {g.id: self.kept_one(g, dropped[g.id]) for g in self.groups}
 
     def kept_one(self, g, dropped: int) -> int:
-        """Kept count of group ``g`` with ``dropped`` of its channels removed (floors and rounding applied)."""
-        return max(self.floors[g.id], round_up(g.size - dropped, g.round_to, g.size))
+        """Kept count of group ``g`` with ``dropped`` of its channels removed (floors, ceilings and rounding applied)."""
+        return min(self.ceilings[g.id], max(self.floors[g.id], round_up(g.size - dropped, g.round_to, g.size)))
 
     def counts(self, removed: int) -> dict[int, int]:
         return self.kept(self.dropped(removed))
@@ -83,9 +85,9 @@ def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]
 
 
 def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Budget, min_channels: int = 1, min_ratio: float = 0.0,
-                      floors: Mapping[int, int] | None = None) -> Plan:
+                      floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None) -> Plan:
     """Remove the globally lowest-scoring channels until ``budget`` is met (as few as possible)."""
-    alloc = Allocation(gg, scores, min_channels, min_ratio, floors)
+    alloc = Allocation(gg, scores, min_channels, min_ratio, floors, ceilings)
     total = len(alloc.ranked_groups)
     target = check_reachable(gg, budget, alloc.counts(total))
     lo, hi = 0, total  # cost falls as more channels are removed: find the fewest removals that fit

@@ -479,18 +479,13 @@ class NAPPass(ScheduledSearch):
         return sum(len(v) for v in removal.values()), final
 
     def _final_keep(self, scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
-        """What the budget needs exactly: ``allocate_by_score`` on the importances, without the channels
-        removed before (zero for good: a plan that gave one back would spend budget on a dead channel),
-        then the channels it removed now given back, most important first, while the budget allows."""
-        plan = allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio)
-        alive = {gid: set(np.flatnonzero(self.alive[gid]).tolist()) for gid in self.group_ids}
-        keep = {gid: sorted(set(plan.keep.get(gid, range(self.gg.groups[gid].size))) & alive[gid]) for gid in self.group_ids}
-        candidates = sorted(((float(scores[gid][c]), gid, c) for gid in self.group_ids if self.gg.groups[gid].round_to == 1
-                             for c in alive[gid] - set(keep[gid])), reverse=True)
-        for _, gid, c in candidates:
-            trial = {**{g: len(k) for g, k in keep.items()}, gid: len(keep[gid]) + 1}
-            if self.gg.budget.exact(self.metric, trial) <= self._target:
-                keep[gid] = sorted(keep[gid] + [c])
+        """What the budget needs exactly: ``allocate_by_score`` on the importances, the channels removed
+        before scored lowest and capped out (zero for good: a plan that gave one back would spend budget
+        on a dead channel)."""
+        live = {gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids}
+        ceilings = {gid: int(self.alive[gid].sum()) for gid in self.group_ids}
+        plan = allocate_by_score(self.gg, live, self.budget, self.min_channels, self.min_ratio, ceilings=ceilings)
+        keep = {gid: list(plan.keep.get(gid, range(self.gg.groups[gid].size))) for gid in self.group_ids}
         cost = self.gg.budget.exact(self.metric, {g: len(k) for g, k in keep.items()})
         if self._target - cost > 0.005 * self._full:  # a coarse channel overshot: fill the cut with finer ones
             filled = self._fill(scores, 0.005 * self._full)

@@ -3,6 +3,7 @@
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -57,3 +58,24 @@ def test_third_party_method_through_an_entry_point(tmp_path, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1)).eval()
     result = graphprune.apply(model, "keep_first", 0.9, torch.randn(1, 3, 4, 4))
     assert result.model.get_submodule("0").out_channels == 1
+
+
+def test_ceilings_cap_what_the_give_back_returns():
+    """NAP's final cut: channels zeroed for good (score -inf, group capped at its live count) never come
+    back, even where the budget would pay for them: here it pays for more than every live channel."""
+    from graphprune.allocate import allocate_by_score
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    gg = graphprune.analyze(model, torch.randn(1, 3, 64, 64))
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.random(g.size) for g in gg.prunable_groups}
+    dead = {gid: np.flatnonzero(rng.random(len(s)) < 0.3) for gid, s in scores.items()}
+    for gid, s in scores.items():
+        s[dead[gid]] = -np.inf
+    live = {gid: sorted(set(range(len(s))) - set(dead[gid].tolist())) for gid, s in scores.items()}
+    budget = graphprune.Budget(macs=0.6)
+    assert gg.budget.macs({gid: len(k) for gid, k in live.items()}) < 0.6 * gg.budget.macs()
+    uncapped = allocate_by_score(gg, scores, budget)
+    assert any(set(uncapped.keep[gid]) & set(dead[gid].tolist()) for gid in scores)  # without the cap, dead ones return
+    capped = allocate_by_score(gg, scores, budget, ceilings={gid: len(k) for gid, k in live.items()})
+    assert {gid: list(capped.keep[gid]) for gid in scores} == live
