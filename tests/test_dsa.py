@@ -57,6 +57,35 @@ def make_pass(model, x, budget, total_steps=100, **options):
     return dsa
 
 
+def test_weight_steps_train_the_allocated_network_and_eq6_samples():
+    """Hard weight masks: each group's round(alpha C) largest BN scales, the same on every draw; Eq. 6's
+    validation passes still sample Bernoulli(p) masks. ``weight_masks="sampled"`` draws for the weight steps too."""
+    model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.weight.data.uniform_(0.1, 2.0)
+    dsa = make_pass(model, x, 0.5)
+    dsa.alpha = torch.linspace(0.2, 0.9, len(dsa.group_ids), dtype=torch.float64)
+    dsa.beta2 = 1.0
+    b = dsa.importance()
+    dsa._stale = True
+    first = {gid: m.clone() for gid, m in dsa.current_masks().items()}
+    for alpha, gid in zip(dsa.alpha.tolist(), dsa.group_ids):
+        k = round(alpha * len(b[gid]))
+        assert int(first[gid].sum()) == k
+        assert set(torch.nonzero(first[gid]).flatten().tolist()) == set(torch.topk(b[gid], k).indices.tolist())
+    dsa._stale = True
+    assert all(torch.equal(first[gid], m) for gid, m in dsa.current_masks().items())
+    dsa.loss_gradient()
+    assert any(not torch.equal(first[gid], m.detach()) for gid, m in dsa.masks.items())  # Eq. 6 drew its own
+    sampled = make_pass(model, x, 0.5, weight_masks="sampled")
+    sampled.alpha, sampled.beta2, sampled._stale = dsa.alpha.clone(), 1.0, True
+    assert any(int(m.sum()) != int(first[gid].sum()) or not torch.equal(m, first[gid]) for gid, m in sampled.current_masks().items())
+    with pytest.raises(graphprune.GraphPruneError, match="weight_masks is 'sampled' or 'hard'"):
+        make_pass(model, x, 0.5, weight_masks="soft")
+
+
 def test_budget_gradient_matches_autograd_through_sympy():
     model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
     dsa = make_pass(model, x, 0.5)
