@@ -22,12 +22,15 @@ from .base import MethodPass
 def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
     """Per prunable group, each channel's p-norm summed over the group's members."""
     groups = gg.prunable_groups
+    used = [(k, m) for k, g in enumerate(groups) for m in g.members
+            if m.param not in ("running_mean", "running_var")]  # statistics, not weights
     wanted: dict[tuple[str, str], set[int]] = {}  # parameter -> the dims members slice it along
-    for g in groups:
-        for m in g.members:
-            if m.param not in ("running_mean", "running_var"):  # statistics, not weights
-                wanted.setdefault((m.module, m.param), set()).add(m.dim)
-    per_pos: dict[tuple[str, str, int], np.ndarray] = {}  # |w|^p summed over all but one dim, per index
+    for _, m in used:
+        wanted.setdefault((m.module, m.param), set()).add(m.dim)
+    # |w|^p summed over all but one dim, per index, for every (parameter, dim) end to end in one array
+    sums: list[np.ndarray] = []
+    offsets: dict[tuple[str, str, int], int] = {}
+    at = 0
     modules = dict(model.named_modules())
     with torch.no_grad():
         for (module, param), dims in wanted.items():
@@ -35,16 +38,21 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
             t = getattr(owner, param).detach().float()
             powered = t.abs() if p == 1 else t.abs().pow(p)  # x ** 1 is x: the same values either way
             for dim in sorted(dims):
-                per_pos[module, param, dim] = powered.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).numpy()
-    # one np.add.at over every member of every group: per channel, the same additions in the same
-    # order (group by group, member by member) as one call per member, without a call's overhead each
+                sums.append(powered.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).numpy())
+                offsets[module, param, dim] = at
+                at += t.shape[dim]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
-    used = [(start, m) for g, start in zip(groups, starts.tolist()) for m in g.members if m.param not in ("running_mean", "running_var")]
-    total = np.zeros(int(sizes.sum()))
-    if used:
-        channels = np.concatenate([start + m.channels for start, m in used])
-        np.add.at(total, channels, np.concatenate([per_pos[m.module, m.param, m.dim][m.positions] for _, m in used]))
+    if not used:
+        return {g.id: np.zeros(g.size) for g in groups}
+    # one weighted bincount over every member of every group, indexed without a numpy call per
+    # member: per channel, the same float64 additions in the same order (group by group, member by
+    # member) as one np.add.at per member, at a fraction of the cost
+    lengths = np.array([len(m.positions) for _, m in used], dtype=np.int64)
+    index = np.concatenate([m.positions for _, m in used]) + np.repeat(
+        np.array([offsets[m.module, m.param, m.dim] for _, m in used], dtype=np.int64), lengths)
+    channels = np.concatenate([m.channels for _, m in used]) + np.repeat(starts[[k for k, _ in used]], lengths)
+    total = np.bincount(channels, weights=np.concatenate(sums)[index], minlength=int(sizes.sum()))
     return {g.id: total[start : start + g.size] ** (1.0 / p) for g, start in zip(groups, starts.tolist())}
 
 
