@@ -215,10 +215,11 @@ def main() -> None:
 
 def write(results: list[dict], spec: argparse.Namespace, out: Path, minutes: float) -> None:
     done = [row for row in spec.rows if any(r["row"] == row for r in results)]
-    shown = argparse.Namespace(**{**vars(spec), "rows": done})
+    seeds = sorted({r["seed"] for r in results})  # with --merge, the earlier run's seeds too
+    shown = argparse.Namespace(**{**vars(spec), "rows": done, "seeds": seeds})
     command = "python bench/cifar.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in [
         ("model", spec.model), ("rows", ",".join(spec.rows)), ("budget", spec.budget), ("epochs", spec.epochs),
-        ("seeds", ",".join(map(str, spec.seeds)))])
+        ("seeds", ",".join(map(str, seeds)))])
     (out / "results.json").write_text(json.dumps({"command": command, "device": spec.device_name, "results": results,
                                                   "minutes": minutes}, indent=2))
     (out / "results.md").write_text(f"# CIFAR benchmark: {spec.model}\n\nCommand: `{command}`\n\n{summarize(results, shown)}\n")
