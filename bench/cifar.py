@@ -119,15 +119,16 @@ def summarize(results: list[dict], spec: argparse.Namespace) -> str:
         f"Model {spec.model}, MACs budget {spec.budget}, {spec.epochs} epochs per row, seeds {spec.seeds}; "
         f"data: {spec.data_root or spec.data}; device: {spec.device_name}.",
         "",
-        "| row | val accuracy (mean ± std) | MACs ratio | params ratio | s / epoch |",
-        "|---|---|---|---|---|",
+        "| row | val accuracy (mean ± std) | seeds | MACs ratio | params ratio | s / epoch |",
+        "|---|---|---|---|---|---|",
     ]
     for row in spec.rows:
         rs = [r for r in results if r["row"] == row]
         accs = [r["val_accuracy"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(
-            f"| {row} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | {statistics.mean(r['macs_ratio'] for r in rs):.3f} | "
+            f"| {row} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | {','.join(str(r['seed']) for r in rs)} | "
+            f"{statistics.mean(r['macs_ratio'] for r in rs):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in rs):.3f} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.1f} |"
         )
     return "\n".join(lines)
