@@ -13,9 +13,9 @@ keeps each group's round(alpha_k C_k) most important channels, the beta2 -> infi
 paper's masks; ``"sampled"`` draws Bernoulli(p_i) masks for them as the paper does. Eq. 6 always reads
 sampled masks at the current beta2 (on validation batches). Why: while beta2 is small the sampled
 masks are i.i.d. channel dropout at rate 1 - alpha, and a short schedule cannot afford it. ResNet-20 on
-the CIFAR subset at 25% MACs, 30 epochs, seed 0: with sampled masks the training loss stalled at
-1.82-1.77 from epoch 3 to 13 of the search and the slim model ended at 52.2%; with hard masks the loss
-kept falling (1.46 at the end of the search) and it ended at 61.6%.
+the CIFAR subset at 25% MACs, 30 epochs, seed 0 (``bench/dsa_trajectory.py``): with sampled masks the
+training loss stayed between 1.85 and 1.77 from epoch 4 to 13 of the search and the slim model ended
+at 52.2%; with hard masks the loss ended the search at 1.47 and the slim model at 61.6%.
 
 Schedule (``passes/search.py``): plain training for the first ``warmup`` of the steps (7%: the
 paper's 20 of 300 epochs; at initialization every BN scale is 1, so importance would play no part),
