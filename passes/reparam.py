@@ -137,6 +137,7 @@ class Reparameterization:
     def attach(self) -> None:
         first = self.model.get_submodule(self.layers[0]).weight
         self.bank = LatentBank(self.size, self.generator, self.latent_init).to(first.device, first.dtype)
+        self._trainable = {name: self.model.get_submodule(name).weight.requires_grad for name in self.layers}
         for name in self.layers:
             module = self.model.get_submodule(name)
             hyper = HyperNetwork(module.weight.shape, fan_in(module), self.embedding, self.generator)
@@ -150,7 +151,7 @@ class Reparameterization:
             module = self.model.get_submodule(name)
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-                module.weight.requires_grad_(True)
+                module.weight.requires_grad_(self._trainable[name])  # as the user had it
 
     def on_device(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``searched`` and ``vector`` on the bank's device (fit moves the model after attach)."""

@@ -187,6 +187,14 @@ def test_removing_the_hypernetworks_keeps_the_outputs():
     assert sum(p.numel() for p in model.parameters()) == session.gg.budget.params()
 
 
+def test_removing_the_hypernetworks_leaves_frozen_weights_frozen():
+    model, x = build("depthwise")
+    model.get_submodule("a").weight.requires_grad_(False)  # the user froze this layer
+    session = graphprune.prepare(model, "dhp", 0.5, x)
+    session.method.detach()
+    assert [model.get_submodule(n).weight.requires_grad for n in ("a", "dw", "b")] == [False, True, True]
+
+
 def indices(session, layer):
     return session.method.latents.indices[layer]
 
