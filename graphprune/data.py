@@ -133,9 +133,6 @@ def hold_out(train: Iterable, fraction: float, seed: int = 0) -> tuple[DataLoade
         raise GraphPruneError(f"holding out {fraction:.0%} of {n} training samples leaves an empty part: pass val_data=")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000)).tolist()
     kept, held = Subset(train.dataset, order[cut:]), Subset(train.dataset, order[:cut])
-    if isinstance(train.sampler, DistributedSampler):
-        batch = train.batch_size * world_size()
-        return tuple(loader(part, batch, seed=seed, num_workers=train.num_workers, distributed=True) for part in (kept, held))
-    g = torch.Generator().manual_seed(seed)
-    return (DataLoader(kept, train.batch_size, shuffle=True, generator=g, num_workers=train.num_workers),
-            DataLoader(held, train.batch_size, shuffle=True, generator=g, num_workers=train.num_workers))
+    sharded = isinstance(train.sampler, DistributedSampler)
+    batch = train.batch_size * (world_size() if sharded else 1)
+    return tuple(loader(part, batch, seed=seed, num_workers=train.num_workers, distributed=sharded) for part in (kept, held))
