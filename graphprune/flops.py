@@ -385,8 +385,9 @@ class ShapeOnlyRuns:
         if len(devices) != 1:
             return None
         (device,) = devices
-        key = self._config_key(n, m, args, kwargs, count)
-        found = self._cache.get(key) if key is not None else None
+        found = self._conv_by_formula(m, args, kwargs, count) if type(m) in _CONV_MODULES else None
+        key = self._config_key(n, m, args, kwargs, count) if found is None else None
+        found = self._cache.get(key) if key is not None else found
         if found is None:
             if not worth:
                 return None
@@ -425,15 +426,12 @@ class ShapeOnlyRuns:
             weight, bias = meta(getattr(m, "weight", None)), meta(getattr(m, "bias", None))
             if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) and not _conv_checks(weight, bias, m.groups):
                 return None
-            if (
-                count and type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros"
-                and len(margs) == 1 and not mkwargs and margs[0].ndim == weight.ndim
-            ):
-                return self._conv(m, margs[0], weight, bias)
             if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and len(margs) == 1 and not mkwargs:
                 call = lambda: m._conv_forward(margs[0], weight, bias)  # noqa: E731  (their forward, verbatim)
             elif type(m) is nn.Linear and len(margs) == 1 and not mkwargs:
                 call = lambda: F.linear(margs[0], weight, bias)  # noqa: E731
+            elif not any(v is not None for v in (*m._parameters.values(), *m._buffers.values())):  # pools
+                call = lambda: m.forward(*margs, **mkwargs)  # noqa: E731  (no state to swap, no hooks)
             else:
                 state = {k: meta(v) for k, v in (*m._parameters.items(), *m._buffers.items()) if v is not None}
                 call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
@@ -453,24 +451,41 @@ class ShapeOnlyRuns:
             return None
         return tuple(out.shape), out.dtype, tuple(out.stride()), flops
 
-    def _conv(self, m: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        """A batched Conv1d/2d/3d with zero padding dispatches exactly one op FlopCounterMode counts,
-        ``aten.convolution`` on these shapes: its meta kernel gives the output, the mode's formula
-        for that op (called as the mode calls it) the FLOPs, without the mode's dispatch."""
-        formula = self._flops._counter.flop_registry.get(torch.ops.aten.convolution)
-        if formula is None:
+    def _conv_by_formula(self, m: nn.Module, args: tuple, kwargs: dict, count: bool):
+        """A batched float Conv1d/2d/3d with zero padding given as numbers, without a meta run:
+        the output its meta kernel returns (``calc_conv_nd_return_shape``'s shape, contiguous),
+        after the checks that kernel and the CPU one make, and the FLOPs of the one op it
+        dispatches (``aten.convolution``) from the mode's formula, called as the mode calls it.
+        None: the meta run decides."""
+        x, weight, bias = args[0] if len(args) == 1 and not kwargs else None, m.weight, m.bias
+        dims = x.ndim - 2 if isinstance(x, torch.Tensor) else -1
+        if (
+            dims < 1 or not _conv_checks(weight, bias, m.groups) or x.ndim != weight.ndim or m.padding_mode != "zeros"
+            or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype
+            or (bias is not None and bias.dtype != x.dtype) or weight.shape[1] * m.groups != x.shape[1]
+            or not all(type(v) is int for v in (*m.stride, *m.padding, *m.dilation))
+            or not len(m.stride) == len(m.padding) == len(m.dilation) == dims
+        ):
             return None
-        try:
-            out = m._conv_forward(x, weight, bias)  # their forward, verbatim
-            aten_args = (x, weight, bias, list(m.stride), m.padding, list(m.dilation), False, [0] * (weight.ndim - 2), m.groups)
-            flops = int(_call_formula(formula, aten_args, out))
-        except Exception:  # the real run decides
-            return None
-        if not isinstance(out, torch.Tensor) or out.device.type != "meta":
-            return None
-        return tuple(out.shape), out.dtype, tuple(out.stride()), flops
+        shape = [x.shape[0], weight.shape[0]]
+        for size, p, d, k, s in zip(x.shape[2:], m.padding, m.dilation, weight.shape[2:], m.stride):
+            if s < 1 or d < 1 or p < 0 or size + 2 * p < d * (k - 1) + 1:  # the kernel must fit the padded input
+                return None
+            shape.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        flops = 0
+        if count:
+            formula = self._flops._counter.flop_registry.get(torch.ops.aten.convolution)
+            if formula is None:
+                return None
+            aten_args = (x, weight, bias, list(m.stride), list(m.padding), list(m.dilation), False, [0] * dims, m.groups)
+            flops = int(_call_formula(formula, aten_args, torch.Size(shape)))
+        stride = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            stride[i] = stride[i + 1] * max(shape[i + 1], 1)
+        return tuple(shape), x.dtype, tuple(stride), flops
 
 
+_CONV_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
 _CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
 
 try:
@@ -481,14 +496,15 @@ except ImportError:  # pragma: no cover - another torch: formulas are called as 
     _SHAPE_WRAPPER_CODE = None
 
 
-def _call_formula(formula: Callable, args: tuple, out: torch.Tensor) -> int:
-    """``formula(*args, out_val=out)``, as FlopCounterMode calls it, for flat ``args``. A formula
-    registered through ``shape_wrapper`` only maps each tensor to its shape first, with a pytree
-    walk that costs 20 times the formula: the function it wraps gets the shapes directly."""
+def _call_formula(formula: Callable, args: tuple, out_shape: torch.Size) -> int:
+    """``formula(*args, out_val=out)``, as FlopCounterMode calls it, for flat ``args`` and an
+    output of ``out_shape``. A formula registered through ``shape_wrapper`` only maps each tensor to
+    its shape first, with a pytree walk that costs 20 times the formula: the function it wraps
+    gets the shapes directly."""
     raw = getattr(formula, "__wrapped__", None)
     if raw is None or _SHAPE_WRAPPER_CODE is None or getattr(formula, "__code__", None) is not _SHAPE_WRAPPER_CODE:
-        return formula(*args, out_val=out)
-    return raw(*(a.shape if isinstance(a, torch.Tensor) else a for a in args), out_shape=out.shape)
+        return formula(*args, out_val=torch.empty(out_shape, device="meta"))
+    return raw(*(a.shape if isinstance(a, torch.Tensor) else a for a in args), out_shape=out_shape)
 
 
 def _zeros(shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

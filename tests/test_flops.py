@@ -115,7 +115,11 @@ def _broken_groups() -> nn.Module:
     return m
 
 
-@pytest.mark.parametrize("make", [_broken_conv_bias, _broken_bn, _broken_groups])
+def _kernel_too_large() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 11, dilation=2))  # 21 > 10 positions
+
+
+@pytest.mark.parametrize("make", [_broken_conv_bias, _broken_bn, _broken_groups, _kernel_too_large])
 def test_what_the_real_run_rejects_is_still_rejected(make):
     with pytest.raises(ExampleInputError):
         graphprune.analyze(make().eval(), torch.randn(1, 3, 12, 12))
