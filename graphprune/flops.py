@@ -268,6 +268,7 @@ class ShapeOnlyRuns:
         self._cache: dict[Any, tuple[tuple[int, ...], torch.dtype, tuple[int, ...], int]] = {}
         self._kind: dict[fx.Node, str | None] = {}  # the stand-in each closed node may get
         self._module_keys: dict[int, Any] = {}
+        self._zeros = _ZeroBlocks()
         self._unhooked: dict[str, bool] = {}  # per module: no hooks, plain parameters and buffers
         if not flops._skip_modules:
             return
@@ -398,7 +399,7 @@ class ShapeOnlyRuns:
                 self._cache[key] = found
         shape, dtype, stride, flops = found
         self.tainted.add(n)
-        return _zeros(shape, stride, dtype, device), flops
+        return self._zeros.take(shape, stride, dtype, device), flops
 
     def _config_key(self, n: fx.Node, m: Any, args: tuple, kwargs: dict, count: bool) -> Any:
         """Everything a meta run of ``n`` depends on, or None (then it is not cached)."""
@@ -507,14 +508,33 @@ def _call_formula(formula: Callable, args: tuple, out_shape: torch.Size) -> int:
     return raw(*(a.shape if isinstance(a, torch.Tensor) else a for a in args), out_shape=out_shape)
 
 
-def _zeros(shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Zeros of this shape, strides and dtype. On the CPU from ``np.zeros`` (calloc: memory the OS
-    hands out zeroed is not written again): a stand-in's values are never read, so filling it
-    (a parallel kernel, whose pool wakes up for each of the sporadic stand-ins) is wasted work."""
-    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+class _ZeroBlocks:
+    """Zeros of a given shape, strides and dtype for stand-ins, each in memory of its own.
+
+    A stand-in's values are never read, so filling it (a parallel kernel, whose pool wakes up for
+    each of the sporadic stand-ins) is wasted work. On the CPU they are cut from blocks of at least
+    ``BLOCK_BYTES`` made by ``np.zeros`` (calloc): a block that large is mapped fresh from the OS,
+    zeroed pages nothing writes to cost nothing. (One calloc per stand-in costs 20 times more:
+    once large arrays have been freed the heap serves them, and calloc clears reused memory.)
+    """
+
+    BLOCK_BYTES = 64 << 20  # above glibc's largest threshold for mapping an allocation by itself
+    ALIGN = 64  # bytes: each stand-in starts on a cache line, as allocations do
+
+    def __init__(self) -> None:
+        self._blocks: dict[torch.dtype, tuple[torch.Tensor, int]] = {}  # dtype -> (block, elements used)
+
+    def take(self, shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        if device.type != "cpu" or dtype not in _NUMPY_DTYPES:
+            return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
         span = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
-        return torch.from_numpy(np.zeros(span, dtype=_NUMPY_DTYPES[dtype])).as_strided(shape, stride)
-    return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+        align = self.ALIGN // dtype.itemsize
+        need = -(-span // align) * align
+        block, used = self._blocks.get(dtype, (None, 0))
+        if block is None or used + need > block.numel():
+            block, used = torch.from_numpy(np.zeros(max(need, self.BLOCK_BYTES // dtype.itemsize), dtype=_NUMPY_DTYPES[dtype])), 0
+        self._blocks[dtype] = (block, used + need)
+        return block.as_strided(shape, stride, used)
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}

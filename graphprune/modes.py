@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -58,14 +58,27 @@ def mode_flags(root: torch.nn.Module, training: bool | str | None, reads: dict[s
     """Give every module of ``root`` a ModeFlag while tracing: its own mode (None), the other one
     (:data:`FLIPPED`), or ``training`` for all."""
     modes = {name: (m, m.training) for name, m in root.named_modules()}
-    for name, (m, mode) in modes.items():
-        value = mode if training is None else (not mode) if training == FLIPPED else training
-        m.training = ModeFlag(name, value, reads)
+    set_training((m, ModeFlag(name, mode if training is None else (not mode) if training == FLIPPED else training, reads))
+                 for name, (m, mode) in modes.items())
     try:
         yield
     finally:
-        for m, mode in modes.values():
-            m.training = mode
+        set_training(modes.values())
+
+
+def set_training(modes: Iterable[tuple[torch.nn.Module, Any]]) -> None:
+    """``m.training = value`` for each pair. ``nn.Module.__setattr__`` looks ``training`` up among
+    the parameters, submodules and buffers first, which around every trace and run of a model with
+    hundreds of modules adds up to milliseconds; where a module keeps that ``__setattr__``, the
+    attribute goes straight into its ``__dict__``, where it would end up."""
+    for m, value in modes:
+        if type(m).__setattr__ is _MODULE_SETATTR:
+            m.__dict__["training"] = value
+        else:
+            m.training = value
+
+
+_MODULE_SETATTR = torch.nn.Module.__setattr__
 
 
 class ModeGuard(torch.nn.Module):

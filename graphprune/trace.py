@@ -31,7 +31,7 @@ from torch.overrides import handle_torch_function, has_torch_function
 
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .locations import caller_location, user_location
-from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of
+from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
 
 try:  # analysis only interprets its graph: its Python code is generated if it is ever called
     from torch.fx._lazy_graph_module import _LazyGraphModule as AnalysisGraphModule
@@ -593,7 +593,6 @@ def _trace_mode_independent(
     Before this, a model analyzed in training mode kept dropping activations in eval mode after
     slimming.
     """
-    own_modes = {name: m.training for name, m in model.named_modules()}
     mode_leaves: list[Fallback] = []
     while True:
         names = leaves + [f.module for f in mode_leaves]
@@ -605,6 +604,7 @@ def _trace_mode_independent(
         except GraphPruneError:  # the other mode does not trace: every module that branched runs as it is
             owners = [o for o in reads if o and not any(d.startswith(o + ".") for d in reads)]
         else:
+            own_modes = {name: m.training for name, m in model.named_modules()}  # tracing gave them back
             differing = merge_mode_paths(gm, other, own_modes, reads)
             if differing is None:
                 return analysis_graph_module(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
@@ -753,19 +753,18 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
     """
     from .flops import Restart
 
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
+    recorder = _ShapeRecorder(gm)
+    training = [m for m in recorder.submodules.values() if m.training]
+    if training:  # a model in eval mode already needs no train(False) walk
+        gm.eval()
     try:
         try:
-            recorder = _ShapeRecorder(gm)
             recorder.run(*placeholder_values)
         except Restart:  # a node read values a shape-only run left out: run everything for real
             recorder = _ShapeRecorder(gm, substitute=False)
             recorder.run(*placeholder_values)
     finally:
-        for m, mode in modes.items():
-            if mode:  # eval() left every module in eval mode
-                m.training = mode
+        set_training((m, True) for m in training)  # eval() left every module in eval mode
     return recorder.values, recorder.flops
 
 
