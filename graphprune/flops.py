@@ -100,6 +100,10 @@ FREE_FUNCTIONS: frozenset[Callable] = frozenset({
     F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle,
 })
 
+#: functions outside torch that run no contraction and whose output shape needs no values, by
+#: qualified name (their libraries need not be installed)
+FREE_NAMED = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
+
 #: tensor methods that run no contraction
 FREE_METHODS: frozenset[str] = frozenset({
     "size", "dim", "numel", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as",
@@ -171,7 +175,7 @@ class NodeFlops:
             if not all(type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None):
                 return False
         elif n.op == "call_function":
-            if n.target not in FREE_FUNCTIONS:
+            if n.target not in FREE_FUNCTIONS and _qualified(n.target) not in FREE_NAMED:
                 return False
         elif n.op == "call_method":
             if n.target not in FREE_METHODS:
@@ -211,8 +215,6 @@ CONTRACTION_FUNCTIONS: frozenset[Callable] = frozenset({
     torch.matmul, operator.matmul, torch.bmm, torch.mm,
 })
 CONTRACTION_METHODS: frozenset[str] = frozenset({"matmul", "bmm", "mm"})
-#: functions outside torch whose output shape needs no values, by qualified name
-SHAPE_ONLY_NAMED = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
 
 #: pooling modules whose shape-only runs go to meta tensors (no FLOPs: they are free)
 POOL_MODULES: frozenset[type] = frozenset({
@@ -299,7 +301,7 @@ class ShapeOnlyRuns:
         if n.op == "call_module":
             return self._module_ok(n, FREE_MODULES) or self._module_ok(n, CONTRACTION_MODULES)
         if n.op == "call_function":
-            return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or _qualified(n.target) in SHAPE_ONLY_NAMED
+            return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or _qualified(n.target) in FREE_NAMED
         if n.op == "call_method":
             return n.target in FREE_METHODS or n.target in CONTRACTION_METHODS
         return False
@@ -386,7 +388,10 @@ class ShapeOnlyRuns:
         if len(devices) != 1:
             return None
         (device,) = devices
-        found = self._conv_by_formula(m, args, kwargs, count) if type(m) in _CONV_MODULES else None
+        if type(m) in _CONV_MODULES:
+            found = self._conv_by_formula(m, args, kwargs, count)
+        else:
+            found = _adaptive_pool_by_formula(m, args, kwargs) if type(m) in _ADAPTIVE_POOLS else None
         key = self._config_key(n, m, args, kwargs, count) if found is None else None
         found = self._cache.get(key) if key is not None else found
         if found is None:
@@ -480,13 +485,40 @@ class ShapeOnlyRuns:
                 return None
             aten_args = (x, weight, bias, list(m.stride), list(m.padding), list(m.dilation), False, [0] * dims, m.groups)
             flops = int(_call_formula(formula, aten_args, torch.Size(shape)))
-        stride = [1] * len(shape)
-        for i in range(len(shape) - 2, -1, -1):
-            stride[i] = stride[i + 1] * max(shape[i + 1], 1)
-        return tuple(shape), x.dtype, tuple(stride), flops
+        return tuple(shape), x.dtype, _contiguous_strides(shape), flops
 
 
 _CONV_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
+_ADAPTIVE_POOLS = {
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+}
+
+
+def _adaptive_pool_by_formula(m: nn.Module, args: tuple, kwargs: dict):
+    """An adaptive pool of a contiguous float input (no indices returned), without a meta run:
+    the input's leading dims, then the output size (None: the input's size there), contiguous
+    as the CPU kernel makes it for such an input, 0 FLOPs (the 1d pools take no None sizes).
+    None: the meta run decides."""
+    x = args[0] if len(args) == 1 and not kwargs else None
+    dims = _ADAPTIVE_POOLS[type(m)]
+    if (
+        not isinstance(x, torch.Tensor) or x.ndim not in (dims + 1, dims + 2) or x.dtype not in (torch.float32, torch.float64)
+        or not x.is_contiguous() or getattr(m, "return_indices", False)
+    ):
+        return None
+    size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,) * dims
+    if len(size) != dims or not all((s is None and dims > 1) or (type(s) is int and s > 0) for s in size):
+        return None
+    shape = (*x.shape[:-dims], *(x.shape[x.ndim - dims + i] if s is None else s for i, s in enumerate(size)))
+    return shape, x.dtype, _contiguous_strides(shape), 0
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        stride[i] = stride[i + 1] * max(shape[i + 1], 1)
+    return tuple(stride)
 _CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
 
 try:

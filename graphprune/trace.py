@@ -755,8 +755,10 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
 
     recorder = _ShapeRecorder(gm)
     training = [m for m in recorder.submodules.values() if m.training]
-    if training:  # a model in eval mode already needs no train(False) walk
+    if any(type(m).train is not torch.nn.Module.train for m in recorder.submodules.values()):
         gm.eval()
+    else:  # what eval() does, without a Module.__setattr__ per module (fx's path containers are in training mode)
+        set_training((m, False) for m in training)
     try:
         try:
             recorder.run(*placeholder_values)

@@ -137,3 +137,48 @@ def test_model_state_is_untouched():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].device.type == "cpu" for k in before)
     assert not model.training
+
+
+F = importlib.import_module("graphprune.flops")
+
+
+def _real_output(m: nn.Module, x: torch.Tensor, flops: bool):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = m(x)
+    return tuple(out.shape), out.dtype, tuple(out.stride()), int(counter.get_total_flops()) if flops else 0
+
+
+@pytest.mark.parametrize("cls", list(F._ADAPTIVE_POOLS))
+def test_adaptive_pool_formula_is_the_real_output(cls):
+    """Where the formula answers, it is what the CPU kernel gives; where the kernel fails, it does not answer."""
+    dims, answered = F._ADAPTIVE_POOLS[cls], 0
+    for shape in [(1, 8, 7, 9, 5)[: dims + 2], (8, 7, 9, 5)[: dims + 1], (2, 3, 1, 1, 1)[: dims + 2], (1, 8, 7, 9, 5, 3)[: dims + 3]]:
+        for size in [1, 3, 0, (None,) * dims, tuple([2, None, 1][:dims])]:
+            m, x = cls(size), torch.randn(shape)
+            found = F._adaptive_pool_by_formula(m, (x,), {})
+            try:
+                real = _real_output(m, x, flops=False)
+            except (RuntimeError, TypeError, ValueError):
+                real = None
+            assert found is None or found == real, (shape, size)
+            answered += found is not None
+    assert answered >= 6
+
+
+@pytest.mark.parametrize("cls, shape", [(nn.Conv1d, (2, 8, 13)), (nn.Conv2d, (1, 8, 13, 11)), (nn.Conv3d, (1, 8, 5, 7, 6))])
+def test_conv_formula_is_the_real_output(cls, shape):
+    """Where the formula answers, it is the CPU kernel's output and FlopCounterMode's count; where the kernel fails, it does not answer."""
+    gm = fx.symbolic_trace(nn.Identity())
+    runs = F.ShapeOnlyRuns(gm, F.NodeFlops(gm))
+    answered = 0
+    for kernel, stride, padding, dilation, groups in [(3, 1, 1, 1, 1), (3, 2, 0, 1, 4), (2, 3, 2, 2, 2), (5, 1, 0, 3, 8), (1, 1, 0, 1, 1), (9, 1, 0, 2, 1)]:
+        m, x = cls(8, 16, kernel, stride, padding, dilation, groups), torch.randn(shape)
+        found = runs._conv_by_formula(m, (x,), {}, count=True)
+        try:
+            real = _real_output(m, x, flops=True)
+        except RuntimeError:  # the kernel does not fit the padded input
+            real = None
+        assert found == real, (kernel, stride, padding, dilation, groups)
+        answered += found is not None
+    assert answered >= 4
