@@ -143,7 +143,9 @@ class AtomGraph:
         u = np.concatenate([a for a, _ in self._links])
         v = np.concatenate([b for _, b in self._links])
         smallest = smallest_connected(self._next, u, v)
-        return np.unique(smallest, return_inverse=True)[1].astype(np.int64)
+        # each component's smallest atom is the one that is its own smallest: rank those (no sort)
+        first = np.cumsum(smallest == np.arange(self._next, dtype=np.int64)) - 1
+        return first[smallest]
 
 
 def first_reasons(chunks: list[tuple[np.ndarray, str]], key: np.ndarray | None) -> dict[int, str]:

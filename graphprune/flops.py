@@ -390,6 +390,8 @@ class ShapeOnlyRuns:
         (device,) = devices
         if type(m) in _CONV_MODULES:
             found = self._conv_by_formula(m, args, kwargs, count)
+        elif type(m) is nn.Linear:
+            found = self._linear_by_formula(m, args, kwargs, count)
         else:
             found = _adaptive_pool_by_formula(m, args, kwargs) if type(m) in _ADAPTIVE_POOLS else None
         key = self._config_key(n, m, args, kwargs, count) if found is None else None
@@ -486,6 +488,28 @@ class ShapeOnlyRuns:
             aten_args = (x, weight, bias, list(m.stride), list(m.padding), list(m.dilation), False, [0] * dims, m.groups)
             flops = int(_call_formula(formula, aten_args, torch.Size(shape)))
         return tuple(shape), x.dtype, _contiguous_strides(shape), flops
+
+    def _linear_by_formula(self, m: nn.Linear, args: tuple, kwargs: dict, count: bool):
+        """A Linear on a contiguous float input of 2 or more dims, without a meta run: the input's
+        leading dims and ``out_features``, contiguous, after the checks the CPU kernel makes; the
+        FLOPs from the mode's formula for the matrix product it dispatches (addmm or mm, whose
+        formulas agree) on the input folded to 2 dims. None: the meta run decides."""
+        x, weight, bias = args[0] if len(args) == 1 and not kwargs else None, m.weight, m.bias
+        if (
+            not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64)
+            or not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.dtype != x.dtype
+            or x.shape[-1] != weight.shape[1] or (bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (weight.shape[0],)))
+        ):
+            return None
+        shape = (*x.shape[:-1], weight.shape[0])
+        flops = 0
+        if count:
+            formula = self._flops._counter.flop_registry.get(torch.ops.aten.mm)
+            if formula is None:
+                return None
+            folded = x.reshape(-1, x.shape[-1])
+            flops = int(_call_formula(formula, (folded, weight.t()), torch.Size((folded.shape[0], weight.shape[0]))))
+        return shape, x.dtype, _contiguous_strides(shape), flops
 
 
 _CONV_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})

@@ -182,3 +182,20 @@ def test_conv_formula_is_the_real_output(cls, shape):
         assert found == real, (kernel, stride, padding, dilation, groups)
         answered += found is not None
     assert answered >= 4
+
+
+def test_linear_formula_is_the_real_output():
+    """Where the formula answers, it is the CPU kernel's output and FlopCounterMode's count."""
+    gm = fx.symbolic_trace(nn.Identity())
+    runs = F.ShapeOnlyRuns(gm, F.NodeFlops(gm))
+    answered = 0
+    for shape, bias in [((4, 12), True), ((4, 12), False), ((2, 5, 12), True), ((2, 3, 5, 12), True), ((2, 3, 5, 12), False), ((12,), True), ((4, 11), True)]:
+        m, x = nn.Linear(12, 7, bias=bias), torch.randn(shape)
+        found = runs._linear_by_formula(m, (x,), {}, count=True)
+        try:
+            real = _real_output(m, x, flops=True)
+        except RuntimeError:  # the input's last dim is not in_features
+            real = None
+        assert found is None or found == real, (shape, bias)
+        answered += found is not None
+    assert answered == 5
