@@ -67,6 +67,8 @@ class AtomGraph:
 
     def link(self, a: np.ndarray, b: np.ndarray) -> None:
         """Elementwise: a[i] and b[i] are the same channel (constants are skipped)."""
+        if a is b:  # an activation's output and input: nothing to link
+            return
         a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
