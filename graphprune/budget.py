@@ -80,15 +80,18 @@ class BudgetModel:
     # --------------------------------------------------------------- building
     def _linear_forms(self, maps: list[np.ndarray]) -> list[Form]:
         """Kept count of each channel map divided by its full count, linear in the ratios: numerators
-        per monomial (a group's position, or () for the channels that stay) over the full count."""
-        forms = []
-        for labels, counts in zip(maps, self._gg.group_counts_many(maps)):
+        per monomial (a group's position, or () for the channels that stay) over the full count.
+        Maps that are one array (a conv's output channels in its bias and its norm's parameters)
+        share one form."""
+        distinct = list({id(labels): labels for labels in maps}.values())
+        forms: dict[int, Form] = {}
+        for labels, counts in zip(distinct, self._gg.group_counts_many(distinct)):
             form: dict[tuple[int, ...], int] = {}
             for gid, n in counts.items():
                 key = (self._pos[gid],) if gid in self._pos else ()
                 form[key] = form.get(key, 0) + n
-            forms.append((form, len(labels)))
-        return forms
+            forms[id(labels)] = (form, len(labels))
+        return [forms[id(labels)] for labels in maps]
 
     def _macs_poly(self) -> Poly:
         terms = self._gg.mac_terms

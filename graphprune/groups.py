@@ -228,11 +228,13 @@ def build_groups(analysis: Analysis, round_to: int = 1) -> tuple[list[ChannelGro
         owner = np.repeat(np.arange(len(records), dtype=np.int64), lengths)
         pos = np.arange(len(labels), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         gids = atom_group[labels]
-        order = np.argsort(owner * (int(gids.max()) + 1) + gids, kind="stable")  # by record, group, position
-        owner, gids, pos = owner[order], gids[order], pos[order]
-        chans = channel_index[channel[labels[order]]]
+        key = owner * (int(gids.max()) + 1) + gids
+        if np.any(key[1:] < key[:-1]):  # by record, group, position (usually each record is one group already)
+            order = np.argsort(key, kind="stable")
+            owner, gids, pos, labels = owner[order], gids[order], pos[order], labels[order]
+        chans = channel_index[channel[labels]]
         cut = (np.flatnonzero((np.diff(owner) != 0) | (np.diff(gids) != 0)) + 1).tolist()
-        starts, ends = [0, *cut], [*cut, len(order)]
+        starts, ends = [0, *cut], [*cut, len(labels)]
         for lo, hi, o, g in zip(starts, ends, owner[starts].tolist(), gids[starts].tolist()):
             rec = records[o]
             members[g].append(Member(rec.module, rec.param, rec.dim, rec.role, pos[lo:hi], chans[lo:hi]))
