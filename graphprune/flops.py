@@ -460,16 +460,16 @@ class ShapeOnlyRuns:
         return tuple(out.shape), out.dtype, tuple(out.stride()), flops
 
     def _conv_by_formula(self, m: nn.Module, args: tuple, kwargs: dict, count: bool):
-        """A batched float Conv1d/2d/3d with zero padding given as numbers, without a meta run:
-        the output its meta kernel returns (``calc_conv_nd_return_shape``'s shape, contiguous),
-        after the checks that kernel and the CPU one make, and the FLOPs of the one op it
-        dispatches (``aten.convolution``) from the mode's formula, called as the mode calls it.
-        None: the meta run decides."""
+        """A batched Conv1d/2d/3d on a contiguous float input, zero padding given as numbers,
+        without a meta run: the output the CPU kernel makes (``calc_conv_nd_return_shape``'s
+        shape, contiguous), after the checks it makes, and the FLOPs of the one op it dispatches
+        (``aten.convolution``) from the mode's formula, called as the mode calls it. None: the
+        meta run decides."""
         x, weight, bias = args[0] if len(args) == 1 and not kwargs else None, m.weight, m.bias
         dims = x.ndim - 2 if isinstance(x, torch.Tensor) else -1
         if (
             dims < 1 or not _conv_checks(weight, bias, m.groups) or x.ndim != weight.ndim or m.padding_mode != "zeros"
-            or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype
+            or not x.is_contiguous() or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype
             or (bias is not None and bias.dtype != x.dtype) or weight.shape[1] * m.groups != x.shape[1]
             or not all(type(v) is int for v in (*m.stride, *m.padding, *m.dilation))
             or not len(m.stride) == len(m.padding) == len(m.dilation) == dims
@@ -539,10 +539,13 @@ def _adaptive_pool_by_formula(m: nn.Module, args: tuple, kwargs: dict):
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides ``torch.empty(shape)`` has."""
     stride = [1] * len(shape)
     for i in range(len(shape) - 2, -1, -1):
         stride[i] = stride[i + 1] * max(shape[i + 1], 1)
     return tuple(stride)
+
+
 _CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
 
 try:
