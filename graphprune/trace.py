@@ -46,8 +46,11 @@ def analysis_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: st
     chain along its path, an AttributeError for each level it has not made yet: a sixth of the
     time of tracing a CNN. This makes the same module tree (empty containers along each path,
     ``root``'s own module at its end) through the child dicts, and leaves parameters, buffers and
-    other attributes to fx's own copy.
+    other attributes to fx's own copy. Global module registration hooks see every module set, so
+    with any registered fx builds it.
     """
+    if torch.nn.modules.module._global_module_registration_hooks:
+        return AnalysisGraphModule(root, graph, class_name)
     gm = AnalysisGraphModule(root, fx.Graph(tracer_cls=graph._tracer_cls, tracer_extras=graph._tracer_extras), class_name)
     for node in graph.nodes:
         if node.op not in ("call_module", "get_attr"):

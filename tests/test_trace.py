@@ -465,3 +465,34 @@ def test_a_top_level_forward_branching_on_the_mode_keeps_its_eval_path_behind_a_
     assert result.model.eval()(x).shape == (2, 4, 6, 6)
     with pytest.raises(GuardError, match="takes another path in training mode"):
         result.model.train()(x)
+
+
+class _Attrs(nn.Module):
+    """Nested submodules, a submodule called whole and read from, a buffer, a plain tensor attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()))
+        self.head = nn.Linear(4, 2)
+        self.register_buffer("scale", torch.ones(4), persistent=False)
+        self.offset = torch.zeros(2)
+
+    def forward(self, x):
+        y = self.body(x).mean((2, 3)) * self.scale
+        return self.head(y) + self.head.bias * 0 + self.offset
+
+
+def test_analysis_graph_module_is_the_graph_module_fx_builds():
+    from graphprune.trace import AnalysisGraphModule, analysis_graph_module
+
+    model = _Attrs().eval()
+    graph = torch.fx.Tracer().trace(model)
+    ours, theirs = analysis_graph_module(model, graph, "Attrs"), AnalysisGraphModule(model, graph, "Attrs")
+
+    def tree(gm):
+        return ([(k, type(m).__name__) for k, m in gm.named_modules()], [(k, id(t)) for k, t in gm.named_parameters()],
+                [(k, id(t)) for k, t in gm.named_buffers()], list(gm.state_dict()), gm.offset is model.offset)
+
+    assert tree(ours) == tree(theirs) and ours.graph is graph and ours._tracer_cls is theirs._tracer_cls
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(ours(x), model(x))
