@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .channels import ChannelMap
 from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
-from .groups import GroupGraph
+from .groups import GroupGraph, _no_cyclic_gc
 from .plan import Plan
 from .trace import AnalysisGraphModule, TensorSpec
 
@@ -228,13 +228,17 @@ def _target_name(n: fx.Node) -> str:
 
 
 def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
-    """A physically smaller copy of the analyzed model that keeps ``plan``'s channels."""
+    """A physically smaller copy of the analyzed model that keeps ``plan``'s channels.
+
+    Copying the model makes many long-lived objects, as analysis does: the cyclic collector
+    pauses meanwhile (see ``groups._no_cyclic_gc``)."""
     plan.validate(gg)
     keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
-    slimmer = _Resizer(gg, gg.kept_atoms(keep), {g: f"keeps {len(k)} of {gg.groups[g].size}" for g, k in keep.items()})
-    gm = slimmer.run()
-    if verify:
-        slimmer.verify(gm)
+    with _no_cyclic_gc():
+        slimmer = _Resizer(gg, gg.kept_atoms(keep), {g: f"keeps {len(k)} of {gg.groups[g].size}" for g, k in keep.items()})
+        gm = slimmer.run()
+        if verify:
+            slimmer.verify(gm)
     return gm
 
 
