@@ -505,6 +505,11 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
     for use in node.users:
         if reads is None and use.op == "call_function" and use.target is operator.getitem and use.args[0] is node:
             idx = use.args[1]
+            if isinstance(idx, slice) and not any(isinstance(i, fx.Node) for i in (idx.start, idx.stop, idx.step)):
+                kept = list(range(ndim))[idx]  # x.size()[:-1]: still sizes, the channel count in them or not
+                if dim in kept:
+                    yield from _channel_count_sinks(use, None, kept.index(dim), len(kept), is_tensor)
+                continue
             hit = idx % ndim == dim if isinstance(idx, int) else True
             yield from _channel_count_sinks(use, hit, dim, ndim, is_tensor)
         elif use.op == "call_function" and not is_tensor(use) and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):

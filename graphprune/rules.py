@@ -148,6 +148,16 @@ def linear_function(ctx: "Analysis", node: fx.Node) -> None:
     _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 0, 1))
 
 
+@_kind(RuleKind.PRODUCER)
+def addmm_function(ctx: "Analysis", node: fx.Node) -> None:
+    """``torch.addmm(bias, x, weight)`` with an (in, out) weight: Hugging Face's ``Conv1D`` (GPT-2)."""
+    args = ctx.bound_args(node, ("input", "mat1", "mat2"))
+    weight, bias = ctx.param_ref(args.get("mat2")), ctx.param_ref(args.get("input"))
+    if weight is None or bias is None or ctx.spec(args["input"]).ndim != 1 or node.kwargs:
+        return unknown(ctx, node, "it is not a linear layer (bias + x @ weight with both parameters, no beta/alpha)")
+    _linear(ctx, node, args["mat1"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 1, 0))
+
+
 def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots: ParamSlots) -> None:
     last = ctx.spec(x).ndim - 1
     m = ctx.map(x)
@@ -546,7 +556,7 @@ _POOL_FUNCTIONS = (
 
 FUNCTION_RULES: dict[Callable, Rule] = {
     F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
-    F.linear: linear_function,
+    F.linear: linear_function, torch.addmm: addmm_function,
     F.batch_norm: batchnorm_function, F.instance_norm: batchnorm_function,
     F.group_norm: groupnorm_function, F.layer_norm: layernorm_function,
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
