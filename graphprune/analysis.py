@@ -420,7 +420,7 @@ class Analysis:
         for (module, name, dim), rec in self.members.items():
             allowed = self.param_users.get((module, name), set())
             for g in targets.get((module, name), []):
-                stray = [u for u in g.users if u not in allowed]
+                stray = [u for u in g.users if u not in allowed and not _reads_metadata(u)]
                 if stray:
                     self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {self.describe(stray[0])}, which graphprune cannot follow")
 
@@ -471,6 +471,11 @@ def _map_tensors(value: Any, fn) -> Any:
     if isinstance(value, (tuple, list)):
         return tuple(_map_tensors(v, fn) for v in value)
     return None
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    """``p.dtype``, ``p.device``: reads no values and no channel count (ViT's patch embedding casts to its weight's dtype)."""
+    return node.op == "call_function" and node.target is getattr and node.args[1] in ("dtype", "device")
 
 
 def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
