@@ -15,6 +15,17 @@ top-level submodules (splitting the model into separately analyzed submodules wo
 channel at their boundaries), and the slim model stays an ``fx.GraphModule`` like any other.
 Values computed from channel counts only need no guard (no input changes a model's channel
 counts), so they become constants the slim pass rewrites like any literal.
+
+Hugging Face transformers models are captured by this tracer too (transformers 5 no longer ships
+``transformers.utils.fx``; ``torch.export`` would give an aten graph the rule table does not read,
+without the ``nn.Linear``/``nn.LayerNorm`` modules the members name). Three things make them one
+graph: their decorated ``forward(self, *args, **kwargs)`` is called by keyword with the decorated
+function's named parameters as the graph's inputs (:func:`keyword_forward_parameters`); they are
+traced along the example path into submodules as well, since every layer computes shapes in Python
+(head splits, mask creation, attention dispatch), with a guard per value taken from the example
+(ranks and channel counts need none; what is left checks e.g. ``q_length > 1``); and
+``use_cache=False`` is a default concrete arg (a key/value cache is an object a graph cannot
+return). The graph returns the model output's fields as a dict.
 """
 
 from __future__ import annotations
