@@ -95,5 +95,5 @@ def test_llama_with_grouped_query_attention_analyzes_on_the_meta_device():
     assert gg.budget.params() == sum(p.numel() for p in model.parameters()) == (
         2 * v * h + layers * (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) + h)
     assert gg.budget.macs() == layers * (tokens * (2 * h * h + 2 * h * kv + 3 * h * i) + 2 * tokens * seq * h) + tokens * h * v
-    mlp = [g for g in gg.groups if any(m.module.endswith("mlp.gate_proj") for m in g.members)]
+    mlp = [g for g in gg.groups if any(m.module.endswith("mlp.gate_proj") and m.dim == 0 for m in g.members)]
     assert [(g.size, g.prunable, g.inexact) for g in mlp] == [(INTERMEDIATE, True, None)] * layers
