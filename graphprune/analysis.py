@@ -420,7 +420,7 @@ class Analysis:
         for (module, name, dim), rec in self.members.items():
             allowed = self.param_users.get((module, name), set())
             for g in targets.get((module, name), []):
-                stray = [u for u in g.users if u not in allowed]
+                stray = [u for u in g.users if u not in allowed and not _reads_metadata(u)]
                 if stray:
                     self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {self.describe(stray[0])}, which graphprune cannot follow")
 
@@ -473,6 +473,11 @@ def _map_tensors(value: Any, fn) -> Any:
     return None
 
 
+def _reads_metadata(node: fx.Node) -> bool:
+    """``p.dtype``, ``p.device``: reads no values and no channel count (ViT's patch embedding casts to its weight's dtype)."""
+    return node.op == "call_function" and node.target is getattr and node.args[1] in ("dtype", "device")
+
+
 def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
     """True: the value is the channel count (or a product with it); None: a tuple of sizes; False: unrelated."""
     if node.op == "call_function":  # getattr(x, name)
@@ -505,6 +510,11 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
     for use in node.users:
         if reads is None and use.op == "call_function" and use.target is operator.getitem and use.args[0] is node:
             idx = use.args[1]
+            if isinstance(idx, slice) and not any(isinstance(i, fx.Node) for i in (idx.start, idx.stop, idx.step)):
+                kept = list(range(ndim))[idx]  # x.size()[:-1]: still sizes, the channel count in them or not
+                if dim in kept:
+                    yield from _channel_count_sinks(use, None, kept.index(dim), len(kept), is_tensor)
+                continue
             hit = idx % ndim == dim if isinstance(idx, int) else True
             yield from _channel_count_sinks(use, hit, dim, ndim, is_tensor)
         elif use.op == "call_function" and not is_tensor(use) and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):

@@ -148,6 +148,16 @@ def linear_function(ctx: "Analysis", node: fx.Node) -> None:
     _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 0, 1))
 
 
+@_kind(RuleKind.PRODUCER)
+def addmm_function(ctx: "Analysis", node: fx.Node) -> None:
+    """``torch.addmm(bias, x, weight)`` with an (in, out) weight: Hugging Face's ``Conv1D`` (GPT-2)."""
+    args = ctx.bound_args(node, ("input", "mat1", "mat2"))
+    weight, bias = ctx.param_ref(args.get("mat2")), ctx.param_ref(args.get("input"))
+    if weight is None or bias is None or ctx.spec(args["input"]).ndim != 1 or node.kwargs:
+        return unknown(ctx, node, "it is not a linear layer (bias + x @ weight with both parameters, no beta/alpha)")
+    _linear(ctx, node, args["mat1"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 1, 0))
+
+
 def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots: ParamSlots) -> None:
     last = ctx.spec(x).ndim - 1
     m = ctx.map(x)
@@ -349,6 +359,49 @@ softmax = _mixing(_dim_arg("dim"))
 softmax_module = _mixing(_module_dim)
 reduce = _mixing(_dim_arg("dim"), reduces=True)
 
+_SQUARES = {operator.pow, torch.pow, "pow", torch.square, "square"}
+_RESCALES = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
+
+
+@_kind(RuleKind.MIXING)
+def mean(ctx: "Analysis", node: fx.Node) -> None:
+    """A mean across the channels is frozen like any reduction, except RMS normalization written
+    out (Llama's ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): prunable and, like
+    LayerNorm, flagged inexact (the mean divides by the channel count, which pruning changes)."""
+    m = _rms_normalized(ctx, node)
+    if m is None:
+        return reduce(ctx, node)
+    ctx.atoms.mark_inexact(m.labels, f"{ctx.describe(node)} normalizes across these channels (root mean square)")
+    ctx.set(node, None)
+
+
+def _rms_normalized(ctx: "Analysis", node: fx.Node) -> ChannelMap | None:
+    """The channels of ``x`` if ``node`` is ``mean(x ** 2)`` over exactly the channel dim (keepdim) and
+    its value reaches nothing but (through elementwise ops of it alone) a product or quotient with ``x``."""
+    args = ctx.bound_args(node, ("input", "dim", "keepdim"))
+    square, dims = args.get("input"), args.get("dim")
+    if not (isinstance(square, fx.Node) and square.target in _SQUARES and args.get("keepdim")):
+        return None
+    exponent = square.args[1] if len(square.args) > 1 else 2
+    x = square.args[0]
+    m = ctx.map(x) if isinstance(x, fx.Node) else None
+    if m is None or exponent != 2 or ctx.map(square) is None or not np.array_equal(ctx.map(square).labels, m.labels):
+        return None
+    ndim = ctx.spec(square).ndim
+    if sorted(d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])) != [m.dim]:
+        return None
+    todo = list(node.users)
+    while todo:
+        use = todo.pop()
+        inputs = ctx.tensor_inputs(use)
+        if len(inputs) == 1 and rule_kind(use, None) == RuleKind.ELEMENTWISE and use.op != "call_module":
+            todo.extend(use.users)  # + eps, rsqrt, sqrt, reciprocal, .to(dtype)
+            continue
+        others = [a for a in inputs if a not in (node,) and ctx.map(a) is not None]
+        if use.target not in _RESCALES or len(inputs) != 2 or len(others) != 1 or not np.array_equal(ctx.map(others[0]).labels, m.labels):
+            return None
+    return m
+
 
 # ----------------------------------------------------------------------------------- movement
 
@@ -546,7 +599,7 @@ _POOL_FUNCTIONS = (
 
 FUNCTION_RULES: dict[Callable, Rule] = {
     F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
-    F.linear: linear_function,
+    F.linear: linear_function, torch.addmm: addmm_function,
     F.batch_norm: batchnorm_function, F.instance_norm: batchnorm_function,
     F.group_norm: groupnorm_function, F.layer_norm: layernorm_function,
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
@@ -554,7 +607,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.pad: movement,
     **{f: pool for f in _POOL_FUNCTIONS},
     F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
-    **{f: reduce for f in (torch.sum, torch.mean, torch.amax, torch.amin, torch.std, torch.var)},
+    **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var)}, torch.mean: mean,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,
     getattr: shape_read,
@@ -579,7 +632,7 @@ METHOD_RULES: dict[str, Rule] = {
         "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
     )},
     "softmax": softmax, "log_softmax": softmax,
-    **{n: reduce for n in ("sum", "mean", "amax", "amin", "std", "var")},
+    **{n: reduce for n in ("sum", "amax", "amin", "std", "var")}, "mean": mean,
     "matmul": matmul, "bmm": matmul, "mm": matmul,
     "size": shape_read, "dim": shape_read, "numel": shape_read,
 }

@@ -554,6 +554,13 @@ def _rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         return
     packed = len(new.args) == 2 and isinstance(new.args[1], (tuple, list))
     sizes = list(new.args[1] if packed else new.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node) and s.values[old].ndim > 1:
+        # one computed tuple (GPT-2's x.size()[:-1] + (nf,)): its entries, the channel dim's the new count
+        with new.graph.inserting_before(new):
+            entries = [new.graph.call_function(operator.getitem, (sizes[0], i)) for i in range(s.values[old].ndim)]
+        entries[out.dim] = s.count(out)
+        new.args = (new.args[0], tuple(entries))
+        return
     if isinstance(sizes[out.dim], int) and sizes[out.dim] != -1:
         sizes[out.dim] = s.count(out)
         new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
