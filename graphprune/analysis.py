@@ -147,18 +147,29 @@ class Analysis:
             if isinstance(m, ChannelMap):
                 self.spaces.append((node, m))
 
-    def member(self, ref: ParamRef, dim: int, labels: np.ndarray, role: str) -> None:
+    def member(self, ref: ParamRef, dim: int, labels: np.ndarray, role: str, rows: tuple[int, int] | None = None) -> None:
         """Parameter ``ref`` must be sliced along ``dim`` with the channels ``labels``.
 
         A parameter registered twice (a module called twice, a shared weight) links both uses.
+        ``rows``: ``labels`` are those of positions [start, stop) of a packed parameter (the q, k
+        and v rows of one in-projection); the record covers the whole dim, parts no use read
+        yet having atoms of their own.
         """
         module, name = ref
         key = (module, name, dim)
-        if key in self.members:
+        if rows is not None:
+            if key not in self.members:
+                size = getattr(self._owner(module), name).shape[dim]
+                self.members[key] = MemberRecord(module, name, dim, self.atoms.new(size), role)
+            self.atoms.link(self.members[key].labels[rows[0] : rows[1]], labels)
+        elif key in self.members:
             self.atoms.link(self.members[key].labels, labels)
         else:
             self.members[key] = MemberRecord(module, name, dim, np.asarray(labels), role)
         self.param_users.setdefault(ref, set()).add(self._current)
+
+    def _owner(self, module: str) -> torch.nn.Module:
+        return self._modules[module] if module in self._modules else self.gm.get_submodule(module)
 
     def macs(self, node: fx.Node, factors: list[ChannelMap], macs: int | None = None) -> None:
         total = self.traced.flops.get(node, 0) // 2 if macs is None else macs

@@ -28,6 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import equivalents
 from .channels import ChannelMap
 from .trace import TensorSpec
 
@@ -81,7 +82,7 @@ def _producer(
     out = ctx.atoms.new(out_channels)
     out_map = ChannelMap(out_dim, out)
     if groups == 1:
-        ctx.member(params.weight, params.weight_out_dim, out, "out")
+        ctx.member(params.weight, params.weight_out_dim, out, "out", params.weight_rows)
         ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
         factors = [in_map, out_map]
     else:
@@ -93,18 +94,24 @@ def _producer(
             ctx.member(params.weight, params.weight_out_dim, out, "out")
         factors = [out_map]
     if params.bias is not None:
-        ctx.member(params.bias, 0, out, "out")
+        ctx.member(params.bias, 0, out, "out", params.bias_rows)
     ctx.macs(node, factors)
     ctx.set(node, out_map)
 
 
 class ParamSlots:
-    """Where a producer's weight and bias live (module attribute or get_attr target)."""
+    """Where a producer's weight and bias live (module attribute or get_attr target).
 
-    def __init__(self, weight, bias, weight_out_dim: int, weight_in_dim: int, transposed: bool = False):
+    ``weight_rows`` / ``bias_rows``: the (start, stop) part of a packed parameter's output dim
+    the producer reads (None: all of it).
+    """
+
+    def __init__(self, weight, bias, weight_out_dim: int, weight_in_dim: int, transposed: bool = False,
+                 weight_rows: tuple[int, int] | None = None, bias_rows: tuple[int, int] | None = None):
         self.weight, self.bias = weight, bias
         self.weight_out_dim, self.weight_in_dim = weight_out_dim, weight_in_dim
         self.transposed = transposed
+        self.weight_rows, self.bias_rows = weight_rows, bias_rows
 
 
 @_kind(RuleKind.PRODUCER)
@@ -156,6 +163,17 @@ def addmm_function(ctx: "Analysis", node: fx.Node) -> None:
     if weight is None or bias is None or ctx.spec(args["input"]).ndim != 1 or node.kwargs:
         return unknown(ctx, node, "it is not a linear layer (bias + x @ weight with both parameters, no beta/alpha)")
     _linear(ctx, node, args["mat1"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 1, 0))
+
+
+@_kind(RuleKind.PRODUCER)
+def linear_rows(ctx: "Analysis", node: fx.Node) -> None:
+    """A linear reading rows of packed parameters (equivalents.linear_rows): members at an offset."""
+    args = ctx.bound_args(node, ("input", "weight", "bias", "weight_rows", "bias_rows"))
+    weight, bias = ctx.param_ref(args["weight"]), ctx.param_ref(args.get("bias"))
+    if weight is None or (args.get("bias") is not None and bias is None):
+        return unknown(ctx, node, "its weight is computed in forward, so graphprune cannot slice it")
+    slots = ParamSlots(weight, bias, 0, 1, weight_rows=args["weight_rows"], bias_rows=args.get("bias_rows"))
+    _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], slots)
 
 
 def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots: ParamSlots) -> None:
@@ -517,6 +535,14 @@ def shape_read(ctx: "Analysis", node: fx.Node) -> None:
     ctx.set(node, None)
 
 
+# ------------------------------------------------------------------------------------- masks
+
+def attention_mask(ctx: "Analysis", node: fx.Node) -> None:
+    """Masks built at run time (equivalents.py) hold no channels: a consumer that would need them
+    per channel (a mask per head) freezes those channels, with this node named as the cause."""
+    unknown(ctx, node, "builds an attention mask, which holds no channels")
+
+
 # ------------------------------------------------------------------------------------- unknown
 
 def unknown(ctx: "Analysis", node: fx.Node, why: str | None = None) -> None:
@@ -611,6 +637,10 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,
     getattr: shape_read,
+    equivalents.linear_rows: linear_rows,
+    equivalents.batched: elementwise,
+    equivalents.merged_attention_mask: attention_mask,
+    equivalents.shifted_window_mask: attention_mask,
 }
 
 #: functions of other libraries, by qualified name (importing those libraries is not required)

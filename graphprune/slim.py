@@ -27,6 +27,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import equivalents
 from .channels import ChannelMap
 from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
@@ -596,6 +597,17 @@ def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
 
 
+def _rewrite_linear_rows(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """The parts of packed parameters a linear_rows reads move to their kept rows."""
+    for pos, name, param in ((3, "weight_rows", 1), (4, "bias_rows", 2)):
+        rows, ref = _arg(old, pos, name), _arg(old, param, ("weight", "bias")[param - 1])
+        if rows is None or not isinstance(ref, fx.Node):
+            continue
+        module, _, attr = ref.target.rpartition(".")
+        counts = s._counts[s.gg._analysis.members[(module, attr, 0)].labels]
+        _set_arg(new, pos, name, (int(counts[: rows[0]].sum()), int(counts[: rows[1]].sum())))
+
+
 GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     **{t: _rewrite_split for t in ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)},
     operator.getitem: _rewrite_getitem,
@@ -606,4 +618,5 @@ GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     **{f: _rewrite_conv_groups for f in (F.conv1d, F.conv2d, F.conv3d)},
     F.group_norm: _rewrite_group_norm,
     F.layer_norm: _rewrite_layer_norm,
+    equivalents.linear_rows: _rewrite_linear_rows,
 }

@@ -40,6 +40,7 @@ import torch
 import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
 
+from .equivalents import function_form, module_form
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .locations import caller_location, user_location
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of
@@ -122,10 +123,24 @@ class _FallbackTracer(fx.Tracer):
         self.root_call: Callable | None = None  # what forward's inputs are passed to, when not forward itself
 
     def trace(self, root, concrete_args=None):
+        self._form_outputs: list[Any] = []
         if not isinstance(root, torch.nn.Module):
-            return super().trace(root, concrete_args)
-        with mode_flags(root, self.training, self.mode_reads):
-            return super().trace(root, concrete_args)
+            graph = super().trace(root, concrete_args)
+        else:
+            with mode_flags(root, self.training, self.mode_reads):
+                graph = super().trace(root, concrete_args)
+        for out in self._form_outputs:  # fx marks what a wrapped call returned, and its generated code would
+            if isinstance(out, fx.Proxy):  # torch.fx.wrap the op that computed it for every later trace
+                out.node.meta.pop("is_wrapped", None)
+        return graph
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **options):
+        form = function_form(target) if kind == "call_function" else None
+        if form is not None:  # a torch.fx.wrap'ed library function traced through (equivalents.py)
+            out = form(*args, **kwargs)
+            self._form_outputs.append(out)
+            return out
+        return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         names = keyword_forward_parameters(root_fn, concrete_args) if is_module else None
@@ -153,12 +168,17 @@ class _FallbackTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types + (ModeGuard,)):
             return True
+        if module_form(m) is not None:
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         if self.is_leaf_module(m, name):
             return super().call_module(m, forward, args, kwargs)
+        form = module_form(m)
+        if form is not None:  # a library module traced through its plain-op form (equivalents.py)
+            forward = lambda *a, **k: form(m, name, *a, **k)  # noqa: E731
         self._stack.append(name)
         try:
             return super().call_module(m, forward, args, kwargs)
