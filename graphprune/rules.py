@@ -438,17 +438,18 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     qm, km = ctx.demand(q, last, node), ctx.demand(k, last, node)
     ctx.atoms.link(qm.labels, km.labels)
     _contraction_is_inexact(ctx, node, qm)
-    if args.get("scale") is None:
-        ctx.atoms.freeze(qm.labels, f"{who} derives its scale from the head dim; pass scale= explicitly to prune it")
+    # a default scale (from q's head dim) is passed explicitly by the slim pass: it keeps its value
     vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
     mask = args.get("attn_mask")
     if isinstance(mask, fx.Node) and ctx.map(mask) is not None:
         ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
-    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev
-    sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
-    rows = math.prod(sq[:-1]) * sv[-2]
-    ctx.macs(node, [qm], macs=rows * sq[-1])
-    ctx.macs(node, [vm], macs=rows * sv[-1])
+    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev. Its
+    # formulas cover the CUDA kernels; the CPU kernel it counts as 0, and so does the budget then.
+    if ctx.traced.flops.get(node, 0):
+        sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
+        rows = math.prod(sq[:-1]) * sv[-2]
+        ctx.macs(node, [qm], macs=rows * sq[-1])
+        ctx.macs(node, [vm], macs=rows * sv[-1])
     ctx.set(node, vm)
 
 

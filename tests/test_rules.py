@@ -124,14 +124,95 @@ def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
     assert group_with(gg, "b").prunable
 
 
-def test_channel_count_sizing_another_tensor_freezes_both():
-    """timm-style attention: C read from the residual stream sizes qkv's head reshape. Pruning the
-    stream would change C but not qkv, so both are frozen with the reason; the MLP stays prunable."""
-    _, _, gg = analyze("attention_reshape")
-    stream, qkv = group_with(gg, "embed"), group_with(gg, "qkv")
-    for g in (stream, qkv):
-        assert not g.prunable and "sizes the channels of another tensor" in g.reason and "channel count" in g.reason
+def slims_exactly(name, tmp_path, seeds=3):
+    """Half of every prunable group pruned at once (inexact ones too): the slim model costs what the
+    budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
+    exports to ONNX; the exact groups pruned together leak nothing."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers import random_plan, slim_error
+
+    for seed in range(seeds):
+        model, x, gg = analyze(name)
+        plan = random_plan(gg, np.random.default_rng(seed), 0.5)
+        slim = graphprune.slim(gg, plan)
+        with FlopCounterMode(display=False) as counter:
+            slim(x)
+        assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+        assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+        report = graphprune.export_onnx(slim, str(tmp_path / f"{name}.onnx"), x)
+        assert report.relative_diff <= 1e-4
+        assert slim_error(model, gg, plan, (x,)) <= 1e-5
+        model, x, gg = analyze(name)
+        keep = random_keep(gg, np.random.default_rng(seed))
+        assert len(keep) >= 2 and leak_check(model, gg, keep, (x,), seed) == 0.0
+    return gg
+
+
+def test_channel_count_sizing_another_tensor_is_written_as_a_literal(tmp_path):
+    """timm-style attention: C read from the residual stream sizes qkv's head reshape (C // heads)
+    and the merged heads (reshape(B, N, C)). Those sizes depend on channel counts only: the slim
+    pass writes them as the plan's counts, so the stream and the head dims are both prunable."""
+    gg = slims_exactly("attention_reshape", tmp_path)
+    stream, dims = group_with(gg, "embed"), group_with(gg, "qkv")
+    assert stream.prunable and stream.size == 16 and stream is group_with(gg, "qkv", dim=1) and not stream.inexact
+    # one head dim = its q, k and v channels in every head (a packed qkv splits them in one reshape)
+    assert dims.prunable and dims.size == 4 and dims is group_with(gg, "proj", dim=1) and "contracts" in dims.inexact
+    assert member(dims, "qkv").indices([1]) == [1 + 4 * i for i in range(12)]
     assert group_with(gg, "fc1").prunable
+
+
+def test_channel_count_in_a_scale_freezes_the_channels_read():
+    """head_dim = C // heads also gives the attention scale: pruning the stream would change it,
+    so the stream is frozen with the reason; the reshape it sizes is still written as a literal."""
+    model, x, gg = analyze("attention_scale_from_shape")
+    stream = group_with(gg, "embed")
+    assert not stream.prunable and "uses a value computed from the channel count" in stream.reason
+    assert group_with(gg, "qkv").prunable
+    from helpers import random_plan, slim_error
+    assert slim_error(model, gg, random_plan(gg, np.random.default_rng(0), 0.5), (x,)) <= 1e-5
+
+
+def test_separate_qkv_prunes_qk_dims_apart_from_v_dims(tmp_path):
+    gg = slims_exactly("attention_separate", tmp_path)
+    qk, v = group_with(gg, "q"), group_with(gg, "v")
+    assert qk is group_with(gg, "k") and qk.size == 8 and qk.inexact  # 2 heads of 8, in lockstep
+    assert v is group_with(gg, "proj", dim=1) and v.size == 8 and not v.inexact and v is not qk
+    assert group_with(gg, "embed") is group_with(gg, "q", dim=1) and group_with(gg, "embed").size == 16
+    assert len(gg.prunable_groups) == 3
+
+
+def test_sdpa_default_scale_is_passed_explicitly_by_the_slim_pass(tmp_path):
+    """F.scaled_dot_product_attention's default scale comes from q.size(-1): the slim call passes
+    the original 1/sqrt(head_dim), so pruned head dims do not change it."""
+    gg = slims_exactly("attention_sdpa", tmp_path)
+    assert group_with(gg, "qkv").prunable and group_with(gg, "qkv").size == 4
+    plan = graphprune.Plan({group_with(gg, "qkv").id: [0, 3]}, {group_with(gg, "qkv").id: 4})
+    (call,) = [n for n in graphprune.slim(gg, plan).graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert call.kwargs["scale"] == 0.5
+
+
+def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
+    """q@kT and attn@v: B*heads*N*N*head_dim MACs each, in the budget as FlopCounterMode counts them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for side in (4, 8):
+        model, x = toy_models.build("attention_separate")
+        x = torch.randn(2, 3, side, side)
+        gg = graphprune.analyze(model, x)
+        n = (side // 2) ** 2
+        attention = [t for t in gg.mac_terms if "matmul" in t.node.name]
+        assert [t.macs for t in attention] == [2 * 2 * n * n * 8] * 2
+        assert [gg.groups_of(t.factors[0].labels)[0] for t in attention] == [group_with(gg, "q").id, group_with(gg, "v").id]
+        qk, v = group_with(gg, "q"), group_with(gg, "v")
+        keep = {qk.id: 3, v.id: 5}
+        plan = graphprune.Plan({g: list(range(k)) for g, k in keep.items()}, {qk.id: 8, v.id: 8})
+        slim = graphprune.slim(gg, plan)
+        with FlopCounterMode(display=False) as counter:
+            slim(x)
+        assert counter.get_total_flops() // 2 == gg.budget.macs(keep)
 
 
 def test_computed_sizes_of_the_same_channels_stay_prunable():
@@ -163,9 +244,10 @@ def test_view_as_ties_the_channel_counts_of_both_tensors():
     assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
 
 
-def test_head_split_that_prunes_whole_heads_freezes():
-    """y.view(B, heads, C // heads, N) with more heads than head channels: pruning removes whole
-    heads, and C // heads would no longer be the head width."""
+def test_head_split_that_prunes_whole_heads_slims_exactly():
+    """y.view(B, heads, C // heads, N) with more heads than head channels: the channels are the
+    heads. The head count (a literal) follows the kept heads; C // heads, computed from channel
+    counts only, keeps its original value as a literal (that dim has no channels)."""
     import torch
     import torch.nn as nn
 
@@ -179,9 +261,13 @@ def test_head_split_that_prunes_whole_heads_freezes():
             B, C, H, W = y.shape
             return self.b(y.view(B, 4, C // 4, H * W).softmax(-1).view(B, C, H, W))
 
-    gg = graphprune.analyze(ManyHeads(), torch.randn(1, 3, 4, 4))
+    model, x = ManyHeads().eval(), torch.randn(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
     g = group_with(gg, "a")
-    assert not g.prunable and "other than its channel dim" in g.reason
+    assert g.prunable and g.size == 4 and member(g, "a").indices([1]) == [2, 3]
+    from helpers import slim_error
+    plan = graphprune.Plan({g.id: [0, 3]}, {g.id: 4})
+    assert graphprune.slim(gg, plan)(x).shape == (1, 5, 4, 4) and slim_error(model, gg, plan, (x,)) <= 1e-6
 
 
 def test_reductions_over_channels_freeze():
