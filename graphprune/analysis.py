@@ -17,6 +17,9 @@ from .trace import TensorSpec, TracedModel
 
 ParamRef = tuple[str, str]  # (module qualified name, attribute name)
 
+#: what the channels of a reshape into attention heads are (see ``groups.analyze``)
+ATTENTION_MODES = ("head_dims", "heads")
+
 
 @dataclasses.dataclass
 class MemberRecord:
@@ -41,7 +44,10 @@ class MacTerm:
 class Analysis:
     """Walks the graph once in topological order, dispatching each node to its rule."""
 
-    def __init__(self, traced: TracedModel):
+    def __init__(self, traced: TracedModel, attention: str = "head_dims"):
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention={attention!r}: use one of {ATTENTION_MODES}")
+        self.attention = attention
         self.traced = traced
         self.gm = traced.gm
         self.atoms = AtomGraph()
@@ -108,7 +114,7 @@ class Analysis:
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
         """Tensor inputs that carry data into the result (shape-only arguments excluded)."""
-        skip = rules.SHAPE_ONLY_ARGS.get(node.target) if node.op == "call_method" else None
+        skip = rules.shape_only_arg(node)
         shape_only = node.args[skip] if skip is not None and len(node.args) > skip else None
         return [a for a in node.all_input_nodes if self.is_tensor(a) and a is not shape_only]
 
@@ -308,7 +314,8 @@ class Analysis:
             out = run(contiguous=False)
         except Exception:  # an op that needs real memory (a view, an in-place op): as it always ran
             out = run(contiguous=True)
-        return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node)))
+        outer = self.attention == "heads" and node.target in _SIZE_TAKING | {"unflatten", torch.unflatten}
+        return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node), outer))
 
     def _evaluate_from(self, read: fx.Node, target: fx.Node, dim: int, count: int) -> Any:
         """The value ``target`` takes when the tensor ``read`` looks at has ``count`` channels.

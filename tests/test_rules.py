@@ -8,9 +8,9 @@ import toy_models
 from helpers import group_with, groups_with, leak_check, member, random_keep
 
 
-def analyze(name):
+def analyze(name, **options):
     model, x = toy_models.build(name)
-    return model, x, graphprune.analyze(model, x)
+    return model, x, graphprune.analyze(model, x, **options)
 
 
 def test_residual_add_ties_both_producers():
@@ -124,7 +124,7 @@ def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
     assert group_with(gg, "b").prunable
 
 
-def slims_exactly(name, tmp_path, seeds=3):
+def slims_exactly(name, tmp_path, seeds=3, **options):
     """Half of every prunable group pruned at once (inexact ones too): the slim model costs what the
     budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
     exports to ONNX; the exact groups pruned together leak nothing."""
@@ -134,7 +134,7 @@ def slims_exactly(name, tmp_path, seeds=3):
     from helpers import random_plan, slim_error
 
     for seed in range(seeds):
-        model, x, gg = analyze(name)
+        model, x, gg = analyze(name, **options)
         plan = random_plan(gg, np.random.default_rng(seed), 0.5)
         slim = graphprune.slim(gg, plan)
         with FlopCounterMode(display=False) as counter:
@@ -144,7 +144,7 @@ def slims_exactly(name, tmp_path, seeds=3):
         report = graphprune.export_onnx(slim, str(tmp_path / f"{name}.onnx"), x)
         assert report.relative_diff <= 1e-4
         assert slim_error(model, gg, plan, (x,)) <= 1e-5
-        model, x, gg = analyze(name)
+        model, x, gg = analyze(name, **options)
         keep = random_keep(gg, np.random.default_rng(seed))
         assert len(keep) >= 2 and leak_check(model, gg, keep, (x,), seed) == 0.0
     return gg
@@ -191,6 +191,29 @@ def test_sdpa_default_scale_is_passed_explicitly_by_the_slim_pass(tmp_path):
     plan = graphprune.Plan({group_with(gg, "qkv").id: [0, 3]}, {group_with(gg, "qkv").id: 4})
     (call,) = [n for n in graphprune.slim(gg, plan).graph.nodes if "scaled_dot_product" in str(n.target)]
     assert call.kwargs["scale"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["attention_reshape", "attention_separate", "attention_sdpa"])
+def test_whole_heads_are_one_exact_group(name, tmp_path):
+    """attention="heads": a head is its q, k and v channels and the projection's input columns for
+    it; the head count in reshapes follows the kept heads, the head dim keeps its size."""
+    gg = slims_exactly(name, tmp_path, attention="heads")
+    q = "q" if name == "attention_separate" else "qkv"
+    heads = group_with(gg, q)
+    assert heads is group_with(gg, "proj", dim=1) and heads.prunable and not heads.inexact
+    hd = 8 if name == "attention_separate" else 4
+    assert heads.size == 16 // hd and heads.members and len(gg.prunable_groups) == (2 if name == "attention_separate" else 3)
+    if name == "attention_separate":
+        assert heads is group_with(gg, "k") is group_with(gg, "v") and member(heads, "k").indices([1]) == list(range(8, 16))
+    else:  # head 1: rows 4..7 of q, k and v
+        assert member(heads, "qkv").indices([1]) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    assert member(heads, "proj", dim=1).indices([1]) == list(range(hd, 2 * hd))
+
+
+def test_attention_mode_is_checked():
+    model, x = toy_models.build("attention_reshape")
+    with pytest.raises(ValueError, match="head_dims"):
+        graphprune.analyze(model, x, attention="head")
 
 
 def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
