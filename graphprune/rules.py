@@ -12,7 +12,7 @@ Rule kinds:
   elementwise activations, dropout, add/sub/mul/div/where...: operands share atoms (broadcasting)
   mixing      pooling, interpolate, softmax, reductions: must not mix the channel dim
   movement    view/reshape/permute/cat/split/slice/pad/pixel-shuffle...: executed on labels
-  contraction matmul/bmm/scaled-dot-product attention: contracted dims share atoms
+  contraction matmul/bmm/einsum/scaled-dot-product attention: contracted dims share atoms
   shape       x.size(), x.shape: python values; checked for uses that pruning would change
 """
 
@@ -487,6 +487,71 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     ctx.set(node, vm)
 
 
+@_kind(RuleKind.CONTRACTION)
+def einsum(ctx: "Analysis", node: fx.Node) -> None:
+    """``torch.einsum`` with explicit output labels: a label carrying channels links them in every
+    operand that has it; kept in the output, it is the output's channel dim, contracted, it is
+    matmul's contraction (a parameter operand is sliced as a consumer, ``in``); a label only a weight
+    has that is kept in the output is a producer's new channels (``out``)."""
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    who = ctx.describe(node)
+    terms = _einsum_terms(equation, [ctx.spec(o).ndim if ctx.is_tensor(o) else -1 for o in operands])
+    if terms is None:
+        return unknown(ctx, node, f"has an einsum equation graphprune does not follow ({equation!r}: it needs "
+                                  "explicit '->' output labels, no '...' and no label repeated within an operand)")
+    ins, out = terms
+    out_map, factors = None, []
+    for label in dict.fromkeys("".join(ins)):
+        where = [(o, s.index(label)) for o, s in zip(operands, ins) if label in s]
+        acts = [(o, d) for o, d in where if ctx.param_ref(o) is None and ctx.spec(o).shape[d] > 1]
+        weights = [(ctx.param_ref(o), d) for o, d in where if ctx.param_ref(o) is not None]
+        if any(ctx.map(o) is not None and ctx.map(o).dim == d for o, d in acts):
+            labels = None
+            for o, d in acts:
+                m = ctx.demand(o, d, node)
+                if labels is not None:
+                    ctx.atoms.link(labels, m.labels)
+                labels = m.labels if labels is None else labels
+            for ref, d in weights:
+                ctx.member(ref, d, labels, "channelwise" if label in out else "in")
+        elif label in out and weights and not acts:
+            labels = ctx.atoms.new(ctx.spec(node).shape[out.index(label)])
+            for ref, d in weights:
+                ctx.member(ref, d, labels, "out")
+        else:
+            continue
+        cmap = ChannelMap(out.index(label) if label in out else 0, labels)
+        if label not in out:
+            if len(where) == 1:
+                ctx.atoms.freeze(labels, f"{who} sums over these channels")
+                continue
+            if len(acts) > 1:
+                _contraction_is_inexact(ctx, node, cmap)
+        elif out_map is not None:
+            ctx.atoms.freeze(labels, f"{who} puts a second channel dim in its output")
+            continue
+        else:
+            out_map = cmap
+        factors.append(cmap)
+    ctx.macs(node, factors)
+    ctx.set(node, out_map)
+
+
+def _einsum_terms(equation: object, ndims: list[int]) -> tuple[list[str], str] | None:
+    """Input and output labels of an einsum equation graphprune follows, else None."""
+    if not isinstance(equation, str) or "->" not in equation or "." in equation:
+        return None
+    lhs, out = equation.replace(" ", "").split("->")
+    ins = lhs.split(",")
+    if len(ins) != len(ndims) or any(len(s) != n or len(set(s)) != n for s, n in zip(ins, ndims)):
+        return None
+    if len(set(out)) != len(out) or not set(out) <= set(lhs):
+        return None
+    return ins, out
+
+
 # ------------------------------------------------------------------------------------- shapes
 
 @_kind(RuleKind.SHAPE)
@@ -592,6 +657,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     **{f: reduce for f in (torch.sum, torch.mean, torch.amax, torch.amin, torch.std, torch.var)},
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,
+    torch.einsum: einsum,
     getattr: shape_read,
 }
 

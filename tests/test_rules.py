@@ -146,7 +146,7 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
         assert slim_error(model, gg, plan, (x,)) <= 1e-5
         model, x, gg = analyze(name, **options)
         keep = random_keep(gg, np.random.default_rng(seed))
-        assert len(keep) >= 2 and leak_check(model, gg, keep, (x,), seed) == 0.0
+        assert keep and leak_check(model, gg, keep, (x,), seed) == 0.0
     return gg
 
 
@@ -208,6 +208,43 @@ def test_whole_heads_are_one_exact_group(name, tmp_path):
     else:  # head 1: rows 4..7 of q, k and v
         assert member(heads, "qkv").indices([1]) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
     assert member(heads, "proj", dim=1).indices([1]) == list(range(hd, 2 * hd))
+
+
+@pytest.mark.parametrize("attention", ["head_dims", "heads"])
+def test_einsum_attention(attention, tmp_path):
+    """'bhnd,bhmd->bhnm' contracts the head dims (or carries the heads), 'bhnm,bhmd->bhnd' keeps v's,
+    'bnc,cd->bnd' with a weight parameter is a linear layer: its rows consume, its columns produce."""
+    gg = slims_exactly("attention_einsum", tmp_path, attention=attention)
+    attn, stream = group_with(gg, "qkv"), group_with(gg, "embed")
+    assert attn is group_with(gg, "", "proj", dim=0) and attn.size == 4  # 4 heads of 4 dims
+    assert bool(attn.inexact) == (attention == "head_dims")
+    assert stream is group_with(gg, "", "proj", dim=1) is group_with(gg, "head", dim=1) and stream.size == 16
+    assert {m.role for m in attn.members if m.param == "proj"} == {"in"}
+    assert len(gg.prunable_groups) == 2
+
+
+@pytest.mark.parametrize("equation, why", [
+    ("...c,...c->...", "needs explicit"),  # ellipsis
+    ("bnc,bnc", "needs explicit"),  # implicit output
+    ("bnc->bn", "sums over these channels"),
+])
+def test_einsum_it_cannot_follow_freezes(equation, why):
+    import torch
+    import torch.nn as nn
+
+    class Sum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 5)
+
+        def forward(self, x):
+            y = self.a(x)
+            operands = (y,) if equation.count(",") == 0 else (y, y)
+            return self.b(y) + torch.einsum(equation, *operands).sum()
+
+    gg = graphprune.analyze(Sum(), torch.randn(2, 4, 3))
+    g = group_with(gg, "a")
+    assert not g.prunable and why in g.reason and "einsum" in g.reason
 
 
 def test_attention_mode_is_checked():

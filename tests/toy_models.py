@@ -240,6 +240,27 @@ class AttentionSDPA(AttentionReshape):
         return self.head(x.mean(1))
 
 
+class AttentionEinsum(nn.Module):
+    """Attention spelled with einsum: q@kT, attn@v, and the output projection as a weight parameter."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Parameter(torch.randn(dim, dim) / 4)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (torch.einsum("bhnd,bhmd->bhnm", q, k) * 0.5).softmax(-1)
+        y = torch.einsum("bhnm,bhmd->bhnd", attn, v).transpose(1, 2).reshape(B, N, C)
+        x = x + torch.einsum("bnc,cd->bnd", y, self.proj)
+        return self.head(x.mean(1))
+
+
 class ComputedShapes(nn.Module):
     """Channel counts read at run time size same-tensor reshapes (windows, head splits), split sizes and slices."""
 
@@ -292,6 +313,7 @@ ALL = {
     "attention_scale_from_shape": (AttentionScaleFromShape, (2, 3, 8, 8)),
     "attention_separate": (AttentionSeparate, (2, 3, 8, 8)),
     "attention_sdpa": (AttentionSDPA, (2, 3, 8, 8)),
+    "attention_einsum": (AttentionEinsum, (2, 3, 8, 8)),
     "computed_shapes": (ComputedShapes, (2, 3, 8, 8)),
 }
 
