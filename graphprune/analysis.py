@@ -378,10 +378,10 @@ class Analysis:
     def _write_as_literal(self, use: fx.Node, via: fx.Node) -> bool:
         """Record the sizes ``via`` gives ``use`` as literals for the slim pass, if that is exact:
         ``use`` is a view/reshape/expand and ``via`` depends on channel counts and constants only."""
-        sizes = _size_args(use)
-        if sizes is None or not self._from_channel_counts(via):
+        where = [i for i, v in enumerate(_size_args(use) or ()) if v is via]
+        if not where or not self._from_channel_counts(via):
             return False
-        self.literal_sizes.setdefault(use, set()).update(i for i, v in enumerate(sizes) if v is via)
+        self.literal_sizes.setdefault(use, set()).update(where)
         return True
 
     def _from_channel_counts(self, value: Any) -> bool:
