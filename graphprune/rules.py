@@ -456,32 +456,33 @@ def _batch_channels(ctx: "Analysis", node: fx.Node, operands: list) -> ChannelMa
 
 @_kind(RuleKind.CONTRACTION)
 def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
+    """q and k share their head dims (contracted), v's are the output's. With whole heads
+    (``attention="heads"``) q, k, v and an additive mask indexed by heads (a learned attention
+    bias) share the heads."""
     args = ctx.bound_args(node, ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"))
     q, k, v = args["query"], args["key"], args["value"]
+    mask = args.get("attn_mask") if ctx.is_tensor(args.get("attn_mask")) else None
     last = ctx.spec(q).ndim - 1
     who = ctx.describe(node)
-    mask = args.get("attn_mask")
-    if isinstance(mask, fx.Node) and ctx.map(mask) is not None:
-        ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
+    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev. Its
+    # formulas cover the CUDA kernels; the CPU kernel it counts as 0, and so does the budget then.
+    sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
+    rows = math.prod(sq[:-1]) * sv[-2] if ctx.traced.flops.get(node, 0) else 0
     if any(ctx.map(t) is not None and ctx.map(t).dim < last - 1 for t in (q, k, v)):  # whole heads
         if args.get("enable_gqa") or len({ctx.spec(t).shape[:-2] for t in (q, k, v)}) > 1:
             return unknown(ctx, node, "shares key/value heads between query heads, which graphprune does not follow yet")
-        heads = _batch_channels(ctx, node, [(t, ctx.map(t)) for t in (q, k, v)])
-        if ctx.traced.flops.get(node, 0):  # see below
-            sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
-            rows = math.prod(sq[:-1]) * sv[-2]
+        heads = _batch_channels(ctx, node, [(t, ctx.map(t)) for t in (q, k, v, mask) if t is not None])
+        if rows:
             ctx.macs(node, [heads], macs=rows * (sq[-1] + sv[-1]))
         return ctx.set(node, heads)
+    if mask is not None and ctx.map(mask) is not None:
+        ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
     qm, km = ctx.demand(q, last, node), ctx.demand(k, last, node)
     ctx.atoms.link(qm.labels, km.labels)
     _contraction_is_inexact(ctx, node, qm)
     # a default scale (from q's head dim) is passed explicitly by the slim pass: it keeps its value
     vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
-    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev. Its
-    # formulas cover the CUDA kernels; the CPU kernel it counts as 0, and so does the budget then.
-    if ctx.traced.flops.get(node, 0):
-        sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
-        rows = math.prod(sq[:-1]) * sv[-2]
+    if rows:
         ctx.macs(node, [qm], macs=rows * sq[-1])
         ctx.macs(node, [vm], macs=rows * sv[-1])
     ctx.set(node, vm)

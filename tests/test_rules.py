@@ -247,6 +247,29 @@ def test_einsum_it_cannot_follow_freezes(equation, why):
     assert not g.prunable and why in g.reason and "einsum" in g.reason
 
 
+def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
+    """A (heads, N, N) bias passed as sdpa's additive mask is a member of the heads group."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from helpers import random_plan, slim_error
+
+    model, x, gg = analyze("attention_sdpa_bias", attention="heads")
+    heads = group_with(gg, "qkv")
+    assert heads is group_with(gg, "", "bias") and heads.size == 4 and not heads.inexact
+    assert member(heads, "", "bias").indices([2]) == [2]
+    plan = random_plan(gg, np.random.default_rng(0), 0.5)
+    slim = graphprune.slim(gg, plan)
+    with FlopCounterMode(display=False) as counter:
+        slim(x)
+    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x).relative_diff <= 1e-4
+    assert slim_error(model, gg, plan, (x,)) <= 1e-5
+    model, x, gg = analyze("attention_sdpa_bias", attention="heads")
+    assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
+
+
 def test_attention_mode_is_checked():
     model, x = toy_models.build("attention_reshape")
     with pytest.raises(ValueError, match="head_dims"):

@@ -240,6 +240,26 @@ class AttentionSDPA(AttentionReshape):
         return self.head(x.mean(1))
 
 
+class AttentionSDPABias(AttentionSDPA):
+    """sdpa with a fixed per-head attention bias (heads x tokens x tokens, a buffer as ALiBi's is) as
+    its additive mask. (A learned one, a parameter, is sliced the same way, but on CPU a mask that
+    requires grad sends sdpa to its math kernel, which FlopCounterMode counts, while the analysis runs
+    each node on detached inputs and sees the fused kernel, counted as 0: a gap of the FLOP
+    measurement that the budget checks would show.)"""
+
+    def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 16):
+        super().__init__(dim, heads)
+        self.register_buffer("bias", torch.randn(heads, tokens, tokens))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return self.head(x.mean(1))
+
+
 class AttentionEinsum(nn.Module):
     """Attention spelled with einsum: q@kT, attn@v, and the output projection as a weight parameter."""
 
@@ -314,6 +334,7 @@ ALL = {
     "attention_separate": (AttentionSeparate, (2, 3, 8, 8)),
     "attention_sdpa": (AttentionSDPA, (2, 3, 8, 8)),
     "attention_einsum": (AttentionEinsum, (2, 3, 8, 8)),
+    "attention_sdpa_bias": (AttentionSDPABias, (2, 3, 8, 8)),
     "computed_shapes": (ComputedShapes, (2, 3, 8, 8)),
 }
 
