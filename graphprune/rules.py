@@ -535,16 +535,15 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     mask = args.get("attn_mask") if ctx.is_tensor(args.get("attn_mask")) else None
     last = ctx.spec(q).ndim - 1
     who = ctx.describe(node)
-    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev. Its
-    # formulas cover the CUDA kernels; the CPU kernel it counts as 0, and so does the budget then.
+    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev, on every
+    # kernel (graphprune.flops.EXTRA_FORMULAS adds the CPU one it lacks)
     sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
-    rows = math.prod(sq[:-1]) * sv[-2] if ctx.traced.flops.get(node, 0) else 0
+    rows = math.prod(sq[:-1]) * sv[-2]
     if any(ctx.map(t) is not None and ctx.map(t).dim < last - 1 for t in (q, k, v)):  # whole heads
         if args.get("enable_gqa") or len({ctx.spec(t).shape[:-2] for t in (q, k, v)}) > 1:
             return unknown(ctx, node, "shares key/value heads between query heads, which graphprune does not follow yet")
         heads = _batch_channels(ctx, node, [(t, ctx.map(t)) for t in (q, k, v, mask) if t is not None])
-        if rows:
-            ctx.macs(node, [heads], macs=rows * (sq[-1] + sv[-1]))
+        ctx.macs(node, [heads], macs=rows * (sq[-1] + sv[-1]))
         return ctx.set(node, heads)
     if mask is not None and ctx.map(mask) is not None:
         ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
@@ -553,9 +552,8 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     _contraction_is_inexact(ctx, node, qm)
     # a default scale (from q's head dim) is passed explicitly by the slim pass: it keeps its value
     vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
-    if rows:
-        ctx.macs(node, [qm], macs=rows * sq[-1])
-        ctx.macs(node, [vm], macs=rows * sv[-1])
+    ctx.macs(node, [qm], macs=rows * sq[-1])
+    ctx.macs(node, [vm], macs=rows * sv[-1])
     ctx.set(node, vm)
 
 

@@ -129,7 +129,7 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
     budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
     exports to ONNX; the exact groups pruned together leak nothing."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from graphprune.flops import flop_counter
 
     from helpers import random_plan, slim_error
 
@@ -137,7 +137,7 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
         model, x, gg = analyze(name, **options)
         plan = random_plan(gg, np.random.default_rng(seed), 0.5)
         slim = graphprune.slim(gg, plan)
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             slim(x)
         assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
         assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
@@ -250,7 +250,7 @@ def test_einsum_it_cannot_follow_freezes(equation, why):
 def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     """A (heads, N, N) bias passed as sdpa's additive mask is a member of the heads group."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from graphprune.flops import flop_counter
 
     from helpers import random_plan, slim_error
 
@@ -260,7 +260,7 @@ def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     assert member(heads, "", "bias").indices([2]) == [2]
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
     slim = graphprune.slim(gg, plan)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         slim(x)
     assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
     assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
@@ -276,10 +276,30 @@ def test_attention_mode_is_checked():
         graphprune.analyze(model, x, attention="head")
 
 
+def test_sdpa_costs_what_its_matmul_spelling_costs_on_every_kernel():
+    """FlopCounterMode counts CPU's fused attention kernel as 0 but its math fallback (picked when q
+    and v head dims differ, or a mask requires grad) in full: the budget and flop_counter count
+    both as the two matmuls, so a plan cannot change the cost by changing the kernel."""
+    import torch
+    import torch.nn.functional as F
+    from graphprune.flops import flop_counter
+
+    q, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 5)
+    with flop_counter() as fused:
+        F.scaled_dot_product_attention(q, q, q)
+    with flop_counter() as math_kernel:
+        F.scaled_dot_product_attention(q, q, v)
+    assert fused.get_total_flops() // 2 == 2 * 4 * 16 * 16 * (8 + 8)
+    assert math_kernel.get_total_flops() // 2 == 2 * 4 * 16 * 16 * (8 + 5)
+    x = torch.randn(2, 3, 8, 8)
+    sdpa, matmuls = (graphprune.analyze(toy_models.build(name)[0], x) for name in ("attention_sdpa", "attention_reshape"))
+    assert sdpa.budget.macs() == matmuls.budget.macs()
+
+
 def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
     """q@kT and attn@v: B*heads*N*N*head_dim MACs each, in the budget as FlopCounterMode counts them."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from graphprune.flops import flop_counter
 
     for side in (4, 8):
         model, x = toy_models.build("attention_separate")
@@ -293,7 +313,7 @@ def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
         keep = {qk.id: 3, v.id: 5}
         plan = graphprune.Plan({g: list(range(k)) for g, k in keep.items()}, {qk.id: 8, v.id: 8})
         slim = graphprune.slim(gg, plan)
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             slim(x)
         assert counter.get_total_flops() // 2 == gg.budget.macs(keep)
 

@@ -46,7 +46,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     """Every attention's heads (or head dims) and every MLP prunable; half of each pruned at once
     (the residual stream too: it is LayerNorm-normalized, so checked for cost only) slims to what
     the budget says and, without the stream, exactly; sdpa (fused) and q@kT/attn@v (not fused)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from graphprune.flops import flop_counter
 
     from helpers import random_plan, slim_error
 
@@ -55,7 +55,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
         block.attn.fused_attn = fused
     x = torch.randn(1, 3, 64, 64)
     gg = graphprune.analyze(model, x, attention=attention)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(x)
     assert gg.budget.macs() == counter.get_total_flops() // 2
     assert gg.budget.params() == sum(p.numel() for p in model.parameters())
@@ -68,7 +68,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     assert stream.prunable and "normalizes across" in stream.inexact and len(gg.prunable_groups) == 25
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
     slim = graphprune.slim(gg, plan)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         slim(x)
     assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
     assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())

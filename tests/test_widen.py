@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 import toy_models
@@ -15,7 +15,7 @@ TOYS = sorted(set(toy_models.ALL))
 
 
 def costs(model, x):
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(x)
     return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 

@@ -241,15 +241,13 @@ class AttentionSDPA(AttentionReshape):
 
 
 class AttentionSDPABias(AttentionSDPA):
-    """sdpa with a fixed per-head attention bias (heads x tokens x tokens, a buffer as ALiBi's is) as
-    its additive mask. (A learned one, a parameter, is sliced the same way, but on CPU a mask that
-    requires grad sends sdpa to its math kernel, which FlopCounterMode counts, while the analysis runs
-    each node on detached inputs and sees the fused kernel, counted as 0: a gap of the FLOP
-    measurement that the budget checks would show.)"""
+    """sdpa with a learned per-head attention bias (heads x tokens x tokens) as its additive mask. On
+    CPU a mask that requires grad sends sdpa to its math kernel, the analysis' detached run to the
+    fused one: both cost the same in ``graphprune.flops.flop_counter``."""
 
     def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 16):
         super().__init__(dim, heads)
-        self.register_buffer("bias", torch.randn(heads, tokens, tokens))
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
 
     def forward(self, x):
         x = self.embed(x).flatten(2).transpose(1, 2)
