@@ -16,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import subprocess
 import tempfile
 import time
 import traceback
@@ -127,7 +128,17 @@ def sweep_one(module: str, names: list[str], timeout: float) -> dict:
     proc.kill()
     proc.join()
     record["seconds"] = round(time.perf_counter() - start, 1)
+    record["code"] = code_state()
     return record
+
+
+def code_state() -> str:
+    """The commit the row was measured at (``+`` when the work tree had changes): a results file
+    filled over several runs says which code each row comes from."""
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return (head or "unknown") + ("+" if dirty else "")
 
 
 def outcome(r: dict) -> str:
@@ -151,8 +162,10 @@ def markdown(results: list[dict]) -> str:
         "",
         "Outcomes: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         "",
-        "| module | model | outcome | prunable MACs | groups (prunable / pruned / inexact) | MACs after | slim error | analyze s | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Code: each row's commit (`+`: with uncommitted changes; `?`: measured before rows recorded it).",
+        "",
+        "| module | model | outcome | prunable MACs | groups (prunable / pruned / inexact) | MACs after | slim error | analyze s | code | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         groups = f"{r['groups']} ({r['prunable']} / {r['pruned_groups']} / {r['inexact']})" if "groups" in r else ""
@@ -160,7 +173,7 @@ def markdown(results: list[dict]) -> str:
         ratio = f"{r['macs_ratio']:.3f}" if "macs_ratio" in r else ""
         err = f"{r['exactness']:.1e}" if "exactness" in r else ""
         note = (r.get("error") or "").replace("|", "/")[:160]
-        lines.append(f"| {r['module']} | {r.get('model', '')} | {outcome(r)} | {share} | {groups} | {ratio} | {err} | {r.get('analyze_s', '')} | {note} |")
+        lines.append(f"| {r['module']} | {r.get('model', '')} | {outcome(r)} | {share} | {groups} | {ratio} | {err} | {r.get('analyze_s', '')} | {r.get('code', '?')} | {note} |")
     return "\n".join(lines) + "\n"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 
@@ -35,7 +35,7 @@ TARGET = 0.5
 
 
 def macs(model, x) -> int:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with flop_counter() as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() // 2
 

@@ -17,6 +17,9 @@ from .trace import TensorSpec, TracedModel
 
 ParamRef = tuple[str, str]  # (module qualified name, attribute name)
 
+#: what the channels of a reshape into attention heads are (see ``groups.analyze``)
+ATTENTION_MODES = ("head_dims", "heads")
+
 
 @dataclasses.dataclass
 class MemberRecord:
@@ -41,7 +44,10 @@ class MacTerm:
 class Analysis:
     """Walks the graph once in topological order, dispatching each node to its rule."""
 
-    def __init__(self, traced: TracedModel):
+    def __init__(self, traced: TracedModel, attention: str = "head_dims"):
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention={attention!r}: use one of {ATTENTION_MODES}")
+        self.attention = attention
         self.traced = traced
         self.gm = traced.gm
         self.atoms = AtomGraph()
@@ -57,6 +63,8 @@ class Analysis:
         self._opaque_maps: dict[tuple[fx.Node, int], ChannelMap] = {}
         self._derived_from: dict[fx.Node, set[ParamRef]] = {}
         self._shape_reads: list[tuple[fx.Node, ChannelMap]] = []
+        #: {view/reshape/expand node: positions of its size arguments the slim pass writes as literals}
+        self.literal_sizes: dict[fx.Node, set[int]] = {}
         self._channel_cache: np.ndarray | None = None
 
     # ---------------------------------------------------------------- driving
@@ -106,7 +114,7 @@ class Analysis:
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
         """Tensor inputs that carry data into the result (shape-only arguments excluded)."""
-        skip = rules.SHAPE_ONLY_ARGS.get(node.target) if node.op == "call_method" else None
+        skip = rules.shape_only_arg(node)
         shape_only = node.args[skip] if skip is not None and len(node.args) > skip else None
         return [a for a in node.all_input_nodes if self.is_tensor(a) and a is not shape_only]
 
@@ -147,18 +155,29 @@ class Analysis:
             if isinstance(m, ChannelMap):
                 self.spaces.append((node, m))
 
-    def member(self, ref: ParamRef, dim: int, labels: np.ndarray, role: str) -> None:
+    def member(self, ref: ParamRef, dim: int, labels: np.ndarray, role: str, rows: tuple[int, int] | None = None) -> None:
         """Parameter ``ref`` must be sliced along ``dim`` with the channels ``labels``.
 
         A parameter registered twice (a module called twice, a shared weight) links both uses.
+        ``rows``: ``labels`` are those of positions [start, stop) of a packed parameter (the q, k
+        and v rows of one in-projection); the record covers the whole dim, parts no use read
+        yet having atoms of their own.
         """
         module, name = ref
         key = (module, name, dim)
-        if key in self.members:
+        if rows is not None:
+            if key not in self.members:
+                size = getattr(self._owner(module), name).shape[dim]
+                self.members[key] = MemberRecord(module, name, dim, self.atoms.new(size), role)
+            self.atoms.link(self.members[key].labels[rows[0] : rows[1]], labels)
+        elif key in self.members:
             self.atoms.link(self.members[key].labels, labels)
         else:
             self.members[key] = MemberRecord(module, name, dim, np.asarray(labels), role)
         self.param_users.setdefault(ref, set()).add(self._current)
+
+    def _owner(self, module: str) -> torch.nn.Module:
+        return self._modules[module] if module in self._modules else self.gm.get_submodule(module)
 
     def macs(self, node: fx.Node, factors: list[ChannelMap], macs: int | None = None) -> None:
         total = self.traced.flops.get(node, 0) // 2 if macs is None else macs
@@ -306,7 +325,8 @@ class Analysis:
             out = run(contiguous=False)
         except Exception:  # an op that needs real memory (a view, an in-place op): as it always ran
             out = run(contiguous=True)
-        return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node)))
+        outer = self.attention == "heads" and node.target in _SIZE_TAKING | {"unflatten", torch.unflatten}
+        return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node), outer))
 
     def _evaluate_from(self, read: fx.Node, target: fx.Node, dim: int, count: int) -> Any:
         """The value ``target`` takes when the tensor ``read`` looks at has ``count`` channels.
@@ -342,16 +362,19 @@ class Analysis:
         Its value (through python arithmetic) may size the channel dim of a view/reshape/expand of
         the *same* channels, when enumerating every kept count proves the reshape stays consistent,
         or give the sizes/bounds of a split or slice along a channel dim, which the slim pass
-        rewrites from the plan. Anywhere else (another tensor's reshape, a new tensor's size, a
-        python condition) pruning would change what it computes: the channels read, and those of
-        the op using the value, are frozen.
+        rewrites from the plan. A size of a view/reshape/expand computed from channel counts alone
+        (``C // heads`` with ``C`` read from the residual stream) is the same for every input: the
+        slim pass writes it as a literal (``literal_sizes``): the new count at the op's channel dim,
+        the original value at any other dim. Anywhere else (arithmetic on tensors, a new tensor's
+        size, a python condition) pruning would change what it computes: the channels read, and
+        those of the op using the value, are frozen.
         """
         proven: set[tuple[fx.Node, fx.Node]] = set()
         for node, m in self._shape_reads:
             ndim = self.spec(node.args[0]).ndim
             for use, via in _channel_count_sinks(node, _reads_channel_count(node, m.dim, ndim), m.dim, ndim, self.is_tensor):
                 why = self._inconsistent_shape_use(node, m, use, via)
-                if why is None:
+                if why is None or self._write_as_literal(use, via):
                     proven.add((use, via))
                     continue
                 self._freeze_around(use, f"{self.describe(use)} {why} computed from the channel count read by '{node.name}'", m)
@@ -362,6 +385,34 @@ class Analysis:
             value = sizes[out.dim] if len(sizes) > out.dim else None
             if isinstance(value, fx.Node) and (node, value) not in proven:
                 self._freeze_around(node, f"{self.describe(node)} sizes its channel dim with '{value.name}', which is not the count of these channels")
+
+    def _write_as_literal(self, use: fx.Node, via: fx.Node) -> bool:
+        """Record the sizes ``via`` gives ``use`` as literals for the slim pass, if that is exact:
+        ``use`` is a view/reshape/expand and ``via`` depends on channel counts and constants only."""
+        where = [i for i, v in enumerate(_size_args(use) or ()) if v is via]
+        if not where or not self._from_channel_counts(via):
+            return False
+        self.literal_sizes.setdefault(use, set()).update(where)
+        return True
+
+    def _from_channel_counts(self, value: Any) -> bool:
+        """Is ``value`` python arithmetic on constants and channel counts (sizes of channel dims)
+        only, so the same for every input of the model?"""
+        if not isinstance(value, fx.Node):
+            return all(self._from_channel_counts(v) for v in value) if isinstance(value, (list, tuple)) else True
+        if value.op == "call_method" and value.target == "size" and not _is_shape_tuple(value):
+            x, d = value.args[0], value.args[1] if len(value.args) > 1 else value.kwargs["dim"]
+            m = self.map(x)
+            return m is not None and d % self.spec(x).ndim == m.dim
+        if value.op != "call_function" or self.is_tensor(value):
+            return False
+        if value.target is operator.getitem and isinstance(value.args[0], fx.Node) and _is_shape_tuple(value.args[0]):
+            x, idx = value.args[0].args[0], value.args[1]
+            m = self.map(x)
+            return m is not None and isinstance(idx, int) and idx % self.spec(x).ndim == m.dim
+        if getattr(value.target, "__module__", None) not in ("_operator", "math", "builtins"):
+            return False
+        return all(self._from_channel_counts(a) for a in (*value.args, *value.kwargs.values()))
 
     def _freeze_around(self, use: fx.Node, reason: str, read: ChannelMap | None = None) -> None:
         """Freeze the channels whose count a value carried (``read``), and those of the op using it."""
@@ -420,7 +471,7 @@ class Analysis:
         for (module, name, dim), rec in self.members.items():
             allowed = self.param_users.get((module, name), set())
             for g in targets.get((module, name), []):
-                stray = [u for u in g.users if u not in allowed]
+                stray = [u for u in g.users if u not in allowed and not _reads_metadata(u)]
                 if stray:
                     self.atoms.freeze(rec.labels, f"parameter '{module}.{name}' is also used by {self.describe(stray[0])}, which graphprune cannot follow")
 
@@ -473,6 +524,11 @@ def _map_tensors(value: Any, fn) -> Any:
     return None
 
 
+def _reads_metadata(node: fx.Node) -> bool:
+    """``p.dtype``, ``p.device``: reads no values and no channel count (ViT's patch embedding casts to its weight's dtype)."""
+    return node.op == "call_function" and node.target is getattr and node.args[1] in ("dtype", "device")
+
+
 def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
     """True: the value is the channel count (or a product with it); None: a tuple of sizes; False: unrelated."""
     if node.op == "call_function":  # getattr(x, name)
@@ -481,6 +537,13 @@ def _reads_channel_count(node: fx.Node, dim: int, ndim: int) -> bool | None:
         d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return None if d is None else d % ndim == dim
     return node.target == "numel"
+
+
+def _is_shape_tuple(node: fx.Node) -> bool:
+    """``x.shape`` or ``x.size()``: a tuple of all of a tensor's sizes."""
+    if node.op == "call_function":
+        return node.target is getattr and node.args[1] == "shape"
+    return node.op == "call_method" and node.target == "size" and len(node.args) == 1 and "dim" not in node.kwargs
 
 
 def _python_descendants(node: fx.Node, is_tensor) -> set[fx.Node]:
@@ -505,6 +568,11 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
     for use in node.users:
         if reads is None and use.op == "call_function" and use.target is operator.getitem and use.args[0] is node:
             idx = use.args[1]
+            if isinstance(idx, slice) and not any(isinstance(i, fx.Node) for i in (idx.start, idx.stop, idx.step)):
+                kept = list(range(ndim))[idx]  # x.size()[:-1]: still sizes, the channel count in them or not
+                if dim in kept:
+                    yield from _channel_count_sinks(use, None, kept.index(dim), len(kept), is_tensor)
+                continue
             hit = idx % ndim == dim if isinstance(idx, int) else True
             yield from _channel_count_sinks(use, hit, dim, ndim, is_tensor)
         elif use.op == "call_function" and not is_tensor(use) and getattr(use.target, "__module__", None) in ("_operator", "math", "builtins"):

@@ -207,14 +207,17 @@ def label_tensor(cmap: ChannelMap | None, shape: tuple[int, ...], offset: int = 
     return positions.contiguous() if contiguous else positions
 
 
-def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, what: str) -> ChannelMap | None:
+def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, what: str, outer: bool = False) -> ChannelMap | None:
     """Turn executed position labels back into a channel map (``atom_of[position]`` is its atom).
 
     The channel dim is the one along which the positions vary; if they vary along several dims
     (a channel dim split into heads or shuffle groups, or interleaved with space by a pixel
     shuffle), the dim holding the most distinct channels is kept and the atoms along the others
-    are linked, since those dims must then be pruned in lockstep. Indices along the
-    channel dim that hold only constants (zero padding of channels) get atoms of their own.
+    are linked, since those dims must then be pruned in lockstep. ``outer`` (a reshape splitting
+    channels into heads, analyzed with ``attention="heads"``) keeps the second innermost of those
+    dims instead: the heads of ``(..., heads, head_dim)`` and of ``(..., 3, heads, head_dim)``.
+    Indices along the channel dim that hold only constants (zero padding of channels) get atoms
+    of their own.
 
     Positions are read as integers (``int64`` conversion). The common case, positions varying
     along one dim only, is recognized on the tensor as it is (no full-size conversion or index
@@ -250,7 +253,7 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
         fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(first))]
         return int(torch.unique(fiber[fiber >= 0]).numel())
 
-    dim = max(support, key=lambda d: (distinct_along(d), d))
+    dim = support[-2] if outer and len(support) > 1 else max(support, key=lambda d: (distinct_along(d), d))
     rows = pos.movedim(dim, 0).reshape(pos.shape[dim], -1)
     idx, col = torch.nonzero(rows >= 0, as_tuple=True)
     span = len(atom_of)

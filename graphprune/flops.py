@@ -39,9 +39,26 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import GraphPruneError
+
+
+def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: formulas ``FlopCounterMode`` lacks. Its attention formulas cover the CUDA kernels and the math
+#: fallback (two bmm), not the CPU flash kernel, which it counts as 0: which kernel runs depends on
+#: shapes (q and v head dims that differ after pruning pick the math one), so without this the same
+#: attention would cost 0 or its full MACs depending on the device and on the plan.
+EXTRA_FORMULAS: dict[Any, Callable] = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop}
+
+
+def flop_counter(display: bool = False) -> FlopCounterMode:
+    """``FlopCounterMode`` with :data:`EXTRA_FORMULAS`: what the budget model's MACs are checked
+    against (attention costs the same on every device and kernel). Use it like the mode itself."""
+    return FlopCounterMode(display=display, custom_mapping=EXTRA_FORMULAS)
 
 #: the ops ``FlopCounterMode`` has formulas for, by overload packet name, when the tables below were
 #: written (torch 2.4 - 2.14). If the installed torch counts any other op, every node is counted.
@@ -50,7 +67,8 @@ CONTRACTIONS = frozenset({
     "aten.convolution", "aten._convolution", "aten.cudnn_convolution", "aten._slow_conv2d_forward",
     "aten.convolution_backward", "aten.convolution_overrideable",
     "aten._scaled_dot_product_efficient_attention", "aten._scaled_dot_product_flash_attention",
-    "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_efficient_attention_backward",
+    "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
+    "aten._scaled_dot_product_efficient_attention_backward",
     "aten._scaled_dot_product_flash_attention_backward", "aten._scaled_dot_product_cudnn_attention_backward",
     "aten._efficient_attention_forward", "aten._efficient_attention_backward",
     "aten._flash_attention_forward", "aten._flash_attention_backward",
@@ -149,7 +167,7 @@ class NodeFlops:
 
     def __init__(self, gm: fx.GraphModule, modules: dict[str, nn.Module] | None = None):
         self._modules = dict(gm.named_modules()) if modules is None else modules
-        self._counter = FlopCounterMode(display=False)
+        self._counter = flop_counter()
         registry = {str(k) for k in self._counter.flop_registry}
         global_hooks = any(getattr(nn.modules.module, h, None) for h in _GLOBAL_HOOKS)
         self._skip = registry <= CONTRACTIONS  # else: count every node
@@ -196,7 +214,7 @@ class NodeFlops:
                 with mode:
                     out = run()
                 return out, int(self._counter.get_total_flops())
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter:
             out = run()
         return out, int(counter.get_total_flops())

@@ -5,6 +5,21 @@ After the rules have linked atoms, each connected component of the atom graph is
 parameter dim are interchangeable for every cost and every slice: they form one *group*. For a
 plain conv this is its output channels; a split, slice or non-uniform reuse downstream divides
 them into several groups, and a residual add or shared weight merges producers into one.
+
+Attention has two prunable dimensions, but one atom graph holds only one of them: a head's
+channels are linked into one channel for whole-head pruning, a head dim's channels across the heads
+for head-dim pruning, and linking both would make the whole attention one channel. So
+``analyze(attention=...)`` picks one. ``"head_dims"`` (the default): a reshape splitting channels
+into ``(heads, head_dim)`` keeps the head dim, pruned in lockstep across heads; q and k share
+their contraction dim, v and the output projection theirs (apart where q, k and v are separate
+tensors; one packed qkv reshape puts q, k and v of one head dim in one channel). ``"heads"``:
+such a reshape keeps the heads; a head is its q, k and v channels and the projection's input
+columns for it, attention matmuls and ``scaled_dot_product_attention`` carry heads through their
+batch dim, and the slim pass rewrites the head count in reshapes. The default is the finer of the
+two and is what every other split of a channel dim (a channel shuffle's view into groups) always got;
+``"heads"`` treats every such split as heads, so it is meant for attention models. A factorized
+group (keep-heads x keep-dims) would make the budget cubic, and the allocators (allocate.py, the
+quadratic F_A/F_B/c of passes/dsa.py) rely on quadratic costs.
 """
 
 from __future__ import annotations
@@ -313,15 +328,17 @@ def analyze(
     leaf_modules: Sequence[str | type] = (),
     concrete_args: dict[str, Any] | None = None,
     round_to: int = 1,
+    attention: str = "head_dims",
 ) -> GroupGraph:
     """Trace ``model`` on ``example_inputs`` and find its channel groups and budget model.
 
     ``leaf_modules``: module names or types to keep opaque (their channels are frozen).
     ``round_to``: default channel multiple for every group (e.g. 8 for tensor cores).
+    ``attention``: ``"head_dims"`` prunes per-head dims, ``"heads"`` whole heads (module docstring).
     """
     with _no_cyclic_gc():
         traced = trace(model, example_inputs, leaf_modules, concrete_args)
-        analysis = Analysis(traced).run()
+        analysis = Analysis(traced, attention).run()
         groups, atom_group, atom_channel = build_groups(analysis, round_to)
         return GroupGraph(traced, analysis, groups, atom_group, atom_channel)
 

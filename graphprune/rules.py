@@ -12,7 +12,7 @@ Rule kinds:
   elementwise activations, dropout, add/sub/mul/div/where...: operands share atoms (broadcasting)
   mixing      pooling, interpolate, softmax, reductions: must not mix the channel dim
   movement    view/reshape/permute/cat/split/slice/pad/pixel-shuffle...: executed on labels
-  contraction matmul/bmm/scaled-dot-product attention: contracted dims share atoms
+  contraction matmul/bmm/einsum/scaled-dot-product attention: contracted dims share atoms
   shape       x.size(), x.shape: python values; checked for uses that pruning would change
 """
 
@@ -28,6 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import equivalents
 from .channels import ChannelMap
 from .trace import TensorSpec
 
@@ -81,7 +82,7 @@ def _producer(
     out = ctx.atoms.new(out_channels)
     out_map = ChannelMap(out_dim, out)
     if groups == 1:
-        ctx.member(params.weight, params.weight_out_dim, out, "out")
+        ctx.member(params.weight, params.weight_out_dim, out, "out", params.weight_rows)
         ctx.member(params.weight, params.weight_in_dim, in_map.labels, "in")
         factors = [in_map, out_map]
     else:
@@ -93,18 +94,24 @@ def _producer(
             ctx.member(params.weight, params.weight_out_dim, out, "out")
         factors = [out_map]
     if params.bias is not None:
-        ctx.member(params.bias, 0, out, "out")
+        ctx.member(params.bias, 0, out, "out", params.bias_rows)
     ctx.macs(node, factors)
     ctx.set(node, out_map)
 
 
 class ParamSlots:
-    """Where a producer's weight and bias live (module attribute or get_attr target)."""
+    """Where a producer's weight and bias live (module attribute or get_attr target).
 
-    def __init__(self, weight, bias, weight_out_dim: int, weight_in_dim: int, transposed: bool = False):
+    ``weight_rows`` / ``bias_rows``: the (start, stop) part of a packed parameter's output dim
+    the producer reads (None: all of it).
+    """
+
+    def __init__(self, weight, bias, weight_out_dim: int, weight_in_dim: int, transposed: bool = False,
+                 weight_rows: tuple[int, int] | None = None, bias_rows: tuple[int, int] | None = None):
         self.weight, self.bias = weight, bias
         self.weight_out_dim, self.weight_in_dim = weight_out_dim, weight_in_dim
         self.transposed = transposed
+        self.weight_rows, self.bias_rows = weight_rows, bias_rows
 
 
 @_kind(RuleKind.PRODUCER)
@@ -146,6 +153,27 @@ def linear_function(ctx: "Analysis", node: fx.Node) -> None:
     if weight is None or (args.get("bias") is not None and bias is None):
         return unknown(ctx, node, "its weight is computed in forward, so graphprune cannot slice it")
     _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 0, 1))
+
+
+@_kind(RuleKind.PRODUCER)
+def addmm_function(ctx: "Analysis", node: fx.Node) -> None:
+    """``torch.addmm(bias, x, weight)`` with an (in, out) weight: Hugging Face's ``Conv1D`` (GPT-2)."""
+    args = ctx.bound_args(node, ("input", "mat1", "mat2"))
+    weight, bias = ctx.param_ref(args.get("mat2")), ctx.param_ref(args.get("input"))
+    if weight is None or bias is None or ctx.spec(args["input"]).ndim != 1 or node.kwargs:
+        return unknown(ctx, node, "it is not a linear layer (bias + x @ weight with both parameters, no beta/alpha)")
+    _linear(ctx, node, args["mat1"], ctx.spec(node).shape[-1], ParamSlots(weight, bias, 1, 0))
+
+
+@_kind(RuleKind.PRODUCER)
+def linear_rows(ctx: "Analysis", node: fx.Node) -> None:
+    """A linear reading rows of packed parameters (equivalents.linear_rows): members at an offset."""
+    args = ctx.bound_args(node, ("input", "weight", "bias", "weight_rows", "bias_rows"))
+    weight, bias = ctx.param_ref(args["weight"]), ctx.param_ref(args.get("bias"))
+    if weight is None or (args.get("bias") is not None and bias is None):
+        return unknown(ctx, node, "its weight is computed in forward, so graphprune cannot slice it")
+    slots = ParamSlots(weight, bias, 0, 1, weight_rows=args["weight_rows"], bias_rows=args.get("bias_rows"))
+    _linear(ctx, node, args["input"], ctx.spec(node).shape[-1], slots)
 
 
 def _linear(ctx: "Analysis", node: fx.Node, x: fx.Node, out_features: int, slots: ParamSlots) -> None:
@@ -349,6 +377,49 @@ softmax = _mixing(_dim_arg("dim"))
 softmax_module = _mixing(_module_dim)
 reduce = _mixing(_dim_arg("dim"), reduces=True)
 
+_SQUARES = {operator.pow, torch.pow, "pow", torch.square, "square"}
+_RESCALES = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
+
+
+@_kind(RuleKind.MIXING)
+def mean(ctx: "Analysis", node: fx.Node) -> None:
+    """A mean across the channels is frozen like any reduction, except RMS normalization written
+    out (Llama's ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): prunable and, like
+    LayerNorm, flagged inexact (the mean divides by the channel count, which pruning changes)."""
+    m = _rms_normalized(ctx, node)
+    if m is None:
+        return reduce(ctx, node)
+    ctx.atoms.mark_inexact(m.labels, f"{ctx.describe(node)} normalizes across these channels (root mean square)")
+    ctx.set(node, None)
+
+
+def _rms_normalized(ctx: "Analysis", node: fx.Node) -> ChannelMap | None:
+    """The channels of ``x`` if ``node`` is ``mean(x ** 2)`` over exactly the channel dim (keepdim) and
+    its value reaches nothing but (through elementwise ops of it alone) a product or quotient with ``x``."""
+    args = ctx.bound_args(node, ("input", "dim", "keepdim"))
+    square, dims = args.get("input"), args.get("dim")
+    if not (isinstance(square, fx.Node) and square.target in _SQUARES and args.get("keepdim")):
+        return None
+    exponent = square.args[1] if len(square.args) > 1 else 2
+    x = square.args[0]
+    m = ctx.map(x) if isinstance(x, fx.Node) else None
+    if m is None or exponent != 2 or ctx.map(square) is None or not np.array_equal(ctx.map(square).labels, m.labels):
+        return None
+    ndim = ctx.spec(square).ndim
+    if sorted(d % ndim for d in (dims if isinstance(dims, (tuple, list)) else [dims])) != [m.dim]:
+        return None
+    todo = list(node.users)
+    while todo:
+        use = todo.pop()
+        inputs = ctx.tensor_inputs(use)
+        if len(inputs) == 1 and rule_kind(use, None) == RuleKind.ELEMENTWISE and use.op != "call_module":
+            todo.extend(use.users)  # + eps, rsqrt, sqrt, reciprocal, .to(dtype)
+            continue
+        others = [a for a in inputs if a not in (node,) and ctx.map(a) is not None]
+        if use.target not in _RESCALES or len(inputs) != 2 or len(others) != 1 or not np.array_equal(ctx.map(others[0]).labels, m.labels):
+            return None
+    return m
+
 
 # ----------------------------------------------------------------------------------- movement
 
@@ -410,6 +481,12 @@ def matmul(ctx: "Analysis", node: fx.Node) -> None:
         return unknown(ctx, node, "matrix-vector products are not supported")
     ma, mb = ctx.map(a), ctx.map(b)
     factors, out_map = [], None
+    batch = _batch_channels(ctx, node, [(a, ma), (b, mb)])
+    if batch is not None:  # attention heads: channels along a batch dim are carried through
+        factors.append(batch)
+        out_map = batch
+        ma = None if ma is not None and ma.dim < sa.ndim - 2 else ma
+        mb = None if mb is not None and mb.dim < sb.ndim - 2 else mb
     if (ma is not None and ma.dim == sa.ndim - 1) or (mb is not None and mb.dim == sb.ndim - 2):
         ka, kb = ctx.demand(a, sa.ndim - 1, node), ctx.demand(b, sb.ndim - 2, node)
         ctx.atoms.link(ka.labels, kb.labels)
@@ -429,27 +506,120 @@ def matmul(ctx: "Analysis", node: fx.Node) -> None:
     ctx.set(node, out_map)
 
 
+def _batch_channels(ctx: "Analysis", node: fx.Node, operands: list) -> ChannelMap | None:
+    """The channels of a contraction's operands along one of their batch dims (every dim before the
+    last two, aligned from the right: attention heads), linked where not broadcast; as the output's map."""
+    out_ndim = ctx.spec(node).ndim
+    found = [m.dim - ctx.spec(x).ndim for x, m in operands if m is not None and m.dim < ctx.spec(x).ndim - 2]
+    if not found:
+        return None
+    labels = None
+    for x, _ in operands:
+        d = found[0] + ctx.spec(x).ndim
+        if d < 0 or ctx.spec(x).shape[d] == 1:
+            continue  # broadcast along the heads
+        m = ctx.demand(x, d, node)
+        if labels is not None:
+            ctx.atoms.link(labels, m.labels)
+        labels = m.labels if labels is None else labels
+    return ChannelMap(found[0] + out_ndim, labels)
+
+
 @_kind(RuleKind.CONTRACTION)
 def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
+    """q and k share their head dims (contracted), v's are the output's. With whole heads
+    (``attention="heads"``) q, k, v and an additive mask indexed by heads (a learned attention
+    bias) share the heads."""
     args = ctx.bound_args(node, ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"))
     q, k, v = args["query"], args["key"], args["value"]
+    mask = args.get("attn_mask") if ctx.is_tensor(args.get("attn_mask")) else None
     last = ctx.spec(q).ndim - 1
     who = ctx.describe(node)
+    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev, on every
+    # kernel (graphprune.flops.EXTRA_FORMULAS adds the CPU one it lacks)
+    sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
+    rows = math.prod(sq[:-1]) * sv[-2]
+    if any(ctx.map(t) is not None and ctx.map(t).dim < last - 1 for t in (q, k, v)):  # whole heads
+        if args.get("enable_gqa") or len({ctx.spec(t).shape[:-2] for t in (q, k, v)}) > 1:
+            return unknown(ctx, node, "shares key/value heads between query heads, which graphprune does not follow yet")
+        heads = _batch_channels(ctx, node, [(t, ctx.map(t)) for t in (q, k, v, mask) if t is not None])
+        ctx.macs(node, [heads], macs=rows * (sq[-1] + sv[-1]))
+        return ctx.set(node, heads)
+    if mask is not None and ctx.map(mask) is not None:
+        ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
     qm, km = ctx.demand(q, last, node), ctx.demand(k, last, node)
     ctx.atoms.link(qm.labels, km.labels)
     _contraction_is_inexact(ctx, node, qm)
-    if args.get("scale") is None:
-        ctx.atoms.freeze(qm.labels, f"{who} derives its scale from the head dim; pass scale= explicitly to prune it")
+    # a default scale (from q's head dim) is passed explicitly by the slim pass: it keeps its value
     vm = ctx.demand(v, ctx.spec(v).ndim - 1, node)
-    mask = args.get("attn_mask")
-    if isinstance(mask, fx.Node) and ctx.map(mask) is not None:
-        ctx.atoms.freeze(ctx.map(mask).labels, f"{who} uses it as an attention mask")
-    # FlopCounterMode's convention: q@kT costs batch*L*S*E MACs, attn@v costs batch*L*S*Ev
-    sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
-    rows = math.prod(sq[:-1]) * sv[-2]
     ctx.macs(node, [qm], macs=rows * sq[-1])
     ctx.macs(node, [vm], macs=rows * sv[-1])
     ctx.set(node, vm)
+
+
+@_kind(RuleKind.CONTRACTION)
+def einsum(ctx: "Analysis", node: fx.Node) -> None:
+    """``torch.einsum`` with explicit output labels: a label carrying channels links them in every
+    operand that has it; kept in the output, it is the output's channel dim, contracted, it is
+    matmul's contraction (a parameter operand is sliced as a consumer, ``in``); a label only a weight
+    has that is kept in the output is a producer's new channels (``out``)."""
+    equation, *operands = node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    who = ctx.describe(node)
+    terms = _einsum_terms(equation, [ctx.spec(o).ndim if ctx.is_tensor(o) else -1 for o in operands])
+    if terms is None:
+        return unknown(ctx, node, f"has an einsum equation graphprune does not follow ({equation!r}: it needs "
+                                  "explicit '->' output labels, no '...' and no label repeated within an operand)")
+    ins, out = terms
+    out_map, factors = None, []
+    for label in dict.fromkeys("".join(ins)):
+        where = [(o, s.index(label)) for o, s in zip(operands, ins) if label in s]
+        acts = [(o, d) for o, d in where if ctx.param_ref(o) is None and ctx.spec(o).shape[d] > 1]
+        weights = [(ctx.param_ref(o), d) for o, d in where if ctx.param_ref(o) is not None]
+        if any(ctx.map(o) is not None and ctx.map(o).dim == d for o, d in acts):
+            labels = None
+            for o, d in acts:
+                m = ctx.demand(o, d, node)
+                if labels is not None:
+                    ctx.atoms.link(labels, m.labels)
+                labels = m.labels if labels is None else labels
+            for ref, d in weights:
+                ctx.member(ref, d, labels, "channelwise" if label in out else "in")
+        elif label in out and weights and not acts:
+            labels = ctx.atoms.new(ctx.spec(node).shape[out.index(label)])
+            for ref, d in weights:
+                ctx.member(ref, d, labels, "out")
+        else:
+            continue
+        cmap = ChannelMap(out.index(label) if label in out else 0, labels)
+        if label not in out:
+            if len(where) == 1:
+                ctx.atoms.freeze(labels, f"{who} sums over these channels")
+                continue
+            if len(acts) > 1:
+                _contraction_is_inexact(ctx, node, cmap)
+        elif out_map is not None:
+            ctx.atoms.freeze(labels, f"{who} puts a second channel dim in its output")
+            continue
+        else:
+            out_map = cmap
+        factors.append(cmap)
+    ctx.macs(node, factors)
+    ctx.set(node, out_map)
+
+
+def _einsum_terms(equation: object, ndims: list[int]) -> tuple[list[str], str] | None:
+    """Input and output labels of an einsum equation graphprune follows, else None."""
+    if not isinstance(equation, str) or "->" not in equation or "." in equation:
+        return None
+    lhs, out = equation.replace(" ", "").split("->")
+    ins = lhs.split(",")
+    if len(ins) != len(ndims) or any(len(s) != n or len(set(s)) != n for s, n in zip(ins, ndims)):
+        return None
+    if len(set(out)) != len(out) or not set(out) <= set(lhs):
+        return None
+    return ins, out
 
 
 # ------------------------------------------------------------------------------------- shapes
@@ -462,6 +632,14 @@ def shape_read(ctx: "Analysis", node: fx.Node) -> None:
     if m is not None:
         ctx.check_shape_uses(node, m)
     ctx.set(node, None)
+
+
+# ------------------------------------------------------------------------------------- masks
+
+def attention_mask(ctx: "Analysis", node: fx.Node) -> None:
+    """Masks built at run time (equivalents.py) hold no channels: a consumer that would need them
+    per channel (a mask per head) freezes those channels, with this node named as the cause."""
+    unknown(ctx, node, "builds an attention mask, which holds no channels")
 
 
 # ------------------------------------------------------------------------------------- unknown
@@ -546,7 +724,7 @@ _POOL_FUNCTIONS = (
 
 FUNCTION_RULES: dict[Callable, Rule] = {
     F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
-    F.linear: linear_function,
+    F.linear: linear_function, torch.addmm: addmm_function,
     F.batch_norm: batchnorm_function, F.instance_norm: batchnorm_function,
     F.group_norm: groupnorm_function, F.layer_norm: layernorm_function,
     **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
@@ -554,16 +732,24 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     F.pad: movement,
     **{f: pool for f in _POOL_FUNCTIONS},
     F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
-    **{f: reduce for f in (torch.sum, torch.mean, torch.amax, torch.amin, torch.std, torch.var)},
+    **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var)}, torch.mean: mean,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,
+    torch.einsum: einsum,
     getattr: shape_read,
+    equivalents.linear_rows: linear_rows,
+    equivalents.batched: elementwise,
+    equivalents.merged_attention_mask: attention_mask,
+    equivalents.shifted_window_mask: attention_mask,
 }
 
 #: functions of other libraries, by qualified name (importing those libraries is not required)
 NAMED_FUNCTION_RULES: dict[str, Rule] = {
     # drops whole samples or elements with a mask broadcast over channels
     "torchvision.ops.stochastic_depth.stochastic_depth": elementwise,
+    "timm.layers.attention.maybe_add_mask": elementwise,  # scores + mask, or the scores
+    # its output is built from the mask argument (see SHAPE_ONLY_NAMED_ARGS); a mask with channels freezes
+    "timm.layers.attention.resolve_self_attn_mask": lambda ctx, node: unknown(ctx, node, "builds an attention mask from it"),
 }
 
 METHOD_RULES: dict[str, Rule] = {
@@ -579,13 +765,31 @@ METHOD_RULES: dict[str, Rule] = {
         "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
     )},
     "softmax": softmax, "log_softmax": softmax,
-    **{n: reduce for n in ("sum", "mean", "amax", "amin", "std", "var")},
+    **{n: reduce for n in ("sum", "amax", "amin", "std", "var")}, "mean": mean,
     "matmul": matmul, "bmm": matmul, "mm": matmul,
     "size": shape_read, "dim": shape_read, "numel": shape_read,
 }
 
 #: tensor arguments that only pass a shape or dtype: they carry no data into the result
 SHAPE_ONLY_ARGS = {"expand_as": 1, "view_as": 1, "reshape_as": 1, "type_as": 1}
+#: the same for functions of other libraries, by qualified name
+SHAPE_ONLY_NAMED_ARGS = {
+    # builds an additive mask from the mask argument, reading only the scores' dtype and device
+    "timm.layers.attention.resolve_self_attn_mask": 1,
+}
+
+
+def shape_only_arg(node: fx.Node) -> int | None:
+    """Position of ``node``'s argument that passes only a shape or dtype, if any."""
+    if node.op == "call_method":
+        return SHAPE_ONLY_ARGS.get(node.target)
+    if node.op == "call_function":
+        return SHAPE_ONLY_NAMED_ARGS.get(_qualified_name(node.target))
+    return None
+
+
+def _qualified_name(fn) -> str:
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
 
 #: how a movement op runs on label tensors when calling it as-is would be wrong
 LABEL_OVERRIDES: dict = {F.pad: pad_function}
@@ -616,9 +820,7 @@ def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
     if node.op == "call_module":
         return module_rule(m)
     if node.op == "call_function":
-        rule = FUNCTION_RULES.get(node.target)
-        name = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__qualname__', '')}"
-        return rule or NAMED_FUNCTION_RULES.get(name)
+        return FUNCTION_RULES.get(node.target) or NAMED_FUNCTION_RULES.get(_qualified_name(node.target))
     if node.op == "call_method":
         return METHOD_RULES.get(node.target)
     return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import copyreg
+import math
 import operator
 from collections import OrderedDict
 from typing import Any, Callable
@@ -27,6 +28,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import equivalents
 from .channels import ChannelMap
 from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
@@ -552,15 +554,35 @@ def _rewrite_narrow(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
 
 
 def _rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
-    """view/reshape/expand with literal sizes: the channel dim's literal becomes the new count."""
+    """view/reshape/expand: the channel dim's literal becomes the new count. Sizes the analysis
+    found computed from channel counts alone (``literal_sizes``) become literals: the new count
+    at the channel dim, the original value at any other dim (it has no channels: it keeps its size)."""
     out = s.maps.get(old)
-    if not isinstance(out, ChannelMap):
+    literal = s.gg._analysis.literal_sizes.get(old, set())
+    if not isinstance(out, ChannelMap) and not literal:
         return
     packed = len(new.args) == 2 and isinstance(new.args[1], (tuple, list))
     sizes = list(new.args[1] if packed else new.args[1:])
-    if isinstance(sizes[out.dim], int) and sizes[out.dim] != -1:
-        sizes[out.dim] = s.count(out)
-        new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
+    channel_dim = out.dim if isinstance(out, ChannelMap) else None
+    if channel_dim is not None and not literal and len(sizes) == 1 and isinstance(sizes[0], fx.Node) and s.values[old].ndim > 1:
+        # one computed tuple (GPT-2's x.size()[:-1] + (nf,)): its entries, the channel dim's the new count
+        with new.graph.inserting_before(new):
+            entries = [new.graph.call_function(operator.getitem, (sizes[0], i)) for i in range(s.values[old].ndim)]
+        entries[channel_dim] = s.count(out)
+        new.args = (new.args[0], tuple(entries))
+        return
+    for i in literal:
+        sizes[i] = s.count(out) if i == channel_dim else _concrete(s, (old.args[1] if packed else old.args[1:])[i])
+    if channel_dim is not None and isinstance(sizes[channel_dim], int) and sizes[channel_dim] != -1:
+        sizes[channel_dim] = s.count(out)
+    new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
+
+
+def _rewrite_attention_scale(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """scaled_dot_product_attention's default scale is 1/sqrt(q.size(-1)): pruned head dims would
+    change it, so the slim call passes the original value."""
+    if _arg(new, 6, "scale") is None:
+        _set_arg(new, 6, "scale", 1.0 / math.sqrt(s.values[_arg(old, 0, "query")].shape[-1]))
 
 
 def _rewrite_pad(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
@@ -593,6 +615,17 @@ def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
 
 
+def _rewrite_linear_rows(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """The parts of packed parameters a linear_rows reads move to their kept rows."""
+    for pos, name, param in ((3, "weight_rows", 1), (4, "bias_rows", 2)):
+        rows, ref = _arg(old, pos, name), _arg(old, param, ("weight", "bias")[param - 1])
+        if rows is None or not isinstance(ref, fx.Node):
+            continue
+        module, _, attr = ref.target.rpartition(".")
+        counts = s._counts[s.gg._analysis.members[(module, attr, 0)].labels]
+        _set_arg(new, pos, name, (int(counts[: rows[0]].sum()), int(counts[: rows[1]].sum())))
+
+
 GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     **{t: _rewrite_split for t in ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)},
     operator.getitem: _rewrite_getitem,
@@ -603,4 +636,6 @@ GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     **{f: _rewrite_conv_groups for f in (F.conv1d, F.conv2d, F.conv3d)},
     F.group_norm: _rewrite_group_norm,
     F.layer_norm: _rewrite_layer_norm,
+    equivalents.linear_rows: _rewrite_linear_rows,
+    F.scaled_dot_product_attention: _rewrite_attention_scale,
 }

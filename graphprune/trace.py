@@ -15,6 +15,17 @@ top-level submodules (splitting the model into separately analyzed submodules wo
 channel at their boundaries), and the slim model stays an ``fx.GraphModule`` like any other.
 Values computed from channel counts only need no guard (no input changes a model's channel
 counts), so they become constants the slim pass rewrites like any literal.
+
+Hugging Face transformers models are captured by this tracer too (transformers 5 no longer ships
+``transformers.utils.fx``; ``torch.export`` would give an aten graph the rule table does not read,
+without the ``nn.Linear``/``nn.LayerNorm`` modules the members name). Three things make them one
+graph: their decorated ``forward(self, *args, **kwargs)`` is called by keyword with the decorated
+function's named parameters as the graph's inputs (:func:`keyword_forward_parameters`); they are
+traced along the example path into submodules as well, since every layer computes shapes in Python
+(head splits, mask creation, attention dispatch), with a guard per value taken from the example
+(ranks and channel counts need none; what is left checks e.g. ``q_length > 1``); and
+``use_cache=False`` is a default concrete arg (a key/value cache is an object a graph cannot
+return). The graph returns the model output's fields as a dict.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import torch
 import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
 
+from .equivalents import function_form, module_form
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .locations import caller_location, user_location
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
@@ -144,12 +156,42 @@ class _FallbackTracer(fx.Tracer):
         self.training: bool | None = None
         self.mode_reads: dict[str, str] = {}
         self._mode_nodes: dict[str, fx.Node] = {}
+        self.root_call: Callable | None = None  # what forward's inputs are passed to, when not forward itself
 
     def trace(self, root, concrete_args=None):
+        self._form_outputs: list[Any] = []
         if not isinstance(root, torch.nn.Module):
-            return super().trace(root, concrete_args)
-        with mode_flags(root, self.training, self.mode_reads):
-            return super().trace(root, concrete_args)
+            graph = super().trace(root, concrete_args)
+        else:
+            with mode_flags(root, self.training, self.mode_reads):
+                graph = super().trace(root, concrete_args)
+        for out in self._form_outputs:  # fx marks what a wrapped call returned, and its generated code would
+            if isinstance(out, fx.Proxy):  # torch.fx.wrap the op that computed it for every later trace
+                out.node.meta.pop("is_wrapped", None)
+        return graph
+
+    def create_proxy(self, kind, target, args, kwargs, *rest, **options):
+        form = function_form(target) if kind == "call_function" else None
+        if form is not None:  # a torch.fx.wrap'ed library function traced through (equivalents.py)
+            out = form(*args, **kwargs)
+            self._form_outputs.append(out)
+            return out
+        return super().create_proxy(kind, target, args, kwargs, *rest, **options)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        names = keyword_forward_parameters(root_fn, concrete_args) if is_module else None
+        if names is None:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        defaults = {n: concrete_args[n] if n in (concrete_args or {}) else _default(root_fn, n) for n in names}
+        signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n])
+                                       for n in names])  # a specialized input defaults to its value
+        inputs = [self._proxy_placeholder(n, concrete_args, signature, root_fn) for n in names]
+
+        def call_by_keyword(root: torch.nn.Module, *values: Any) -> Any:
+            return root_fn(root, **dict(zip(names, values)))
+
+        self.root_call = call_by_keyword
+        return call_by_keyword, [self.root, *inputs]
 
     def create_arg(self, a: Any) -> Any:
         if isinstance(a, ModeFlag):
@@ -162,12 +204,17 @@ class _FallbackTracer(fx.Tracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types + (ModeGuard,)):
             return True
+        if module_form(m) is not None:
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         if self.is_leaf_module(m, name):
             return super().call_module(m, forward, args, kwargs)
+        form = module_form(m)
+        if form is not None:  # a library module traced through its plain-op form (equivalents.py)
+            forward = lambda *a, **k: form(m, name, *a, **k)  # noqa: E731
         self._stack.append(name)
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -304,16 +351,18 @@ class _ExamplePathTracer(_FallbackTracer):
         leaf_names: set[str] = frozenset(),
         leaf_types: tuple[type, ...] = (),
         example_values: Callable[[list[fx.Node]], list[Any]] | None = None,
+        specialize_submodules: bool = False,
     ):  # defaults: unpickling re-traces the straight-line graph, which needs no example values
         super().__init__(leaf_names, leaf_types)
         self._example_values = example_values
+        self.specialize_submodules = specialize_submodules
         self._interpreter: fx.Interpreter | None = None
         self._evaluating = False  # running the graph: modules and attributes are the real ones
         self.guards: list[tuple[Specialization, fx.Node]] = []
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
-        if fn is not root_fn or self._example_values is None:  # *args/**kwargs or nested inputs; unpickling
+        if fn not in (root_fn, self.root_call) or self._example_values is None:  # *args or nested inputs; unpickling
             return fn, args
         placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
         inputs = self._example_values(placeholders)
@@ -336,7 +385,7 @@ class _ExamplePathTracer(_FallbackTracer):
         return self.concretize(obj, "bool")
 
     def iter(self, obj: fx.Proxy):
-        if self._stack:
+        if self._stack and not self.specialize_submodules:
             return super().iter(obj)
         return iter([obj[i] for i in range(self.concretize(obj, "len"))])
 
@@ -352,7 +401,7 @@ class _ExamplePathTracer(_FallbackTracer):
 
     def concretize(self, proxy: fx.Proxy, conversion: str) -> Any:
         """The example inputs' value of ``proxy``, converted; the graph gets a guard re-checking it."""
-        if self._stack:  # inside a submodule: it becomes an opaque leaf
+        if self._stack and not self.specialize_submodules:  # inside a submodule: it becomes an opaque leaf
             if conversion == "bool":
                 return super().to_bool(proxy)
             raise TypeError(f"symbolic tracing cannot compute {conversion}() of a traced value")
@@ -402,12 +451,13 @@ def _trace_example_path(
     concrete_args: Mapping[str, Any] | None,
     example_values: Callable[[list[fx.Node]], list[Any]],
     training: bool | None = None,
+    specialize_submodules: bool = False,
 ) -> tuple[fx.GraphModule, list[Fallback], "_ExamplePathTracer"]:
     """Trace a model whose own forward fails symbolic tracing along its example inputs' path."""
     try:
         gm, fallbacks, tracer = _trace_with_leaf_fallbacks(
-            model, lambda names, types: _ExamplePathTracer(names, types, example_values), leaf_modules, concrete_args,
-            training,
+            model, lambda names, types: _ExamplePathTracer(names, types, example_values, specialize_submodules),
+            leaf_modules, concrete_args, training,
         )
     except _RootFailure as failure:
         hint = ""
@@ -531,11 +581,11 @@ def trace(
     path; ``specializations`` records every value taken from them (see the module docstring).
     """
     args, kwargs = _split_inputs(example_inputs)
-    concrete_args = {**_none_arguments(model, args, kwargs), **(concrete_args or {})}
+    concrete_args = {**_none_arguments(model, args, kwargs), **_library_defaults(model, kwargs), **(concrete_args or {})}
     given = {**concrete_args, **kwargs}
 
     def example_values(placeholders: list[fx.Node]) -> list[Any]:
-        return _bind_placeholders(placeholders, _forward_parameters(model, len(placeholders)), args, given)
+        return _bind_placeholders(placeholders, _forward_parameters(model, len(placeholders), concrete_args), args, given)
 
     leaves, stale = list(leaf_modules), []
     while True:
@@ -571,12 +621,35 @@ def _trace_graph(
     graph, fallbacks, guards, and the modules whose code branched on their mode."""
     if isinstance(model, fx.GraphModule):
         return model, [], [], {}
+    if _python_shapes_throughout(model):
+        gm, fallbacks, tracer = _trace_example_path(model, leaves, concrete_args, example_values, training, True)
+        return gm, fallbacks, tracer.guards, tracer.mode_reads
     try:
         gm, fallbacks, tracer = _trace_with_leaf_fallbacks(model, _FallbackTracer, leaves, concrete_args, training)
         return gm, fallbacks, [], tracer.mode_reads
     except _RootFailure:
         gm, fallbacks, tracer = _trace_example_path(model, leaves, concrete_args, example_values, training)
         return gm, fallbacks, tracer.guards, tracer.mode_reads
+
+
+def _library_defaults(model: torch.nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Concrete args a library's models need to be one graph: Hugging Face's ``use_cache=False``
+    (a key/value cache is a Python object the graph cannot return; the pruned model is its plain
+    forward), unless the example inputs pass it."""
+    if not _python_shapes_throughout(model) or "use_cache" in kwargs:
+        return {}
+    return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+
+
+def _python_shapes_throughout(model: torch.nn.Module) -> bool:
+    """Hugging Face transformers models: every layer computes shapes in Python.
+
+    Their attention splits heads with ``(*x.shape[:-1], -1, head_dim)``, their mask and rotary
+    code branches on lengths and devices; plain tracing would make every attention block an
+    opaque leaf. They are traced along the example inputs' path into submodules too, with a guard
+    per value taken from the example (most are ranks and channel counts, which need none).
+    """
+    return any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
 
 
 def _trace_mode_independent(
@@ -692,6 +765,8 @@ def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specializati
         sources = _size_sources(value, traced.values)
         if spec.conversion == "len" and _shape_tuple_of(value) is not None:
             sources = [(_shape_tuple_of(value), None)]  # len(x.shape) is the rank
+        elif spec.conversion == "len" and _shape_slice_of(value) is not None:
+            sources = [(_shape_slice_of(value), None)]  # len(x.shape[:-1]) too
         if sources is None or not all(holds_channels(t, d) for t, d in sources):
             continue
         spec.guarded = False
@@ -735,6 +810,14 @@ def _shape_tuple_of(value: Any) -> fx.Node | None:
         return value.args[0]
     if value.op == "call_method" and value.target == "size" and len(value.args) == 1 and "dim" not in value.kwargs:
         return value.args[0]
+    return None
+
+
+def _shape_slice_of(value: Any) -> fx.Node | None:
+    """The tensor whose shape ``value`` slices (``x.shape[:-1]``, Hugging Face's head split), else None."""
+    if isinstance(value, fx.Node) and value.op == "call_function" and value.target is operator.getitem:
+        if isinstance(value.args[1], slice) and len(value.all_input_nodes) == 1:
+            return _shape_tuple_of(value.args[0])
     return None
 
 
@@ -786,12 +869,38 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]
     )
 
 
-def _forward_parameters(model: torch.nn.Module, count: int) -> list[str]:
+def _forward_parameters(model: torch.nn.Module, count: int, concrete_args: Mapping[str, Any]) -> list[str]:
     """Names of forward's parameters, in placeholder order (fx may rename its placeholders)."""
     if isinstance(model, fx.GraphModule):
         return [n.target.lstrip("*") for n in model.graph.nodes if n.op == "placeholder"]
-    names = [p for p in inspect.signature(model.forward).parameters]
+    names = keyword_forward_parameters(type(model).forward, concrete_args)
+    if names is None:
+        names = [p for p in inspect.signature(model.forward).parameters]
     return names[:count]
+
+
+def keyword_forward_parameters(forward: Callable, concrete_args: Mapping[str, Any] | None) -> list[str] | None:
+    """The graph's inputs when ``forward`` takes ``**kwargs``: its named parameters, then the
+    concrete args that go to ``**kwargs`` (``return_dict=False``); None where fx binds the inputs.
+
+    Hugging Face forwards are decorated: the code fx sees is a ``(self, *args, **kwargs)`` wrapper
+    and the named parameters are those of the function it wraps (``input_ids``, ``attention_mask``,
+    ...). fx would pass its placeholders positionally and ``**kwargs`` as one proxy; the graph
+    calls ``forward`` by keyword instead, so the wrapper's keyword handling sees what a user's
+    call passes.
+    """
+    params = inspect.signature(forward).parameters.values()  # follows __wrapped__ to the decorated function
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) or not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params
+    ):
+        return None
+    named = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return named[1:] + [k for k in (concrete_args or {}) if k not in named]  # [1:]: self
+
+
+def _default(forward: Callable, name: str) -> Any:
+    parameter = inspect.signature(forward).parameters.get(name)
+    return inspect.Parameter.empty if parameter is None else parameter.default
 
 
 def _bind_placeholders(placeholders: list[fx.Node], names: list[str], args: tuple, kwargs: dict) -> list[Any]:

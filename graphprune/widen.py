@@ -118,7 +118,7 @@ def widen(gg: GroupGraph, beta: float = 2.0, round_to: int = 1, seed: int | None
             for g in gg.prunable_groups
         }
         gm, sources = _build(gg, copies)
-        wide_gg = analyze(gm, tuple(gg.traced.placeholder_values))
+        wide_gg = analyze(gm, tuple(gg.traced.placeholder_values), attention=gg._analysis.attention)
         mismatched = _mismatches(gg, wide_gg, copies, sources)
         if not mismatched:
             break

@@ -6,7 +6,7 @@ import sympy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 from helpers import group_with
@@ -38,7 +38,7 @@ class Widths(nn.Module):
 
 
 def macs_and_params(model, x):
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(x)
     return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 import graphprune.models as zoo
@@ -27,7 +27,7 @@ class _Reference(fx.Interpreter):
         self.values, self.flops = {}, {}
 
     def run_node(self, n: fx.Node):
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter:
             out = super().run_node(n)
         out = T._detach(out)

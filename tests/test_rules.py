@@ -8,9 +8,9 @@ import toy_models
 from helpers import group_with, groups_with, leak_check, member, random_keep
 
 
-def analyze(name):
+def analyze(name, **options):
     model, x = toy_models.build(name)
-    return model, x, graphprune.analyze(model, x)
+    return model, x, graphprune.analyze(model, x, **options)
 
 
 def test_residual_add_ties_both_producers():
@@ -124,14 +124,198 @@ def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
     assert group_with(gg, "b").prunable
 
 
-def test_channel_count_sizing_another_tensor_freezes_both():
-    """timm-style attention: C read from the residual stream sizes qkv's head reshape. Pruning the
-    stream would change C but not qkv, so both are frozen with the reason; the MLP stays prunable."""
-    _, _, gg = analyze("attention_reshape")
-    stream, qkv = group_with(gg, "embed"), group_with(gg, "qkv")
-    for g in (stream, qkv):
-        assert not g.prunable and "sizes the channels of another tensor" in g.reason and "channel count" in g.reason
+def slims_exactly(name, tmp_path, seeds=3, **options):
+    """Half of every prunable group pruned at once (inexact ones too): the slim model costs what the
+    budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
+    exports to ONNX; the exact groups pruned together leak nothing."""
+    import torch
+    from graphprune.flops import flop_counter
+
+    from helpers import random_plan, slim_error
+
+    for seed in range(seeds):
+        model, x, gg = analyze(name, **options)
+        plan = random_plan(gg, np.random.default_rng(seed), 0.5)
+        slim = graphprune.slim(gg, plan)
+        with flop_counter() as counter:
+            slim(x)
+        assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+        assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+        report = graphprune.export_onnx(slim, str(tmp_path / f"{name}.onnx"), x)
+        assert report.relative_diff <= 1e-4
+        assert slim_error(model, gg, plan, (x,)) <= 1e-5
+        model, x, gg = analyze(name, **options)
+        keep = random_keep(gg, np.random.default_rng(seed))
+        assert keep and leak_check(model, gg, keep, (x,), seed) == 0.0
+    return gg
+
+
+def test_channel_count_sizing_another_tensor_is_written_as_a_literal(tmp_path):
+    """timm-style attention: C read from the residual stream sizes qkv's head reshape (C // heads)
+    and the merged heads (reshape(B, N, C)). Those sizes depend on channel counts only: the slim
+    pass writes them as the plan's counts, so the stream and the head dims are both prunable."""
+    gg = slims_exactly("attention_reshape", tmp_path)
+    stream, dims = group_with(gg, "embed"), group_with(gg, "qkv")
+    assert stream.prunable and stream.size == 16 and stream is group_with(gg, "qkv", dim=1) and not stream.inexact
+    # one head dim = its q, k and v channels in every head (a packed qkv splits them in one reshape)
+    assert dims.prunable and dims.size == 4 and dims is group_with(gg, "proj", dim=1) and "contracts" in dims.inexact
+    assert member(dims, "qkv").indices([1]) == [1 + 4 * i for i in range(12)]
     assert group_with(gg, "fc1").prunable
+
+
+def test_channel_count_in_a_scale_freezes_the_channels_read():
+    """head_dim = C // heads also gives the attention scale: pruning the stream would change it,
+    so the stream is frozen with the reason; the reshape it sizes is still written as a literal."""
+    model, x, gg = analyze("attention_scale_from_shape")
+    stream = group_with(gg, "embed")
+    assert not stream.prunable and "uses a value computed from the channel count" in stream.reason
+    assert group_with(gg, "qkv").prunable
+    from helpers import random_plan, slim_error
+    assert slim_error(model, gg, random_plan(gg, np.random.default_rng(0), 0.5), (x,)) <= 1e-5
+
+
+def test_separate_qkv_prunes_qk_dims_apart_from_v_dims(tmp_path):
+    gg = slims_exactly("attention_separate", tmp_path)
+    qk, v = group_with(gg, "q"), group_with(gg, "v")
+    assert qk is group_with(gg, "k") and qk.size == 8 and qk.inexact  # 2 heads of 8, in lockstep
+    assert v is group_with(gg, "proj", dim=1) and v.size == 8 and not v.inexact and v is not qk
+    assert group_with(gg, "embed") is group_with(gg, "q", dim=1) and group_with(gg, "embed").size == 16
+    assert len(gg.prunable_groups) == 3
+
+
+def test_sdpa_default_scale_is_passed_explicitly_by_the_slim_pass(tmp_path):
+    """F.scaled_dot_product_attention's default scale comes from q.size(-1): the slim call passes
+    the original 1/sqrt(head_dim), so pruned head dims do not change it."""
+    gg = slims_exactly("attention_sdpa", tmp_path)
+    assert group_with(gg, "qkv").prunable and group_with(gg, "qkv").size == 4
+    plan = graphprune.Plan({group_with(gg, "qkv").id: [0, 3]}, {group_with(gg, "qkv").id: 4})
+    (call,) = [n for n in graphprune.slim(gg, plan).graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert call.kwargs["scale"] == 0.5
+
+
+@pytest.mark.parametrize("name", ["attention_reshape", "attention_separate", "attention_sdpa"])
+def test_whole_heads_are_one_exact_group(name, tmp_path):
+    """attention="heads": a head is its q, k and v channels and the projection's input columns for
+    it; the head count in reshapes follows the kept heads, the head dim keeps its size."""
+    gg = slims_exactly(name, tmp_path, attention="heads")
+    q = "q" if name == "attention_separate" else "qkv"
+    heads = group_with(gg, q)
+    assert heads is group_with(gg, "proj", dim=1) and heads.prunable and not heads.inexact
+    hd = 8 if name == "attention_separate" else 4
+    assert heads.size == 16 // hd and heads.members and len(gg.prunable_groups) == (2 if name == "attention_separate" else 3)
+    if name == "attention_separate":
+        assert heads is group_with(gg, "k") is group_with(gg, "v") and member(heads, "k").indices([1]) == list(range(8, 16))
+    else:  # head 1: rows 4..7 of q, k and v
+        assert member(heads, "qkv").indices([1]) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    assert member(heads, "proj", dim=1).indices([1]) == list(range(hd, 2 * hd))
+
+
+@pytest.mark.parametrize("attention", ["head_dims", "heads"])
+def test_einsum_attention(attention, tmp_path):
+    """'bhnd,bhmd->bhnm' contracts the head dims (or carries the heads), 'bhnm,bhmd->bhnd' keeps v's,
+    'bnc,cd->bnd' with a weight parameter is a linear layer: its rows consume, its columns produce."""
+    gg = slims_exactly("attention_einsum", tmp_path, attention=attention)
+    attn, stream = group_with(gg, "qkv"), group_with(gg, "embed")
+    assert attn is group_with(gg, "", "proj", dim=0) and attn.size == 4  # 4 heads of 4 dims
+    assert bool(attn.inexact) == (attention == "head_dims")
+    assert stream is group_with(gg, "", "proj", dim=1) is group_with(gg, "head", dim=1) and stream.size == 16
+    assert {m.role for m in attn.members if m.param == "proj"} == {"in"}
+    assert len(gg.prunable_groups) == 2
+
+
+@pytest.mark.parametrize("equation, why", [
+    ("...c,...c->...", "needs explicit"),  # ellipsis
+    ("bnc,bnc", "needs explicit"),  # implicit output
+    ("bnc->bn", "sums over these channels"),
+])
+def test_einsum_it_cannot_follow_freezes(equation, why):
+    import torch
+    import torch.nn as nn
+
+    class Sum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 5)
+
+        def forward(self, x):
+            y = self.a(x)
+            operands = (y,) if equation.count(",") == 0 else (y, y)
+            return self.b(y) + torch.einsum(equation, *operands).sum()
+
+    gg = graphprune.analyze(Sum(), torch.randn(2, 4, 3))
+    g = group_with(gg, "a")
+    assert not g.prunable and why in g.reason and "einsum" in g.reason
+
+
+def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
+    """A (heads, N, N) bias passed as sdpa's additive mask is a member of the heads group."""
+    import torch
+    from graphprune.flops import flop_counter
+
+    from helpers import random_plan, slim_error
+
+    model, x, gg = analyze("attention_sdpa_bias", attention="heads")
+    heads = group_with(gg, "qkv")
+    assert heads is group_with(gg, "", "bias") and heads.size == 4 and not heads.inexact
+    assert member(heads, "", "bias").indices([2]) == [2]
+    plan = random_plan(gg, np.random.default_rng(0), 0.5)
+    slim = graphprune.slim(gg, plan)
+    with flop_counter() as counter:
+        slim(x)
+    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x).relative_diff <= 1e-4
+    assert slim_error(model, gg, plan, (x,)) <= 1e-5
+    model, x, gg = analyze("attention_sdpa_bias", attention="heads")
+    assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
+
+
+def test_attention_mode_is_checked():
+    model, x = toy_models.build("attention_reshape")
+    with pytest.raises(ValueError, match="head_dims"):
+        graphprune.analyze(model, x, attention="head")
+
+
+def test_sdpa_costs_what_its_matmul_spelling_costs_on_every_kernel():
+    """FlopCounterMode counts CPU's fused attention kernel as 0 but its math fallback (picked when q
+    and v head dims differ, or a mask requires grad) in full: the budget and flop_counter count
+    both as the two matmuls, so a plan cannot change the cost by changing the kernel."""
+    import torch
+    import torch.nn.functional as F
+    from graphprune.flops import flop_counter
+
+    q, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 5)
+    with flop_counter() as fused:
+        F.scaled_dot_product_attention(q, q, q)
+    with flop_counter() as math_kernel:
+        F.scaled_dot_product_attention(q, q, v)
+    assert fused.get_total_flops() // 2 == 2 * 4 * 16 * 16 * (8 + 8)
+    assert math_kernel.get_total_flops() // 2 == 2 * 4 * 16 * 16 * (8 + 5)
+    x = torch.randn(2, 3, 8, 8)
+    sdpa, matmuls = (graphprune.analyze(toy_models.build(name)[0], x) for name in ("attention_sdpa", "attention_reshape"))
+    assert sdpa.budget.macs() == matmuls.budget.macs()
+
+
+def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
+    """q@kT and attn@v: B*heads*N*N*head_dim MACs each, in the budget as FlopCounterMode counts them."""
+    import torch
+    from graphprune.flops import flop_counter
+
+    for side in (4, 8):
+        model, x = toy_models.build("attention_separate")
+        x = torch.randn(2, 3, side, side)
+        gg = graphprune.analyze(model, x)
+        n = (side // 2) ** 2
+        attention = [t for t in gg.mac_terms if "matmul" in t.node.name]
+        assert [t.macs for t in attention] == [2 * 2 * n * n * 8] * 2
+        assert [gg.groups_of(t.factors[0].labels)[0] for t in attention] == [group_with(gg, "q").id, group_with(gg, "v").id]
+        qk, v = group_with(gg, "q"), group_with(gg, "v")
+        keep = {qk.id: 3, v.id: 5}
+        plan = graphprune.Plan({g: list(range(k)) for g, k in keep.items()}, {qk.id: 8, v.id: 8})
+        slim = graphprune.slim(gg, plan)
+        with flop_counter() as counter:
+            slim(x)
+        assert counter.get_total_flops() // 2 == gg.budget.macs(keep)
 
 
 def test_computed_sizes_of_the_same_channels_stay_prunable():
@@ -163,9 +347,10 @@ def test_view_as_ties_the_channel_counts_of_both_tensors():
     assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
 
 
-def test_head_split_that_prunes_whole_heads_freezes():
-    """y.view(B, heads, C // heads, N) with more heads than head channels: pruning removes whole
-    heads, and C // heads would no longer be the head width."""
+def test_head_split_that_prunes_whole_heads_slims_exactly():
+    """y.view(B, heads, C // heads, N) with more heads than head channels: the channels are the
+    heads. The head count (a literal) follows the kept heads; C // heads, computed from channel
+    counts only, keeps its original value as a literal (that dim has no channels)."""
     import torch
     import torch.nn as nn
 
@@ -179,9 +364,13 @@ def test_head_split_that_prunes_whole_heads_freezes():
             B, C, H, W = y.shape
             return self.b(y.view(B, 4, C // 4, H * W).softmax(-1).view(B, C, H, W))
 
-    gg = graphprune.analyze(ManyHeads(), torch.randn(1, 3, 4, 4))
+    model, x = ManyHeads().eval(), torch.randn(1, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
     g = group_with(gg, "a")
-    assert not g.prunable and "other than its channel dim" in g.reason
+    assert g.prunable and g.size == 4 and member(g, "a").indices([1]) == [2, 3]
+    from helpers import slim_error
+    plan = graphprune.Plan({g.id: [0, 3]}, {g.id: 4})
+    assert graphprune.slim(gg, plan)(x).shape == (1, 5, 4, 4) and slim_error(model, gg, plan, (x,)) <= 1e-6
 
 
 def test_reductions_over_channels_freeze():

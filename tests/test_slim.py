@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 import toy_models
@@ -19,7 +19,7 @@ def exact_plan(gg, seed, ratio=None):
 
 
 def slim_costs(slim, x):
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         slim(x)
     return counter.get_total_flops() // 2, sum(p.numel() for p in slim.parameters())
 

@@ -1,8 +1,11 @@
 """A timm subset: analysis succeeds, counts are exact, untraceable parts fall back to reported leaves."""
 
+import numpy as np
 import pytest
 import torch
 
+import graphprune
+from helpers import group_with
 from zoo import check_model, check_slim
 
 timm = pytest.importorskip("timm")
@@ -33,3 +36,44 @@ def test_iformer_s_slims_exactly_with_half_of_every_group_pruned(tmp_path):
     gg = check_model(model, x, "iformer_s")
     assert sum(g.size for g in gg.prunable_groups if not g.inexact) > 1000
     check_slim(model, gg, x, str(tmp_path / "slim.onnx"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention", ["head_dims", "heads"])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "deit_tiny_patch16_224"])
+def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attention, tmp_path):
+    """Every attention's heads (or head dims) and every MLP prunable; half of each pruned at once
+    (the residual stream too: it is LayerNorm-normalized, so checked for cost only) slims to what
+    the budget says and, without the stream, exactly; sdpa (fused) and q@kT/attn@v (not fused)."""
+    from graphprune.flops import flop_counter
+
+    from helpers import random_plan, slim_error
+
+    model = timm.create_model(name, pretrained=False, img_size=64).eval()
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    x = torch.randn(1, 3, 64, 64)
+    gg = graphprune.analyze(model, x, attention=attention)
+    with flop_counter() as counter:
+        model(x)
+    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    heads, dim = model.blocks[0].attn.num_heads, model.embed_dim
+    attn = [group_with(gg, f"blocks.{i}.attn.qkv") for i in range(len(model.blocks))]
+    assert all(g.prunable and g.size == (heads if attention == "heads" else dim // heads) for g in attn)
+    assert all(g is group_with(gg, f"blocks.{i}.attn.proj", dim=1) for i, g in enumerate(attn))
+    assert all(group_with(gg, f"blocks.{i}.mlp.fc1").prunable for i in range(len(model.blocks)))
+    stream = group_with(gg, "blocks.0.norm1")
+    assert stream.prunable and "normalizes across" in stream.inexact and len(gg.prunable_groups) == 25
+    plan = random_plan(gg, np.random.default_rng(0), 0.5)
+    slim = graphprune.slim(gg, plan)
+    with flop_counter() as counter:
+        slim(x)
+    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    exact = graphprune.Plan({g: k for g, k in plan.keep.items() if g != stream.id}, plan.sizes)
+    slim = graphprune.slim(gg, exact)
+    report = graphprune.export_onnx(slim, str(tmp_path / "slim.onnx"), x)
+    assert report.relative_diff <= 1e-4 and report.dynamic_batch_checked
+    assert slim_error(model, gg, exact, (x,)) <= 1e-5

@@ -3,6 +3,7 @@
 import pytest
 import torchvision
 
+from helpers import group_with
 from zoo import TOO_LARGE, check_model, check_slim, input_for
 
 SUBSET = [
@@ -33,10 +34,13 @@ def test_whole_zoo(name, tmp_path):
     analyze_and_slim(name, str(tmp_path / "slim.onnx"))
 
 
-def test_transformers_report_what_is_frozen_and_why():
+def test_vit_hidden_stream_is_prunable_through_multihead_attention():
     kwargs, x = input_for("vit_b_16", reduced=True)
     gg = check_model(torchvision.models.get_model("vit_b_16", weights=None, **kwargs), x, "vit_b_16", leak_seeds=0)
-    reasons = {g.reason for g in gg.groups if not g.prunable}
-    assert any("MultiheadAttention" in r for r in reasons)
-    mlp = [g for g in gg.prunable_groups if any(m.module.endswith("mlp.0") for m in g.members)]
-    assert len(mlp) == 12 and all(g.size == 3072 for g in mlp)
+    assert not any("MultiheadAttention" in g.reason for g in gg.groups if not g.prunable)
+    hidden = group_with(gg, "encoder.layers.encoder_layer_0.self_attention", "in_proj_weight", dim=1)
+    assert hidden.prunable and hidden.inexact and hidden.size == 768  # LayerNorm normalizes across it
+    assert hidden is group_with(gg, "conv_proj") is group_with(gg, "", "class_token", dim=2)
+    mlp = [group_with(gg, f"encoder.layers.encoder_layer_{i}.mlp.0") for i in range(12)]
+    assert all(g.prunable and g.size == 3072 for g in mlp)
+    assert gg.prunable_mac_share() == 1.0

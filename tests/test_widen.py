@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 import toy_models
@@ -15,7 +15,7 @@ TOYS = sorted(set(toy_models.ALL))
 
 
 def costs(model, x):
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(x)
     return counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
 
@@ -49,12 +49,12 @@ def load_into_origin(gg, wide_gg, widened):
             wide_state[name][tuple(torch.from_numpy(i) for i in np.ix_(*dims))] = t
 
 
-def round_trip(model, x, beta=2.0, **kwargs):
+def round_trip(model, x, beta=2.0, attention="head_dims", **kwargs):
     """widen, copy the original into the first copies, slim to them: the original's shapes and outputs."""
     model.eval()
-    gg = graphprune.analyze(model, x)
+    gg = graphprune.analyze(model, x, attention=attention)
     widened = graphprune.widen(gg, beta, **kwargs)
-    wide_gg = graphprune.analyze(widened.model, x)
+    wide_gg = graphprune.analyze(widened.model, x, attention=attention)
     assert [(g.size, g.prunable) for g in wide_gg.groups] == [(g.size, g.prunable) for g in widened.analysis.groups]
     wide_of = widened.wide_groups(wide_gg)
     for wide, orig in wide_of.items():
@@ -69,6 +69,16 @@ def round_trip(model, x, beta=2.0, **kwargs):
         want, got = model(x), small(x)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     return gg, widened, wide_gg
+
+
+@pytest.mark.parametrize("name", ["attention_reshape", "attention_separate", "attention_sdpa", "attention_einsum"])
+def test_whole_heads_widen_and_slim_back(name):
+    """attention="heads": the wide model has twice the heads (the head count in its reshapes
+    follows), each of the original width."""
+    model, x = toy_models.build(name)
+    gg, widened, _ = round_trip(model, x, attention="heads")
+    heads = group_with(gg, "q" if name == "attention_separate" else "qkv")
+    assert widened.sizes[heads.id] == 2 * heads.size and not widened.not_widened
 
 
 @pytest.mark.parametrize("name", TOYS)

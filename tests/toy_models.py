@@ -191,6 +191,94 @@ class AttentionReshape(nn.Module):
         return self.head(x.mean(1))
 
 
+class AttentionScaleFromShape(AttentionReshape):
+    """As AttentionReshape, but the scale is computed from the stream's channel count: pruning the
+    stream would change it, so the stream is frozen; qkv's head dims stay prunable."""
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        head_dim = C // self.heads
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) * head_dim ** -0.5).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        return self.head(x.mean(1))
+
+
+class AttentionSeparate(nn.Module):
+    """Separate q/k/v linears, heads split with view(B, N, heads, -1), merged with reshape(B, N, -1)."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.q, self.k, self.v, self.proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def split(self, t):
+        B, N, _ = t.shape
+        return t.view(B, N, self.heads, -1).transpose(1, 2)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) / 8 ** 0.5, dim=-1)
+        x = x + self.proj(torch.matmul(attn, v).transpose(1, 2).reshape(B, N, -1))
+        return self.head(x.mean(1))
+
+
+class AttentionSDPA(AttentionReshape):
+    """Packed qkv into F.scaled_dot_product_attention with its default scale (1/sqrt(q.size(-1)))."""
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+class AttentionSDPABias(AttentionSDPA):
+    """sdpa with a learned per-head attention bias (heads x tokens x tokens) as its additive mask. On
+    CPU a mask that requires grad sends sdpa to its math kernel, the analysis' detached run to the
+    fused one: both cost the same in ``graphprune.flops.flop_counter``."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 16):
+        super().__init__(dim, heads)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return self.head(x.mean(1))
+
+
+class AttentionEinsum(nn.Module):
+    """Attention spelled with einsum: q@kT, attn@v, and the output projection as a weight parameter."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Parameter(torch.randn(dim, dim) / 4)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (torch.einsum("bhnd,bhmd->bhnm", q, k) * 0.5).softmax(-1)
+        y = torch.einsum("bhnm,bhmd->bhnd", attn, v).transpose(1, 2).reshape(B, N, C)
+        x = x + torch.einsum("bnc,cd->bnd", y, self.proj)
+        return self.head(x.mean(1))
+
+
 class ComputedShapes(nn.Module):
     """Channel counts read at run time size same-tensor reshapes (windows, head splits), split sizes and slices."""
 
@@ -240,6 +328,11 @@ ALL = {
     "shape_use": (ShapeUse, (2, 3, 8, 8)),
     "reductions": (Reductions, (2, 3, 8, 8)),
     "attention_reshape": (AttentionReshape, (2, 3, 8, 8)),
+    "attention_scale_from_shape": (AttentionScaleFromShape, (2, 3, 8, 8)),
+    "attention_separate": (AttentionSeparate, (2, 3, 8, 8)),
+    "attention_sdpa": (AttentionSDPA, (2, 3, 8, 8)),
+    "attention_einsum": (AttentionEinsum, (2, 3, 8, 8)),
+    "attention_sdpa_bias": (AttentionSDPABias, (2, 3, 8, 8)),
     "computed_shapes": (ComputedShapes, (2, 3, 8, 8)),
 }
 

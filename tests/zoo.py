@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from graphprune.flops import flop_counter
 
 import graphprune
 from helpers import leak_check, random_keep
@@ -33,7 +33,7 @@ def input_for(name: str, reduced: bool) -> tuple[dict, torch.Tensor]:
 def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: int = 1) -> graphprune.GroupGraph:
     model.eval()
     gg = graphprune.analyze(model, x)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         model(x)
     assert gg.budget.params() == sum(p.numel() for p in model.parameters())
     assert gg.budget.macs() == counter.get_total_flops() // 2
@@ -56,7 +56,7 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
     plan = random_plan(gg, np.random.default_rng(seed), 0.5)
     plan = graphprune.Plan({g: k for g, k in plan.keep.items() if not gg.groups[g].inexact}, plan.sizes)
     slim = graphprune.slim(gg, plan)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         slim(x)
     assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
     assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
