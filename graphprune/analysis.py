@@ -116,7 +116,14 @@ class Analysis:
         """Tensor inputs that carry data into the result (shape-only arguments excluded)."""
         skip = rules.shape_only_arg(node)
         shape_only = node.args[skip] if skip is not None and len(node.args) > skip else None
-        return [a for a in node.all_input_nodes if self.is_tensor(a) and a is not shape_only]
+        return [a for a in node.all_input_nodes if self.is_tensor(a) and a is not shape_only and not self._constant_index(node, a)]
+
+    def _constant_index(self, node: fx.Node, a: fx.Node) -> bool:
+        """Is ``a`` an integer buffer of the model indexing ``node = x[a]`` (a relative-position
+        index)? It selects, carrying no data: label execution indexes with its values."""
+        if node.target is not operator.getitem or not node.args or a is node.args[0] or self.param_ref(a) is None:
+            return False
+        return not (self.spec(a).dtype.is_floating_point or self.spec(a).dtype.is_complex or self.spec(a).dtype == torch.bool)
 
     def bound_args(self, node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
         bound = dict(zip(names, node.args))
@@ -249,7 +256,10 @@ class Analysis:
         """Does movement op ``x`` carry dim ``src_dim`` of ``src`` onto its dim ``dim``, one to one?"""
         scratch = AtomGraph()
         probe = ChannelMap(src_dim, scratch.new(self.spec(src).shape[src_dim], "probe"))
-        out = self._run_labels(x, {src: probe}, scratch)
+        try:
+            out = self._run_labels(x, {src: probe}, scratch)
+        except Exception:  # not a movement of that dim on labels (an index whose values are unknown)
+            return False
         return (
             isinstance(out, ChannelMap)
             and out.dim == dim
@@ -314,6 +324,12 @@ class Analysis:
             def substitute(n: fx.Node) -> Any:
                 if n in labels:
                     return labels[n]
+                if self._constant_index(node, n):
+                    module, name = self.param_ref(n)
+                    index = getattr(self._owner(module), name)
+                    if index.is_meta:
+                        raise ValueError(f"the values of index '{n.name}' are not known on the meta device")
+                    return index.cpu()
                 value = self.traced.values[n]
                 if isinstance(value, TensorSpec):  # shape-only argument (expand_as, view_as, ...)
                     return torch.empty(value.shape, dtype=torch.float64)

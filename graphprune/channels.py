@@ -253,7 +253,17 @@ def compress(positions: torch.Tensor, atom_of: np.ndarray, atoms: AtomGraph, wha
         fiber = pos[tuple(slice(None) if k == d else i for k, i in enumerate(first))]
         return int(torch.unique(fiber[fiber >= 0]).numel())
 
-    dim = support[-2] if outer and len(support) > 1 else max(support, key=lambda d: (distinct_along(d), d))
+    def one_atom_per_index(d: int) -> bool:  # the other dims only repeat atoms (rotate-half's cat)
+        atom = torch.from_numpy(atom_of)[pos.clamp(min=0)]
+        others = tuple(k for k in range(pos.ndim) if k != d)
+        hi = torch.where(valid, atom, -1).amax(others)
+        lo = torch.where(valid, atom, torch.iinfo(torch.int64).max).amin(others)
+        return bool(((hi == lo) | (hi < 0)).all())
+
+    if outer and len(support) > 1:
+        dim = support[-2]
+    else:
+        dim = max(support, key=lambda d: (one_atom_per_index(d), distinct_along(d), d))
     rows = pos.movedim(dim, 0).reshape(pos.shape[dim], -1)
     idx, col = torch.nonzero(rows >= 0, as_tuple=True)
     span = len(atom_of)

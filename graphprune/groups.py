@@ -15,7 +15,11 @@ their contraction dim, v and the output projection theirs (apart where q, k and 
 tensors; one packed qkv reshape puts q, k and v of one head dim in one channel). ``"heads"``:
 such a reshape keeps the heads; a head is its q, k and v channels and the projection's input
 columns for it, attention matmuls and ``scaled_dot_product_attention`` carry heads through their
-batch dim, and the slim pass rewrites the head count in reshapes. The default is the finer of the
+batch dim, and the slim pass rewrites the head count in reshapes. With grouped-query attention a
+key/value head repeated for its query heads (``repeat_kv``'s expand + reshape, ``repeat_interleave``:
+its atoms repeated along the heads dim; sdpa's ``enable_gqa``) is linked to them: one channel is a kv
+head with the query heads sharing it. A relative-position bias ``table[index]`` is sliced by its
+heads columns. The default is the finer of the
 two and is what every other split of a channel dim (a channel shuffle's view into groups) always got;
 ``"heads"`` treats every such split as heads, so it is meant for attention models. A factorized
 group (keep-heads x keep-dims) would make the budget cubic, and the allocators (allocate.py, the

@@ -514,15 +514,24 @@ def _batch_channels(ctx: "Analysis", node: fx.Node, operands: list) -> ChannelMa
     if not found:
         return None
     labels = None
-    for x, _ in operands:
+    for x, given in operands:
         d = found[0] + ctx.spec(x).ndim
         if d < 0 or ctx.spec(x).shape[d] == 1:
             continue  # broadcast along the heads
-        m = ctx.demand(x, d, node)
+        m = given if given is not None and given.dim == d else ctx.demand(x, d, node)
         if labels is not None:
             ctx.atoms.link(labels, m.labels)
         labels = m.labels if labels is None else labels
     return ChannelMap(found[0] + out_ndim, labels)
+
+
+def _shared_heads(ctx: "Analysis", node: fx.Node, kv: fx.Node, query_heads: int) -> ChannelMap:
+    """sdpa's ``enable_gqa``: key/value head ``j`` serves query heads ``j * n_rep ... (j + 1) * n_rep - 1``
+    (``repeat_interleave``); its map as the query heads see it, each kv head's atoms ``n_rep`` times, so
+    pruning a kv head prunes the query heads sharing it and the ratio stays."""
+    d = ctx.spec(kv).ndim - 3
+    m = ctx.demand(kv, d, node)
+    return ChannelMap(d, np.repeat(m.labels, query_heads // m.size))
 
 
 @_kind(RuleKind.CONTRACTION)
@@ -540,9 +549,12 @@ def scaled_dot_product_attention(ctx: "Analysis", node: fx.Node) -> None:
     sq, sv = ctx.spec(q).shape, ctx.spec(v).shape
     rows = math.prod(sq[:-1]) * sv[-2]
     if any(ctx.map(t) is not None and ctx.map(t).dim < last - 1 for t in (q, k, v)):  # whole heads
-        if args.get("enable_gqa") or len({ctx.spec(t).shape[:-2] for t in (q, k, v)}) > 1:
-            return unknown(ctx, node, "shares key/value heads between query heads, which graphprune does not follow yet")
-        heads = _batch_channels(ctx, node, [(t, ctx.map(t)) for t in (q, k, v, mask) if t is not None])
+        operands = [(t, ctx.map(t)) for t in (q, k, v, mask) if t is not None]
+        if args.get("enable_gqa") and ctx.spec(k).shape[:-3] == sq[:-3] and ctx.spec(k).shape[-3] != sq[-3]:
+            operands[1:3] = [(t, _shared_heads(ctx, node, t, sq[-3])) for t in (k, v)]
+        elif len({ctx.spec(t).shape[:-2] for t in (q, k, v)}) > 1:
+            return unknown(ctx, node, "has q, k and v with different batch or head dims (without enable_gqa)")
+        heads = _batch_channels(ctx, node, operands)
         ctx.macs(node, [heads], macs=rows * (sq[-1] + sv[-1]))
         return ctx.set(node, heads)
     if mask is not None and ctx.map(mask) is not None:
@@ -713,7 +725,7 @@ _MOVEMENT_FUNCTIONS = (
     torch.concatenate, torch.stack, torch.split, torch.chunk, torch.unbind, torch.tensor_split,
     torch.narrow, torch.flip, torch.roll, torch.t, torch.unflatten, operator.getitem,
     F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
-    torch.channel_shuffle, F.channel_shuffle,
+    torch.channel_shuffle, F.channel_shuffle, torch.repeat_interleave,
 )
 _POOL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -763,6 +775,7 @@ METHOD_RULES: dict[str, Rule] = {
         "view", "reshape", "flatten", "permute", "transpose", "t", "movedim", "squeeze",
         "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "split", "chunk",
         "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
+        "repeat_interleave",
     )},
     "softmax": softmax, "log_softmax": softmax,
     **{n: reduce for n in ("sum", "amax", "amin", "std", "var")}, "mean": mean,

@@ -8,7 +8,7 @@ from graphprune.flops import flop_counter
 
 import graphprune
 from graphprune import equivalents
-from helpers import group_with, leak_check, random_keep, random_plan, slim_error
+from helpers import group_with, leak_check, member, random_keep, random_plan, slim_error
 from zoo import check_model, check_slim
 
 
@@ -139,6 +139,30 @@ def test_small_swin_traces_through_window_attention_and_patch_merging(size, tmp_
         keep.update(random_keep(gg, np.random.default_rng(seed)))
     assert leak_check(model, gg, keep, (x,)) == 0.0
     check_slim(model, gg, x, str(tmp_path / "swin.onnx"))
+
+
+def test_small_swin_heads_slice_the_relative_position_bias_table(tmp_path):
+    """attention="heads": the bias ``table[index].view(N, N, -1).permute(2, 0, 1)`` is indexed by
+    heads along the table's columns (the index buffer selects rows only), so the table is a member of
+    its block's heads group and every swin head is prunable: slim exact, budget exact, ONNX verified."""
+    from graphprune.exactness import randomize_small_tensors
+
+    model, x = small_swin(), torch.randn(1, 3, 32, 32)
+    randomize_small_tensors(model)
+    gg = graphprune.analyze(model, x, attention="heads")
+    with flop_counter() as counter:
+        model(x)
+    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    for block, heads in (("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)):
+        g = group_with(gg, f"{block}.attn.qkv")
+        assert g.prunable and not g.inexact and g.size == heads
+        table = member(g, f"{block}.attn", "relative_position_bias_table", dim=1)
+        assert table.role == "channelwise" and table.indices([1]) == [1]
+    assert gg.prunable_mac_share() == 1.0
+    check_slim(model, gg, x, str(tmp_path / "swin.onnx"))
+    keep = random_keep(gg, np.random.default_rng(0))
+    assert leak_check(model, gg, keep, (x,)) == 0.0
 
 
 def test_swin_v2_window_attention_stays_wrapped():

@@ -270,6 +270,19 @@ def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
 
 
+@pytest.mark.parametrize("share", ["repeat_interleave", "repeat_kv", "enable_gqa"])
+def test_grouped_query_attention_prunes_a_kv_head_with_its_query_heads(share, tmp_path):
+    """4 query heads share 2 key/value heads: a channel of the heads group is one kv head (its k and
+    v rows) and the 2 query heads reading it (their q rows, the projection's columns), however the kv
+    heads are repeated; the slim model keeps 2 query heads per kv head."""
+    gg = slims_exactly(f"attention_gqa_{share}", tmp_path, attention="heads")
+    heads = group_with(gg, "q")
+    assert heads is group_with(gg, "k") is group_with(gg, "v") is group_with(gg, "proj", dim=1)
+    assert heads.prunable and not heads.inexact and heads.size == 2 and len(gg.prunable_groups) == 2
+    assert member(heads, "q").indices([1]) == member(heads, "proj", dim=1).indices([1]) == list(range(8, 16))
+    assert member(heads, "k").indices([1]) == member(heads, "v").indices([1]) == [4, 5, 6, 7]
+
+
 def test_attention_mode_is_checked():
     model, x = toy_models.build("attention_reshape")
     with pytest.raises(ValueError, match="head_dims"):

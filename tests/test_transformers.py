@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import graphprune
-from helpers import random_plan
+from graphprune.flops import flop_counter
+from helpers import leak_check, member, random_keep, random_plan
 from zoo import check_model, check_slim
 
 transformers = pytest.importorskip("transformers")
@@ -71,6 +72,36 @@ def test_hidden_stream_is_prunable_through_layernorm_and_rmsnorm(name, norm, tmp
     assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
     report = graphprune.export_onnx(slim, str(tmp_path / "slim.onnx"), x)
     assert report.relative_diff <= 1e-4
+
+
+def test_llama_grouped_query_attention_prunes_whole_kv_heads(tmp_path):
+    """attention="heads": Llama's ``repeat_kv`` (expand + reshape of the kv heads, their count read
+    from the tensor) and its rotary rotate-half (a cat along the head dim) keep the heads. A channel
+    of a layer's heads group is one kv head with the 2 query heads sharing it: its k/v rows, their q
+    rows and o_proj columns. Half of the kv heads pruned, the slim model is exact, costs what the
+    budget says and exports; every MAC scales with a prunable group."""
+    model, x, _ = _build("llama")
+    gg = graphprune.analyze(model.eval(), x, attention="heads")
+    with flop_counter() as counter:
+        model(x)
+    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    heads = [g for g in gg.groups if any(m.module.endswith("self_attn.k_proj") and m.dim == 0 for m in g.members)]
+    assert [(g.size, g.prunable, g.inexact) for g in heads] == [(2, True, None)] * 2
+    head_dim = HIDDEN // 4
+    for layer, g in enumerate(heads):
+        attn = f"model.layers.{layer}.self_attn"
+        assert {m.module for m in g.members} == {f"{attn}.{p}_proj" for p in "qkvo"}
+        assert member(g, f"{attn}.q_proj").indices([1]) == member(g, f"{attn}.o_proj", dim=1).indices([1]) == list(range(2 * head_dim, 4 * head_dim))
+        assert member(g, f"{attn}.k_proj").indices([1]) == member(g, f"{attn}.v_proj").indices([1]) == list(range(head_dim, 2 * head_dim))
+    assert gg.prunable_mac_share() == 1.0
+    check_slim(model, gg, x, str(tmp_path / "slim.onnx"))
+    slim = graphprune.slim(gg, graphprune.Plan({g.id: [0] for g in heads}, {g.id: 2 for g in heads}))
+    assert slim.get_submodule("model.layers.0.self_attn.q_proj").out_features == 2 * head_dim
+    assert slim.get_submodule("model.layers.0.self_attn.k_proj").out_features == head_dim
+    model, x, _ = _build("llama")
+    gg = graphprune.analyze(model.eval(), x, attention="heads")
+    assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
 
 
 def test_a_mean_across_channels_that_is_no_rms_norm_still_freezes():

@@ -279,6 +279,41 @@ class AttentionEinsum(nn.Module):
         return self.head(x.mean(1))
 
 
+class AttentionGQA(nn.Module):
+    """Grouped-query attention: 4 query heads share 2 key/value heads of 4 dims each, the key/value
+    heads repeated for their query heads by ``repeat_interleave``, by Llama's ``repeat_kv``
+    (``expand`` + ``reshape``, the kv head count read from the tensor) or by sdpa's ``enable_gqa``."""
+
+    def __init__(self, share: str = "repeat_interleave", dim: int = 16, heads: int = 4, kv_heads: int = 2):
+        super().__init__()
+        self.share, self.n_rep, self.head_dim = share, heads // kv_heads, dim // heads
+        self.embed = nn.Conv2d(3, dim, 2, stride=2)
+        self.q, self.proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.k, self.v = nn.Linear(dim, kv_heads * self.head_dim), nn.Linear(dim, kv_heads * self.head_dim)
+        self.head = nn.Linear(dim, 5)
+
+    def split(self, t):
+        B, N, _ = t.shape
+        return t.view(B, N, -1, self.head_dim).transpose(1, 2)
+
+    def repeat(self, t):
+        if self.share == "repeat_interleave":
+            return t.repeat_interleave(self.n_rep, dim=1)
+        B, kv_heads, N, d = t.shape
+        return t[:, :, None].expand(B, kv_heads, self.n_rep, N, d).reshape(B, kv_heads * self.n_rep, N, d)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        B, N, _ = x.shape
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        if self.share == "enable_gqa":
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, self.repeat(k), self.repeat(v))
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, -1))
+        return self.head(x.mean(1))
+
+
 class ComputedShapes(nn.Module):
     """Channel counts read at run time size same-tensor reshapes (windows, head splits), split sizes and slices."""
 
@@ -333,6 +368,9 @@ ALL = {
     "attention_sdpa": (AttentionSDPA, (2, 3, 8, 8)),
     "attention_einsum": (AttentionEinsum, (2, 3, 8, 8)),
     "attention_sdpa_bias": (AttentionSDPABias, (2, 3, 8, 8)),
+    "attention_gqa_repeat_interleave": (AttentionGQA, (2, 3, 8, 8)),
+    "attention_gqa_repeat_kv": (lambda: AttentionGQA("repeat_kv"), (2, 3, 8, 8)),
+    "attention_gqa_enable_gqa": (lambda: AttentionGQA("enable_gqa"), (2, 3, 8, 8)),
     "computed_shapes": (ComputedShapes, (2, 3, 8, 8)),
 }
 
