@@ -133,16 +133,18 @@ def sweep_one(module: str, names: list[str], timeout: float) -> dict:
 
 
 def code_state() -> str:
-    """The commit the row was measured at (``+`` when the work tree had changes): a results file
-    filled over several runs says which code each row comes from."""
+    """The commit the row was measured at (``+`` when graphprune's code had uncommitted changes): a
+    results file filled over several runs says which code each row comes from."""
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "graphprune", "passes", "models"], cwd=root, capture_output=True, text=True).stdout.strip()
     return (head or "unknown") + ("+" if dirty else "")
 
 
 def outcome(r: dict) -> str:
     """The stage a module stopped in; capitals mark a broken promise (analysis said prunable)."""
+    if r.get("error", "").startswith("timed out"):
+        return f"timed out in {r['stage']}"
     if r["stage"] == "exactness":
         return "WRONG OUTPUT" if r.get("exactness", 0) > TOLERANCE else "compare fails"
     return {"build": "does not build", "analyze": "analysis fails", "slim": "SLIM FAILS", "export": "export fails",
@@ -162,7 +164,8 @@ def markdown(results: list[dict]) -> str:
         "",
         "Outcomes: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
         "",
-        "Code: each row's commit (`+`: with uncommitted changes; `?`: measured before rows recorded it).",
+        "Code: each row's commit (`+`: the work tree had uncommitted changes; rows measured before that check was "
+        "limited to graphprune's code also count the results files being written; `?`: measured before rows recorded it).",
         "",
         "| module | model | outcome | prunable MACs | groups (prunable / pruned / inexact) | MACs after | slim error | analyze s | code | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
