@@ -79,6 +79,19 @@ def random_plan(gg, rng: np.random.Generator, ratio: float | None = None) -> gra
     return graphprune.Plan(keep, {g: gg.groups[g].size for g in keep})
 
 
+def slim_at_budget(gg, plan: graphprune.Plan, x) -> torch.nn.Module:
+    """The slim model of ``plan``, checked to cost exactly what the budget says: MACs as
+    ``flop_counter()`` counts one forward on ``x``, and parameters."""
+    from graphprune.flops import flop_counter
+
+    slim = graphprune.slim(gg, plan)
+    with flop_counter() as counter:
+        slim(x)
+    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    return slim
+
+
 def slim_error(model: torch.nn.Module, gg, plan, inputs: tuple) -> float:
     """Max |slim - original| / max |original| after zeroing the pruned channels in the original."""
     return exactness_error(model, gg, plan, inputs)

@@ -143,7 +143,7 @@ F = importlib.import_module("graphprune.flops")
 
 
 def _real_output(m: nn.Module, x: torch.Tensor, flops: bool):
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         out = m(x)
     return tuple(out.shape), out.dtype, tuple(out.stride()), int(counter.get_total_flops()) if flops else 0

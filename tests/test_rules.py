@@ -128,19 +128,12 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
     """Half of every prunable group pruned at once (inexact ones too): the slim model costs what the
     budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
     exports to ONNX; the exact groups pruned together leak nothing."""
-    import torch
-    from graphprune.flops import flop_counter
-
-    from helpers import random_plan, slim_error
+    from helpers import random_plan, slim_at_budget, slim_error
 
     for seed in range(seeds):
         model, x, gg = analyze(name, **options)
         plan = random_plan(gg, np.random.default_rng(seed), 0.5)
-        slim = graphprune.slim(gg, plan)
-        with flop_counter() as counter:
-            slim(x)
-        assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
-        assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+        slim = slim_at_budget(gg, plan, x)
         report = graphprune.export_onnx(slim, str(tmp_path / f"{name}.onnx"), x)
         assert report.relative_diff <= 1e-4
         assert slim_error(model, gg, plan, (x,)) <= 1e-5
@@ -249,21 +242,14 @@ def test_einsum_it_cannot_follow_freezes(equation, why):
 
 def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     """A (heads, N, N) bias passed as sdpa's additive mask is a member of the heads group."""
-    import torch
-    from graphprune.flops import flop_counter
-
-    from helpers import random_plan, slim_error
+    from helpers import random_plan, slim_at_budget, slim_error
 
     model, x, gg = analyze("attention_sdpa_bias", attention="heads")
     heads = group_with(gg, "qkv")
     assert heads is group_with(gg, "", "bias") and heads.size == 4 and not heads.inexact
     assert member(heads, "", "bias").indices([2]) == [2]
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
-    slim = graphprune.slim(gg, plan)
-    with flop_counter() as counter:
-        slim(x)
-    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
-    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    slim = slim_at_budget(gg, plan, x)
     assert graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x).relative_diff <= 1e-4
     assert slim_error(model, gg, plan, (x,)) <= 1e-5
     model, x, gg = analyze("attention_sdpa_bias", attention="heads")

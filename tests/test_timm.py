@@ -48,7 +48,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     the budget says and, without the stream, exactly; sdpa (fused) and q@kT/attn@v (not fused)."""
     from graphprune.flops import flop_counter
 
-    from helpers import random_plan, slim_error
+    from helpers import random_plan, slim_at_budget, slim_error
 
     model = timm.create_model(name, pretrained=False, img_size=64).eval()
     for block in model.blocks:
@@ -67,11 +67,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     stream = group_with(gg, "blocks.0.norm1")
     assert stream.prunable and "normalizes across" in stream.inexact and len(gg.prunable_groups) == 25
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
-    slim = graphprune.slim(gg, plan)
-    with flop_counter() as counter:
-        slim(x)
-    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
-    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    slim = slim_at_budget(gg, plan, x)
     exact = graphprune.Plan({g: k for g, k in plan.keep.items() if g != stream.id}, plan.sizes)
     slim = graphprune.slim(gg, exact)
     report = graphprune.export_onnx(slim, str(tmp_path / "slim.onnx"), x)
