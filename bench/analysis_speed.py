@@ -227,7 +227,7 @@ def write_markdown(data: dict, baseline: dict | None, path: Path, baseline_label
             "constructor) and torchvision `VisionTransformer(image_size=32, patch_size=4, num_layers=L, "
             "num_heads=4, hidden_dim=64, mlp_dim=128)`, input 1x3x32x32. "
             "Per-node and per-block times staying flat as depth grows is linear scaling. "
-            "Plot: `analysis_depth.png`.",
+            f"Plot: `{'analysis_depth_cpu.png' if data.get('clock') == 'cpu' else 'analysis_depth.png'}`.",
             "",
             "| model | depth | blocks | graph nodes | forward | TP build | analyze | analyze / TP build | analyze / node | analyze / block |"
             + (f" {baseline_label}: analyze / node |" if baseline and baseline.get("depth") else ""),
