@@ -434,7 +434,7 @@ def test_plan_moves_the_cut_along_the_latent_ranking(where):
     assert dhp.ready() == (where == "below")
     plan = dhp.plan()
     ratio = dhp.gg.budget.macs(plan.counts()) / dhp.gg.budget.macs()
-    assert 0.49 <= ratio <= 0.5
+    assert 0.495 <= ratio <= 0.5  # the default tolerance: half a point
     kept, alive = kept_sets(dhp, plan), survivors(dhp)
     nested = all(alive[g] <= kept[g] for g in kept) if where == "below" else all(kept[g] <= alive[g] for g in kept)
     assert nested and kept != alive
