@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function
 
+from .locations import qualified_name
+
 
 # ------------------------------------------------------------------ graph nodes of the forms
 
@@ -276,18 +278,15 @@ FUNCTION_FORMS: dict[str, Callable[..., Any] | None] = {
 }
 
 
-def _qualified(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-
 
 def module_form(m: nn.Module) -> Callable[..., Any] | None:
     """The plain-op form to trace instead of ``m``'s forward, or None."""
-    return MODULE_FORMS.get(_qualified(type(m)))
+    return MODULE_FORMS.get(qualified_name(type(m)))
 
 
 def function_form(fn: Any) -> Callable[..., Any] | None:
     """What to trace instead of keeping the wrapped function ``fn`` a leaf, or None."""
-    name = _qualified(fn)
+    name = qualified_name(fn)
     if name not in FUNCTION_FORMS:
         return None
     return FUNCTION_FORMS[name] or fn

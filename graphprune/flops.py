@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .locations import qualified_name
 from .errors import GraphPruneError
 
 
@@ -193,7 +194,7 @@ class NodeFlops:
             if not all(type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None):
                 return False
         elif n.op == "call_function":
-            if n.target not in FREE_FUNCTIONS and _qualified(n.target) not in FREE_NAMED:
+            if n.target not in FREE_FUNCTIONS and qualified_name(n.target) not in FREE_NAMED:
                 return False
         elif n.op == "call_method":
             if n.target not in FREE_METHODS:
@@ -264,9 +265,6 @@ class Restart(GraphPruneError):
     real (raised and caught inside :func:`graphprune.trace.propagate`)."""
 
 
-def _qualified(f: Any) -> str:
-    return f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', '')}"
-
 
 class ShapeOnlyRuns:
     """Shape-only execution of the nodes whose results only reach shape-only ops.
@@ -319,7 +317,7 @@ class ShapeOnlyRuns:
         if n.op == "call_module":
             return self._module_ok(n, FREE_MODULES) or self._module_ok(n, CONTRACTION_MODULES)
         if n.op == "call_function":
-            return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or _qualified(n.target) in FREE_NAMED
+            return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or qualified_name(n.target) in FREE_NAMED
         if n.op == "call_method":
             return n.target in FREE_METHODS or n.target in CONTRACTION_METHODS
         return False

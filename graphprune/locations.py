@@ -28,3 +28,8 @@ def _format_user_frame(frames: Iterable[traceback.FrameSummary]) -> str:
         return "<unknown location>"
     f = user[-1]
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+
+
+def qualified_name(obj: object) -> str:
+    """``module.qualname`` of a function or class: how tables name code outside torch (timm, torchvision)."""
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import equivalents
+from .locations import qualified_name
 from .channels import ChannelMap
 from .trace import TensorSpec
 
@@ -797,12 +798,9 @@ def shape_only_arg(node: fx.Node) -> int | None:
     if node.op == "call_method":
         return SHAPE_ONLY_ARGS.get(node.target)
     if node.op == "call_function":
-        return SHAPE_ONLY_NAMED_ARGS.get(_qualified_name(node.target))
+        return SHAPE_ONLY_NAMED_ARGS.get(qualified_name(node.target))
     return None
 
-
-def _qualified_name(fn) -> str:
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
 
 #: how a movement op runs on label tensors when calling it as-is would be wrong
 LABEL_OVERRIDES: dict = {F.pad: pad_function}
@@ -833,7 +831,7 @@ def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
     if node.op == "call_module":
         return module_rule(m)
     if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target) or NAMED_FUNCTION_RULES.get(_qualified_name(node.target))
+        return FUNCTION_RULES.get(node.target) or NAMED_FUNCTION_RULES.get(qualified_name(node.target))
     if node.op == "call_method":
         return METHOD_RULES.get(node.target)
     return None
