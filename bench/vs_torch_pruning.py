@@ -66,20 +66,28 @@ def ort_latency(path: str, x: torch.Tensor, repeats: int = 20) -> float:
 
 
 def torch_pruning_run(model, x) -> dict:
+    """Torch-Pruning's magnitude pruner; on torchvision's ViT its own recipe (examples/torchvision_models):
+    channel counts rounded to the head count, so nn.MultiheadAttention keeps its heads with smaller
+    head dims, and ``hidden_dim`` set by hand after pruning."""
     import torch_pruning as tp
+    from torchvision.models.vision_transformer import VisionTransformer
 
     start = time.perf_counter()
     tp.DependencyGraph().build_dependency(model, example_inputs=x)
     analysis = time.perf_counter() - start
     full = macs(model, x)
+    vit = isinstance(model, VisionTransformer)
 
     def prune(ratio):
         m = copy.deepcopy(model)
         logits = [i for i in m.modules() if isinstance(i, torch.nn.Linear) and i.out_features == 1000]
         pruner = tp.pruner.MagnitudePruner(
-            m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio, global_pruning=True, ignored_layers=logits
+            m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio, global_pruning=True, ignored_layers=logits,
+            round_to=m.encoder.layers[0].num_heads if vit else None,
         )
         pruner.step()
+        if vit:
+            m.hidden_dim = m.conv_proj.out_channels
         return m, macs(m, x) / full
 
     lo, hi, best = 0.0, 0.95, None
@@ -97,39 +105,43 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default=",".join(SUBSET), help="comma-separated torchvision names")
+    parser.add_argument("--models", default=",".join(SUBSET), help="comma-separated torchvision names; name:heads prunes whole heads")
     parser.add_argument("--append", action="store_true", help="add rows to an existing results file")
     parser.add_argument("--no-tp", default="", help="models to run without Torch-Pruning, with the reason after a colon")
     args = parser.parse_args()
     out = Path(__file__).parent / "results" / "vs_torch_pruning.md"
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:] if args.append and out.exists() else []
-    for name in args.models.split(","):
+    for entry in args.models.split(","):
+        name, _, attention = entry.partition(":")  # vit_b_16:heads prunes whole heads
         kwargs, x = input_for(name, reduced=False)
         model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            gg = graphprune.analyze(model, x)
+            gg = graphprune.analyze(model, x, attention=attention or "head_dims")
             gp_analysis = time.perf_counter() - start
             result = graphprune.apply(model, "l1", TARGET, x, analysis=gg, round_to=8)
             for sub in ("full", "slim", "tp"):
                 Path(tmp, sub).mkdir()
             gp_onnx, gp_path = onnx_check(result.model, x, f"{tmp}/slim")
             _, full_path = onnx_check(model, x, f"{tmp}/full")
-            speed = ""
-            if gp_path and full_path:
-                speed = f"{ort_latency(full_path, x) / ort_latency(gp_path, x):.2f}x"
+            full_latency = ort_latency(full_path, x) if full_path else None
+            speed = f"{full_latency / ort_latency(gp_path, x):.2f}x" if gp_path and full_latency else ""
             skipped = dict(item.split(":", 1) for item in args.no_tp.split(",") if ":" in item)
             try:
                 if name in skipped:
                     raise RuntimeError(skipped[name])
-                tpr = torch_pruning_run(model, x)
-                tp_onnx = onnx_check(tpr["model"], x, f"{tmp}/tp")[0] if tpr["model"] is not None else "no model"
-                tp_cells = f"{tpr['analysis']:.2f} | {tpr['ratio']:.3f} | {tp_onnx}"
+                if attention:
+                    tp_cells = "same model as the row above | | "
+                else:
+                    tpr = torch_pruning_run(model, x)
+                    tp_onnx, tp_path = onnx_check(tpr["model"], x, f"{tmp}/tp") if tpr["model"] is not None else ("no model", None)
+                    tp_speed = f", ORT speedup {full_latency / ort_latency(tp_path, x):.2f}x" if tp_path and full_latency else ""
+                    tp_cells = f"{tpr['analysis']:.2f} | {tpr['ratio']:.3f} | {tp_onnx}{tp_speed}"
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
                 tp_cells = f"failed: {type(exc).__name__}: {exc} | | "
         row = (
-            f"| {name} | {list(x.shape)[2:]} | {gp_analysis:.2f} | {result.report.macs_ratio:.3f} | {gp_onnx} | "
+            f"| {entry} | {list(x.shape)[2:]} | {gp_analysis:.2f} | {result.report.macs_ratio:.3f} | {gp_onnx} | "
             f"{speed} | {1 / result.report.macs_ratio:.2f}x | {tp_cells} |"
         )
         print(row, flush=True)

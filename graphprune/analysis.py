@@ -65,6 +65,8 @@ class Analysis:
         self._shape_reads: list[tuple[fx.Node, ChannelMap]] = []
         #: {view/reshape/expand node: positions of its size arguments the slim pass writes as literals}
         self.literal_sizes: dict[fx.Node, set[int]] = {}
+        #: means over channels (RMS normalization written out) whose divisor the slim pass keeps at the original count
+        self.channel_means: set[fx.Node] = set()
         self._channel_cache: np.ndarray | None = None
 
     # ---------------------------------------------------------------- driving
@@ -453,7 +455,10 @@ class Analysis:
         if sizes is None or out is None:
             return "uses as a size a value"
         where = [i for i, v in enumerate(sizes) if v is via]
-        if where != [out.dim]:
+        # one computed tuple of all sizes (GPT-2's ``(-1,) + shape[1:] + (x.size(-1),)``): the slim
+        # pass writes the new count at its channel dim, so every other entry must not follow the read
+        spread = where == [0] and len(sizes) == 1 and self.spec(use).ndim > 1
+        if where != [out.dim] and not spread:
             return "sizes a dim other than its channel dim with a value"
         # the channels read and those sized must be the same, in the same proportion each; then the
         # value must give the sized count for every count of the read channels a plan can leave
@@ -466,8 +471,15 @@ class Analysis:
         reachable[0] = True
         for a in read_n.tolist():  # the counts a plan keeping any subset of the channels can leave
             reachable[a:] |= reachable[:-a].copy()
+        original = list(self.traced.values[via]) if spread else None
         for count in np.nonzero(reachable)[0][1:].tolist():
-            if self._evaluate_from(read, via, m.dim, count) * int(read_n[0]) != count * int(out_n[0]):
+            value = self._evaluate_from(read, via, m.dim, count)
+            if spread:
+                value = list(value)
+                if [v for i, v in enumerate(value) if i != out.dim] != [v for i, v in enumerate(original) if i != out.dim]:
+                    return f"changes a dim other than its channel dim (with {count} of {m.size} left) with a value"
+                value = value[out.dim]
+            if value * int(read_n[0]) != count * int(out_n[0]):
                 return f"would not follow the kept channels (with {count} of {m.size} left) with a value"
         return None
 

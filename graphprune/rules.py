@@ -385,12 +385,11 @@ _RESCALES = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
 @_kind(RuleKind.MIXING)
 def mean(ctx: "Analysis", node: fx.Node) -> None:
     """A mean across the channels is frozen like any reduction, except RMS normalization written
-    out (Llama's ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): prunable and, like
-    LayerNorm, flagged inexact (the mean divides by the channel count, which pruning changes)."""
-    m = _rms_normalized(ctx, node)
-    if m is None:
+    out (Llama's ``x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)``): prunable and exact,
+    since pruned channels add zero squares and the slim pass keeps the mean's original divisor."""
+    if _rms_normalized(ctx, node) is None:
         return reduce(ctx, node)
-    ctx.atoms.mark_inexact(m.labels, f"{ctx.describe(node)} normalizes across these channels (root mean square)")
+    ctx.channel_means.add(node)
     ctx.set(node, None)
 
 

@@ -112,10 +112,7 @@ class _Resizer:
         memo = {id(t): new for t, new in presliced.values()}
         memo[id(self.gg.gm.graph)] = graph
         gm = _compiled(_deepcopy(self.gg.gm, memo))
-        for (module, name), dims in slices.items():
-            if (module, name) not in presliced:
-                for dim, index in dims:
-                    _slice_tensor(gm.get_submodule(module), name, dim, index)
+        _slice_in_place(gm, {key: dims for key, dims in slices.items() if key not in presliced})
         for old in self.gg.gm.graph.nodes:
             if old.op == "call_module":
                 m = gm.get_submodule(old.target)
@@ -365,7 +362,7 @@ def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
 
 def _presliced(gm: nn.Module, slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
     """{(module, name): (tensor, its sliced copy)} for the sliced tensors held in exactly one place
-    (a parameter, buffer or plain attribute of one module), made as ``_slice_tensor`` would make
+    (a parameter, buffer or plain attribute of one module), made as ``_slice_in_place`` would make
     them; a deep copy given these copies never copies those tensors whole. Shared tensors are
     left to the copy-then-slice path."""
     modules = dict(gm.named_modules())
@@ -408,15 +405,34 @@ def _shallow(value: Any) -> list:
     return [value]
 
 
-def _slice_tensor(owner: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
-    t = getattr(owner, name)
-    sliced = t.detach().index_select(dim, index)  # a new tensor already
-    if isinstance(t, nn.Parameter):
-        setattr(owner, name, nn.Parameter(sliced, requires_grad=t.requires_grad))
-    elif name in owner._buffers:
-        owner._buffers[name] = sliced
+def _slice_in_place(gm: nn.Module, slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> None:
+    """Slice the copy's tensors. A tensor held in several places (GPT-2's lm_head weight is its
+    token embedding) is sliced once and the slice shared, so the tie survives and parameters are
+    counted once, as in the original."""
+    done: dict[int, tuple[torch.Tensor, list[tuple[int, torch.Tensor]], torch.Tensor]] = {}
+    for (module, name), dims in slices.items():
+        owner = gm.get_submodule(module)
+        t = getattr(owner, name)
+        prior = done.get(id(t))
+        if prior is not None and _same_slices(prior[1], dims):
+            _set_tensor(owner, name, prior[2])
+            continue
+        sliced = t.detach()
+        for dim, index in dims:
+            sliced = sliced.index_select(dim, index)
+        _set_tensor(owner, name, nn.Parameter(sliced, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else sliced)
+        done[id(t)] = (t, dims, getattr(owner, name))
+
+
+def _same_slices(a: list[tuple[int, torch.Tensor]], b: list[tuple[int, torch.Tensor]]) -> bool:
+    return len(a) == len(b) and all(da == db and torch.equal(ia, ib) for (da, ia), (db, ib) in zip(sorted(a, key=lambda x: x[0]), sorted(b, key=lambda x: x[0])))
+
+
+def _set_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
+    if name in owner._buffers:
+        owner._buffers[name] = value
     else:
-        setattr(owner, name, sliced)
+        setattr(owner, name, value)
 
 
 # ------------------------------------------------------------------ module attribute fixups
@@ -441,9 +457,28 @@ def _fix_groupnorm(s: _Resizer, old: fx.Node, m: nn.GroupNorm) -> None:
     m.num_groups, m.num_channels = m.num_groups * new // m.num_channels, new
 
 
+def _layer_norm_compensation(s: _Resizer, x: fx.Node) -> float:
+    """C / C' for a LayerNorm over the last dim of ``x`` whose C channels the plan cuts to C'.
+
+    The zeroed original normalizes over all C channels, the slim one over C'. Scaling the weight by
+    sqrt(C/C') and eps by C/C' makes the two equal wherever a token's kept channels have zero mean
+    (the variance parts then differ by exactly that factor); with kept mean m and
+    s = sqrt((1 - r) var + eps), r = 1 - C'/C, u = m / s, a = the slim norm's normalized value,
+    |y_slim - y| <= |weight| (r |u| + r (1 - r) u**2 |a| / 2) per channel (tests/test_slim.py
+    checks it). Without the compensation even zero-mean tokens would be off by sqrt(C'/C).
+    """
+    return s.values[x].shape[-1] / s.size_after(x, -1)
+
+
 def _fix_layernorm(s: _Resizer, old: fx.Node, m: nn.LayerNorm) -> None:
     if len(m.normalized_shape) == 1:
         m.normalized_shape = (s.size_after(old.args[0], -1),)
+        ratio = _layer_norm_compensation(s, old.args[0])
+        if ratio != 1:
+            m.eps *= ratio
+            if m.weight is not None:
+                with torch.no_grad():
+                    m.weight.mul_(math.sqrt(ratio))
 
 
 def _fix_prelu(s: _Resizer, old: fx.Node, m: nn.PReLU) -> None:
@@ -611,8 +646,29 @@ def _rewrite_group_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
 
 def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     shape = tuple(_arg(new, 1, "normalized_shape"))
-    if len(shape) == 1:
-        _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
+    if len(shape) != 1:
+        return
+    _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
+    ratio = _layer_norm_compensation(s, old.args[0])
+    if ratio != 1:  # as _fix_layernorm does for the module
+        _set_arg(new, 4, "eps", _arg(new, 4, "eps", 1e-5) * ratio)
+        weight = _arg(new, 2, "weight")
+        if isinstance(weight, fx.Node):
+            with new.graph.inserting_before(new):
+                _set_arg(new, 2, "weight", new.graph.call_function(operator.mul, (weight, math.sqrt(ratio))))
+
+
+def _rewrite_channel_mean(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+    """A mean of squares over pruned channels (RMS normalization) keeps the original divisor: the
+    zeroed channels it no longer sees added nothing, so the slim mean is the original's."""
+    if old not in s.gg._analysis.channel_means:
+        return
+    x = _arg(old, 0, "input")
+    before, after = s.values[x].shape[s.maps[x].dim], s.count(s.maps[x])
+    if after != before:
+        with new.graph.inserting_after(new):
+            scaled = new.graph.call_function(operator.mul, (new, after / before))
+        new.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
 
 
 def _rewrite_linear_rows(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
@@ -637,5 +693,7 @@ GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
     F.group_norm: _rewrite_group_norm,
     F.layer_norm: _rewrite_layer_norm,
     equivalents.linear_rows: _rewrite_linear_rows,
+    "mean": _rewrite_channel_mean,
+    torch.mean: _rewrite_channel_mean,
     F.scaled_dot_product_attention: _rewrite_attention_scale,
 }

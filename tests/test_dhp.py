@@ -12,7 +12,7 @@ from graphprune import models
 from graphprune.allocate import Allocation
 from graphprune.passes.dhp import shrink_vectors, soft_threshold
 from graphprune.passes.hypernet import HyperNetwork, fan_in
-from helpers import group_with, slim_error
+from helpers import EXACT, group_with, slim_error
 from toy_models import build
 
 LAYERS = {
@@ -327,7 +327,7 @@ def check(model, x, result, budget, tmp_path):
     trajectory = result.method.trajectory
     assert len(trajectory) >= 3 and trajectory[-1] <= 100 * budget + 1 < trajectory[-2]  # stopped at the first step in tolerance
     model.eval()
-    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= 1e-5
+    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= EXACT
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dhp.onnx"), x[:2])
     assert report.relative_diff < 1e-4
 

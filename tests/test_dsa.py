@@ -8,7 +8,7 @@ import torchvision
 import graphprune
 from graphprune import models
 from graphprune.passes.dsa import DSAPass, ExpectedKeep, inexactness, keep_probabilities, sample_masks
-from helpers import slim_error
+from helpers import EXACT, slim_error
 
 
 @pytest.mark.parametrize("alpha", [0.1, 0.37, 0.5, 0.93])
@@ -208,7 +208,7 @@ def test_dsa_reaches_the_budget_and_slims_exactly(name, tmp_path):
     result = graphprune.apply(model, "dsa", 0.5, x[:2], train_data=train, loss_fn=F.cross_entropy, epochs=10, val_data=val)
     assert 0.495 <= result.report.macs_ratio <= 0.5
     model.eval()
-    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= 1e-5
+    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= EXACT
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dsa.onnx"), x[:2])
     assert report.relative_diff < 1e-4
     sensitivity = result.method.sensitivity()

@@ -8,7 +8,7 @@ from graphprune.flops import flop_counter
 
 import graphprune
 from graphprune import equivalents
-from helpers import group_with, leak_check, member, random_keep, random_plan, slim_at_budget, slim_error
+from helpers import EXACT, group_with, leak_check, member, random_keep, random_plan, slim_at_budget, slim_error
 from zoo import check_model, check_slim
 
 
@@ -105,7 +105,7 @@ def test_slim_multihead_attention_is_exact(mode):
         plan = random_plan(gg, rng)
         slim = slim_at_budget(gg, plan, x)
         assert not any(isinstance(m, nn.MultiheadAttention) for m in slim.modules())
-        assert slim_error(model, gg, plan, (x,)) <= 1e-6
+        assert slim_error(model, gg, plan, (x,)) <= EXACT
 
 
 def small_swin(**kwargs):

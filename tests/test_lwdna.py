@@ -12,7 +12,7 @@ import graphprune
 from graphprune import models
 from graphprune.cli import main as cli
 from graphprune.passes.reparam import classifier_inputs
-from helpers import slim_error
+from helpers import EXACT, slim_error
 
 
 def batches(shape, n=2, per_batch=4, classes=10):
@@ -57,7 +57,7 @@ def test_the_result_is_exact_on_the_widened_model_and_re_initialized(tmp_path):
     model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
     result = lwdna(model, x, 0.8)
     wide = result.method.widened.model.eval()
-    assert slim_error(wide, result.groups, result.plan, (x,)) <= 1e-5
+    assert slim_error(wide, result.groups, result.plan, (x,)) <= EXACT
     again = graphprune.slim(result.groups, result.plan)
     assert not torch.equal(next(again.parameters()), next(result.model.parameters()))  # fresh weights, not the hypernetworks'
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "lwdna.onnx"), x)
@@ -137,6 +137,6 @@ def test_lwdna_end_to_end_slims_exactly_and_exports(name, tmp_path):
     model, x, options = zoo(name)
     result = lwdna(model, x, 1.0, **options)
     assert 0.995 <= result.report.macs_ratio <= 1.0
-    assert slim_error(result.method.widened.model.eval(), result.groups, result.plan, (x,)) <= 1e-5
+    assert slim_error(result.method.widened.model.eval(), result.groups, result.plan, (x,)) <= EXACT
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / f"{name}.onnx"), x)
     assert report.relative_diff < 1e-4

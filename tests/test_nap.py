@@ -12,7 +12,7 @@ from graphprune import models
 from graphprune.cli import main as cli
 from graphprune.passes.kfac import KFAC, Factor, weight_matrix
 from graphprune.passes.nap import obs_structured, obs_weights
-from helpers import group_with, slim_error
+from helpers import EXACT, group_with, slim_error
 
 QUIET = {"verbose": False}
 
@@ -355,7 +355,7 @@ def test_budget_is_met_exactly_without_training(name, budget, rounds):
     assert budget - 0.005 <= result.report.macs_ratio <= budget
     nap = result.method
     assert len(nap.iterations) <= rounds and nap.iterations[-1].final
-    assert slim_error(model, result.groups, result.plan, (x,)) <= 1e-5
+    assert slim_error(model, result.groups, result.plan, (x,)) <= EXACT
     for gid, alive in nap.alive.items():  # pruned channels are zero in every member
         dropped = np.flatnonzero(~alive).tolist()
         for m in result.groups.groups[gid].members:
@@ -449,7 +449,7 @@ def synthetic(shape, n=16, per_batch=4, classes=10):
 def check_slim(model, result, x, budget, tmp_path):
     assert budget - 0.005 <= result.report.macs_ratio <= budget, result.report.macs_ratio
     model.eval()
-    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= 1e-5
+    assert slim_error(model, result.groups, result.plan, (x[:2],)) <= EXACT
     report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "nap.onnx"), x[:2])
     assert report.relative_diff < 1e-4
 
@@ -488,7 +488,7 @@ def test_a_users_loop_with_the_empirical_fisher():
     assert dead and all(float(getattr(model.get_submodule(k[0]), k[1]).detach()[~m].abs().max()) == 0 for k, m in dead)  # kept zero
     result = session.finish()
     assert 0.595 <= result.report.macs_ratio <= 0.6
-    assert slim_error(model.eval(), result.groups, result.plan, (x[:2],)) <= 1e-5
+    assert slim_error(model.eval(), result.groups, result.plan, (x[:2],)) <= EXACT
 
 
 def test_statistics_from_train_data_without_training():
@@ -547,7 +547,7 @@ def test_block_diagonal_factors_prune_end_to_end():
     result = session.finish()
     assert 0.495 <= result.report.macs_ratio <= 0.5
     assert "fc1 (A block-diagonal, S block-diagonal)" in result.report.notes[0]
-    assert slim_error(model, result.groups, result.plan, (x,)) <= 1e-5
+    assert slim_error(model, result.groups, result.plan, (x,)) <= EXACT
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

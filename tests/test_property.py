@@ -14,7 +14,7 @@ from graphprune.flops import flop_counter
 
 import graphprune
 from graphprune.exactness import randomize_small_tensors
-from helpers import leak_check, random_keep, random_plan, slim_error
+from helpers import EXACT, leak_check, random_keep, random_plan, slim_error
 
 OPS = (
     "conv", "bn_relu", "add", "cat", "split", "depthwise", "grouped", "pixel_shuffle", "channel_shuffle", "se",
@@ -183,4 +183,4 @@ def test_random_dags_slim_exactly(program, seed):
     plan = random_plan(gg, np.random.default_rng(seed))
     slim = graphprune.slim(gg, plan)
     assert costs(slim, x) == (gg.budget.macs(plan.counts()), gg.budget.params(plan.counts()))
-    assert slim_error(model, gg, plan, (x,)) <= 1e-5
+    assert slim_error(model, gg, plan, (x,)) <= EXACT

@@ -128,7 +128,7 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
     """Half of every prunable group pruned at once (inexact ones too): the slim model costs what the
     budget says (MACs as FlopCounterMode counts them, parameters), matches the zeroed original,
     exports to ONNX; the exact groups pruned together leak nothing."""
-    from helpers import random_plan, slim_at_budget, slim_error
+    from helpers import EXACT, random_plan, slim_at_budget, slim_error
 
     for seed in range(seeds):
         model, x, gg = analyze(name, **options)
@@ -136,7 +136,7 @@ def slims_exactly(name, tmp_path, seeds=3, **options):
         slim = slim_at_budget(gg, plan, x)
         report = graphprune.export_onnx(slim, str(tmp_path / f"{name}.onnx"), x)
         assert report.relative_diff <= 1e-4
-        assert slim_error(model, gg, plan, (x,)) <= 1e-5
+        assert slim_error(model, gg, plan, (x,)) <= EXACT
         model, x, gg = analyze(name, **options)
         keep = random_keep(gg, np.random.default_rng(seed))
         assert keep and leak_check(model, gg, keep, (x,), seed) == 0.0
@@ -163,8 +163,8 @@ def test_channel_count_in_a_scale_freezes_the_channels_read():
     stream = group_with(gg, "embed")
     assert not stream.prunable and "uses a value computed from the channel count" in stream.reason
     assert group_with(gg, "qkv").prunable
-    from helpers import random_plan, slim_error
-    assert slim_error(model, gg, random_plan(gg, np.random.default_rng(0), 0.5), (x,)) <= 1e-5
+    from helpers import EXACT, random_plan, slim_error
+    assert slim_error(model, gg, random_plan(gg, np.random.default_rng(0), 0.5), (x,)) <= EXACT
 
 
 def test_separate_qkv_prunes_qk_dims_apart_from_v_dims(tmp_path):
@@ -242,7 +242,7 @@ def test_einsum_it_cannot_follow_freezes(equation, why):
 
 def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     """A (heads, N, N) bias passed as sdpa's additive mask is a member of the heads group."""
-    from helpers import random_plan, slim_at_budget, slim_error
+    from helpers import EXACT, random_plan, slim_at_budget, slim_error
 
     model, x, gg = analyze("attention_sdpa_bias", attention="heads")
     heads = group_with(gg, "qkv")
@@ -251,7 +251,7 @@ def test_whole_heads_slice_a_per_head_attention_bias(tmp_path):
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
     slim = slim_at_budget(gg, plan, x)
     assert graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x).relative_diff <= 1e-4
-    assert slim_error(model, gg, plan, (x,)) <= 1e-5
+    assert slim_error(model, gg, plan, (x,)) <= EXACT
     model, x, gg = analyze("attention_sdpa_bias", attention="heads")
     assert leak_check(model, gg, random_keep(gg, np.random.default_rng(0)), (x,)) == 0.0
 
@@ -367,9 +367,9 @@ def test_head_split_that_prunes_whole_heads_slims_exactly():
     gg = graphprune.analyze(model, x)
     g = group_with(gg, "a")
     assert g.prunable and g.size == 4 and member(g, "a").indices([1]) == [2, 3]
-    from helpers import slim_error
+    from helpers import EXACT, slim_error
     plan = graphprune.Plan({g.id: [0, 3]}, {g.id: 4})
-    assert graphprune.slim(gg, plan)(x).shape == (1, 5, 4, 4) and slim_error(model, gg, plan, (x,)) <= 1e-6
+    assert graphprune.slim(gg, plan)(x).shape == (1, 5, 4, 4) and slim_error(model, gg, plan, (x,)) <= EXACT
 
 
 def test_reductions_over_channels_freeze():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import graphprune
 from graphprune.errors import GuardError
 from graphprune.trace import TensorSpec, guard, trace
-from helpers import group_with, groups_with, random_plan, slim_error
+from helpers import EXACT, group_with, groups_with, random_plan, slim_error
 
 
 class DataDependent(nn.Module):
@@ -230,7 +230,7 @@ def analyze_and_check_exactness(make, inputs: tuple, seeds: int = 3) -> graphpru
     for seed in range(seeds):
         plan = random_plan(gg, np.random.default_rng(seed))
         torch.manual_seed(0)
-        assert slim_error(make().eval(), gg, plan, inputs) <= 1e-5
+        assert slim_error(make().eval(), gg, plan, inputs) <= EXACT
     return gg
 
 
@@ -424,7 +424,7 @@ def test_a_mode_passed_to_an_op_follows_the_model_mode_after_slimming():
     result = graphprune.apply(model, "l1", 0.5, x)
     model.eval(), result.model.eval()
     assert torch.equal(result.model(x), result.model(x))  # no dropout in eval mode (it was baked in before)
-    assert slim_error(model, graphprune.analyze(model.train(), x), result.plan, (x,)) <= 1e-5
+    assert slim_error(model, graphprune.analyze(model.train(), x), result.plan, (x,)) <= EXACT
     result.model.train()
     torch.manual_seed(1)
     first = result.model(x)

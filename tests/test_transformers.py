@@ -8,7 +8,7 @@ import torch
 
 import graphprune
 from graphprune.flops import flop_counter
-from helpers import leak_check, member, random_keep, random_plan
+from helpers import EXACT, leak_check, member, random_keep, random_plan, slim_error
 from zoo import check_model, check_slim
 
 transformers = pytest.importorskip("transformers")
@@ -52,17 +52,23 @@ def test_hugging_face_model_is_one_exact_graph(name, tmp_path):
     check_slim(model, gg, x, str(tmp_path / "slim.onnx"))
 
 
-@pytest.mark.parametrize("name,norm", [("vit", "vit.layers.0.layernorm_before"), ("llama", "model.layers.0.input_layernorm")])
+@pytest.mark.parametrize("name,norm", [("vit", "vit.layers.0.layernorm_before"), ("gpt2", "transformer.h.0.ln_1"),
+                                       ("llama", "model.layers.0.input_layernorm")])
 def test_hidden_stream_is_prunable_through_layernorm_and_rmsnorm(name, norm, tmp_path):
     """The residual stream (embeddings, norms, every block's input columns and output rows) is one
-    group, flagged inexact (the norm divides by the channel count); slimmed, its counts are exact."""
+    group. Through LayerNorm it is flagged inexact (mean and variance divide by the channel count);
+    through Llama's RMSNorm it is exact (the slim pass keeps the mean of squares' divisor)."""
     model, x, _ = _build(name)
     gg = graphprune.analyze(model.eval(), x)
     (g,) = [g for g in gg.groups if any(m.module == norm for m in g.members)]
     assert g.prunable and g.size == HIDDEN
-    assert "normalizes across these channels" in g.inexact
+    if name == "llama":
+        assert g.inexact is None
+        assert slim_error(model, gg, graphprune.Plan({g.id: list(range(1, HIDDEN, 3))}), (x,)) <= EXACT
+    else:
+        assert "normalizes across these channels" in g.inexact
     frozen = [g for g in gg.groups if not g.prunable and g.reason != "model output" and "model input" not in g.reason]
-    if name == "vit":
+    if name != "llama":  # GPT-2's output view is sized by a computed tuple with the count at its channel dim
         assert not frozen and gg.prunable_mac_share() == 1.0
     else:  # Llama's q/k head dims meet the rotary cos/sin, computed in forward: frozen; the rest scales
         assert all(m.module.endswith(("q_proj", "k_proj")) for g in frozen for m in g.members if m.role == "out")
@@ -70,6 +76,8 @@ def test_hidden_stream_is_prunable_through_layernorm_and_rmsnorm(name, norm, tmp
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
     slim = graphprune.slim(gg, plan)
     assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    if name == "gpt2":  # the tied lm_head stays tied: one sliced tensor
+        assert slim.get_submodule("lm_head").weight is slim.get_submodule("transformer.wte").weight
     report = graphprune.export_onnx(slim, str(tmp_path / "slim.onnx"), x)
     assert report.relative_diff <= 1e-4
 

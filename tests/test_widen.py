@@ -47,6 +47,11 @@ def load_into_origin(gg, wide_gg, widened):
             dims = [index.get((module, param, d), np.arange(n)) for d, n in enumerate(t.shape)]
             assert all((d >= 0).all() for d in dims), name
             wide_state[name][tuple(torch.from_numpy(i) for i in np.ix_(*dims))] = t
+        # slimming a LayerNorm from C to C' channels scales its weight by sqrt(C/C') (and eps by
+        # C/C', which the widen pass inverts): the wide norm holds the original's under the inverse
+        for name, m in widened.model.named_modules():
+            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None:
+                m.weight.mul_((gg.gm.get_submodule(name).normalized_shape[-1] / m.normalized_shape[-1]) ** 0.5)
 
 
 def round_trip(model, x, beta=2.0, attention="head_dims", **kwargs):
