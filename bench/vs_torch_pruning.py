@@ -148,7 +148,7 @@ def main() -> None:
         rows.append(row)
     header = (
         "| model | input | graphprune analysis s | graphprune MACs ratio | graphprune ONNX ok (rel diff) | "
-        "ORT speedup slim/full | 1/MACs ratio | Torch-Pruning analysis s | Torch-Pruning MACs ratio | Torch-Pruning ONNX ok |\n"
+        "ORT speedup slim/full | 1/MACs ratio | Torch-Pruning analysis s | Torch-Pruning MACs ratio | Torch-Pruning ONNX ok (ORT speedup) |\n"
         "|---|---|---|---|---|---|---|---|---|---|"
     )
     out.write_text(
