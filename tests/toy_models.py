@@ -235,9 +235,12 @@ class AttentionSDPA(AttentionReshape):
         x = self.embed(x).flatten(2).transpose(1, 2)
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        x = x + self.proj(self.attend(q, k, v).transpose(1, 2).reshape(B, N, C))
         x = x + self.fc2(F.gelu(self.fc1(x)))
         return self.head(x.mean(1))
+
+    def attend(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class AttentionSDPABias(AttentionSDPA):
@@ -249,13 +252,8 @@ class AttentionSDPABias(AttentionSDPA):
         super().__init__(dim, heads)
         self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
 
-    def forward(self, x):
-        x = self.embed(x).flatten(2).transpose(1, 2)
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
-        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
-        return self.head(x.mean(1))
+    def attend(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
 
 
 class AttentionEinsum(nn.Module):
