@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import copyreg
+import functools
 import math
 import operator
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -101,7 +102,9 @@ class _Resizer:
             counts = self._counts[rec.labels]
             if not (counts == 1).all():
                 slices.setdefault((module, name), []).append((dim, torch.from_numpy(_repeat_index(counts))))
-        presliced = _presliced(self.gg.gm, slices)  # copied already sliced, not whole and then sliced
+        modules = dict(self.gg.gm.named_modules(remove_duplicate=False))  # a shared module under each of its names
+        held = _HeldTensors({id(m): m for m in modules.values()}.values())
+        presliced = _presliced(modules, slices, held)  # copied already sliced, not whole and then sliced
         # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
         graph = copy.deepcopy(self.gg.gm.graph)
         new_nodes = {n.name: n for n in graph.nodes}
@@ -111,11 +114,12 @@ class _Resizer:
                 rewrite(self, old, new_nodes[old.name])
         memo = {id(t): new for t, new in presliced.values()}
         memo[id(self.gg.gm.graph)] = graph
-        gm = _compiled(_deepcopy(self.gg.gm, memo))
-        _slice_in_place(gm, {key: dims for key, dims in slices.items() if key not in presliced})
+        gm = _compiled(_deepcopy(self.gg.gm, memo, held))
+        copied = dict(gm.named_modules(remove_duplicate=False))
+        _slice_in_place(copied, {key: dims for key, dims in slices.items() if key not in presliced})
         for old in self.gg.gm.graph.nodes:
             if old.op == "call_module":
-                m = gm.get_submodule(old.target)
+                m = copied[old.target]
                 fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
                 if fix is not None:
                     fix(self, old, m)
@@ -158,7 +162,8 @@ class _ShapeCheck(fx.Interpreter):
 
     def check(self, inputs: list) -> None:
         modes = {m: m.training for m in self.module.modules()}
-        self.module.eval()
+        for m in modes:  # eval mode; ``training`` is a plain attribute, set without Module.__setattr__'s checks
+            vars(m)["training"] = False
         try:
             try:
                 self.run(*inputs)  # grad mode on, as in analysis: modules take their training-time paths
@@ -167,7 +172,7 @@ class _ShapeCheck(fx.Interpreter):
                 self.run(*inputs)
         finally:
             for m, mode in modes.items():
-                m.training = mode
+                vars(m)["training"] = mode
 
     def run_node(self, n: fx.Node) -> Any:
         old = self.old.get(n.name)
@@ -251,31 +256,46 @@ def _tensor_shapes(value: Any) -> Any:
     return None
 
 
-def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None, held: _HeldTensors | None = None) -> nn.Module:
     """``copy.deepcopy`` that also copies tensors a module caches in plain attributes with their
     autograd history (e.g. attention-bias caches filled while analysis ran the model), detached.
-    ``memo``: copies to use for some objects (by id), as ``copy.deepcopy`` takes it."""
+    ``memo``: copies to use for some objects (by id), as ``copy.deepcopy`` takes it; ``held``: the
+    module's tensors if the caller walked them already."""
     memo = dict(memo or {})
-
-    def visit(value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            if value.grad_fn is not None:
-                memo[id(value)] = value.detach().clone()
-        elif isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v)
-
-    for m in module.modules():
-        for key, value in vars(m).items():
-            if key not in ("_parameters", "_buffers", "_modules"):
-                visit(value)
+    for t in (held or _HeldTensors(module.modules())).with_history:
+        memo[id(t)] = t.detach().clone()
     for m in module.modules():
         if m is not module:
             _copy_module(m, memo)
     return copy.deepcopy(module, memo)
+
+
+class _HeldTensors:
+    """One walk over every module's state (parameters, buffers, plain attributes and the containers
+    they hold): how many places hold each tensor, and the tensors with autograd history, which
+    ``copy.deepcopy`` refuses and the copy takes detached."""
+
+    def __init__(self, modules: Iterable[nn.Module]):
+        self.places: dict[int, int] = {}
+        self.with_history: list[torch.Tensor] = []
+        for m in modules:
+            for key, value in vars(m).items():
+                if key not in _MODULE_BOOKKEEPING and type(value) not in _ATOMIC:
+                    self._visit(value)
+
+    def _visit(self, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            self.places[id(value)] = self.places.get(id(value), 0) + 1
+            if value.grad_fn is not None:
+                self.with_history.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                if type(v) not in _ATOMIC:
+                    self._visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                if type(v) not in _ATOMIC:
+                    self._visit(v)
 
 
 def _copy_module(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
@@ -290,11 +310,20 @@ def _copy_module(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
         return copy.deepcopy(m, memo)
     new = cls.__new__(cls)
     memo[id(m)] = new
-    # the state dict is a temporary: not memoized (its id is free again once it is gone)
-    new.__setstate__({k: _copy_state(v, memo) for k, v in m.__getstate__().items()})
+    state = {}  # a temporary: not memoized (its id is free again once it is gone)
+    for k, v in m.__getstate__().items():
+        kind = type(v)
+        if kind in _ATOMIC:
+            state[k] = v
+        elif (kind is OrderedDict or kind is dict) and not v and id(v) not in memo:  # most hook dicts
+            state[k] = memo[id(v)] = kind()
+        else:
+            state[k] = _copy_state(v, memo)
+    new.__setstate__(state)
     return new
 
 
+@functools.cache
 def _plain_state(cls: type) -> bool:
     """Whether ``copy.deepcopy`` copies instances of ``cls`` through ``cls.__new__`` and the state
     ``nn.Module.__getstate__`` gives, with no arguments, slots or copy hooks of its own."""
@@ -307,6 +336,8 @@ def _plain_state(cls: type) -> bool:
 
 
 _ATOMIC = frozenset({type(None), int, float, bool, complex, str, bytes})
+# what every nn.Module keeps besides its parameters and buffers: hook dicts, submodules, flags
+_MODULE_BOOKKEEPING = frozenset(vars(nn.Module())) - {"_parameters", "_buffers"}
 
 
 def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
@@ -321,7 +352,7 @@ def _copy_state(value: Any, memo: dict[int, Any]) -> Any:
     if cls is dict or cls is OrderedDict:
         out = memo[id(value)] = cls()
         for k, v in value.items():
-            out[_copy_state(k, memo)] = _copy_state(v, memo)
+            out[k if type(k) in _ATOMIC else _copy_state(k, memo)] = v if type(v) in _ATOMIC else _copy_state(v, memo)
         return out
     if cls is list:
         out = memo[id(value)] = []
@@ -360,58 +391,35 @@ def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
             present.update({f"{name}.{n}" if n else name: m for n, m in module.named_modules()})
 
 
-def _presliced(gm: nn.Module, slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+def _presliced(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]],
+               held: _HeldTensors) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
     """{(module, name): (tensor, its sliced copy)} for the sliced tensors held in exactly one place
     (a parameter, buffer or plain attribute of one module), made as ``_slice_in_place`` would make
     them; a deep copy given these copies never copies those tensors whole. Shared tensors are
     left to the copy-then-slice path."""
-    modules = dict(gm.named_modules())
-    found = {key: getattr(modules[key[0]] if key[0] in modules else gm.get_submodule(key[0]), key[1]) for key in slices}
-    places = {id(t): 0 for t in found.values() if isinstance(t, torch.Tensor)}
-
-    def count(v: Any) -> None:
-        if id(v) in places and isinstance(v, torch.Tensor):
-            places[id(v)] += 1
-
-    for m in modules.values():
-        for key, value in vars(m).items():
-            if key in ("_parameters", "_buffers"):
-                for v in value.values():
-                    count(v)
-            elif key != "_modules" and isinstance(value, (torch.Tensor, list, tuple, dict)):
-                for v in _shallow(value):
-                    count(v)
     out = {}
     for (module, name), dims in slices.items():
-        t = found[module, name]
-        if not isinstance(t, torch.Tensor) or places.get(id(t)) != 1:
+        owner = modules[module]
+        t = getattr(owner, name)
+        if not isinstance(t, torch.Tensor) or held.places.get(id(t)) != 1:
             continue
         sliced = t.detach()
         for dim, index in dims:
             sliced = sliced.index_select(dim, index)
         if isinstance(t, nn.Parameter):
             out[module, name] = (t, nn.Parameter(sliced, requires_grad=t.requires_grad))
-        elif name in modules.get(module, gm)._buffers or not t.requires_grad:
+        elif name in owner._buffers or not t.requires_grad:
             out[module, name] = (t, sliced)
     return out
 
 
-def _shallow(value: Any) -> list:
-    """``value`` and what it holds, two levels deep (tensors kept in lists or dicts of a module)."""
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in ([v, *v.values()] if isinstance(v, dict) else [v])]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in ([v, *v] if isinstance(v, (list, tuple)) else [v])]
-    return [value]
-
-
-def _slice_in_place(gm: nn.Module, slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> None:
+def _slice_in_place(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> None:
     """Slice the copy's tensors. A tensor held in several places (GPT-2's lm_head weight is its
     token embedding) is sliced once and the slice shared, so the tie survives and parameters are
     counted once, as in the original."""
     done: dict[int, tuple[torch.Tensor, list[tuple[int, torch.Tensor]], torch.Tensor]] = {}
     for (module, name), dims in slices.items():
-        owner = gm.get_submodule(module)
+        owner = modules[module]
         t = getattr(owner, name)
         prior = done.get(id(t))
         if prior is not None and _same_slices(prior[1], dims):

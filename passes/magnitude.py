@@ -38,7 +38,8 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
             t = getattr(owner, param).detach().float()
             powered = t.abs() if p == 1 else t.abs().pow(p)  # x ** 1 is x: the same values either way
             for dim in sorted(dims):
-                sums.append(powered.movedim(dim, 0).reshape(t.shape[dim], -1).sum(1).numpy())
+                others = [d for d in range(t.ndim) if d != dim]
+                sums.append((powered.sum(others) if others else powered).numpy())
                 offsets[module, param, dim] = at
                 at += t.shape[dim]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
