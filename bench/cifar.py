@@ -38,6 +38,7 @@ import graphprune
 from graphprune import data, models, passes
 
 ROOT = Path(__file__).resolve().parents[1]
+BASELINE_ROW = "scratch:uniform"  # what every row is compared with, seed by seed
 
 
 
@@ -119,19 +120,30 @@ def summarize(results: list[dict], spec: argparse.Namespace) -> str:
         f"Model {spec.model}, MACs budget {spec.budget}, {spec.epochs} epochs per row, seeds {spec.seeds}; "
         f"data: {spec.data_root or spec.data}; device: {spec.device_name}.",
         "",
-        "| row | val accuracy (mean ± std) | seeds | MACs ratio | params ratio | s / epoch |",
-        "|---|---|---|---|---|---|",
+        f"| row | val accuracy (mean ± std) | vs {BASELINE_ROW}, paired by seed | seeds | MACs ratio | params ratio | s / epoch |",
+        "|---|---|---|---|---|---|---|",
     ]
+    baseline = {r["seed"]: r["val_accuracy"] for r in results if r["row"] == BASELINE_ROW}
     for row in spec.rows:
         rs = [r for r in results if r["row"] == row]
         accs = [r["val_accuracy"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(
-            f"| {row} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | {','.join(str(r['seed']) for r in rs)} | "
-            f"{statistics.mean(r['macs_ratio'] for r in rs):.3f} | "
+            f"| {row} | {100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | {_paired(rs, baseline)} | "
+            f"{','.join(str(r['seed']) for r in rs)} | {statistics.mean(r['macs_ratio'] for r in rs):.3f} | "
             f"{statistics.mean(r['params_ratio'] for r in rs):.3f} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.1f} |"
         )
     return "\n".join(lines)
+
+
+def _paired(rs: list[dict], baseline: dict[int, float]) -> str:
+    """Mean ± standard error of the per-seed differences: each seed has its own split and data
+    order, which moves every row of that seed together, so a paired difference is the sharper test."""
+    diffs = [100 * (r["val_accuracy"] - baseline[r["seed"]]) for r in rs if r["seed"] in baseline]
+    if not diffs or rs[0]["row"] == BASELINE_ROW:
+        return ""
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.2f} ± {se:.2f} (n={len(diffs)})"
 
 
 def plot(results: list[dict], spec: argparse.Namespace, out: Path) -> None:
@@ -182,7 +194,8 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="the GPU spec: 160 epochs, batch 128, full CIFAR-10 with --data-root")
     p.add_argument("--out", help="results folder (default: bench/results/cifar/macsNN for budget 0.NN)")
     p.add_argument("--merge", action="store_true",
-                   help="keep an earlier results.json in --out (same spec) and run only the (row, seed) pairs it lacks")
+                   help="keep an earlier results.json in --out (same spec) and run only the (row, seed) pairs of --rows "
+                        "and --seeds it lacks")
     p.add_argument("--replot", action="store_true", help="redraw the plots from an earlier results.json")
     spec = p.parse_args()
     if spec.full:
@@ -198,15 +211,16 @@ def main() -> None:
         return plot(json.loads((out / "results.json").read_text())["results"], spec, out)
     example = torch.randn(2, *models.input_shape(spec.model)[1:])
     results, earlier_minutes = [], 0.0
+    wanted = spec.rows
     if spec.merge and (out / "results.json").exists():
         earlier = json.loads((out / "results.json").read_text())
         results = earlier["results"]  # (row, seed) pairs already measured are not run again
-        spec.rows = list(dict.fromkeys([r["row"] for r in results] + spec.rows))
+        spec.rows = list(dict.fromkeys([r["row"] for r in results] + spec.rows))  # the table shows them all
         earlier_minutes = earlier["minutes"]
     start = time.perf_counter()
     done = {(r["row"], r["seed"]) for r in results}
     for seed in spec.seeds:
-        for row in [r for r in spec.rows if (r, seed) not in done]:  # fresh loaders per row: same batches and augmentations whatever ran before
+        for row in [r for r in wanted if (r, seed) not in done]:  # fresh loaders per row: same batches and augmentations whatever ran before
             loaders = data.cifar10(spec.data_root, seed=seed) if spec.data_root else data.cifar10_subset(spec.data, seed=seed)
             results.append(run_row(row, spec, seed, loaders, example, results))
             print(json.dumps({k: v for k, v in results[-1].items() if k not in ("kept_per_layer", "plan")}), flush=True)
