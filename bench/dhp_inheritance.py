@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import graphprune
+import graphprune.api as api
 from graphprune import data, models
-from graphprune.api import _cosine
-from graphprune.train import fit, sgd
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "dhp_inheritance"
@@ -36,29 +35,17 @@ EPOCHS, LR, BUDGET = 30, 0.1, 0.25
 def run(seed: int) -> list[dict]:
     train, val = data.cifar10_subset(str(ROOT.parent / "shared" / "data" / "cifar10_train_subset.npz"), seed=seed)
     torch.manual_seed(seed)
-    model = models.get("resnet20")
-    session = graphprune.prepare(model, "dhp", BUDGET, torch.randn(2, 3, 32, 32), loss_fn=F.cross_entropy,
-                                 total_steps=EPOCHS * len(train))
-    optimizer, epoch = sgd(model.parameters(), LR), 0
-    while not session.method.ready():  # as graphprune.apply searches
-        _cosine(optimizer, LR, epoch, EPOCHS)
-        fit(model, train, F.cross_entropy, 1, optimizer=optimizer, callbacks=[session], seed=None,
-            description=f"seed {seed}: dhp search, epoch {epoch + 1}")
-        epoch += 1
-    searched = session.finish().model
+    result, searched = api.search(models.get("resnet20"), "dhp", BUDGET, torch.randn(2, 3, 32, 32), train_data=train,
+                                  loss_fn=F.cross_entropy, epochs=EPOCHS, lr=LR)  # as graphprune.apply searches
     rows = []
     for variant in ("inherit", "reinit"):
-        slim = copy.deepcopy(searched)
+        slim = copy.deepcopy(result.model)
         if variant == "reinit":
             for module in slim.modules():
                 if module is not slim and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-        optimizer, losses = sgd(slim.parameters(), LR), []
-        for e in range(epoch, EPOCHS):  # the rest of the schedule, as graphprune.apply trains the slim model
-            _cosine(optimizer, LR, e, EPOCHS)
-            losses.append(fit(slim, train, F.cross_entropy, 1, optimizer=optimizer, seed=None,
-                              description=f"seed {seed}: {variant}, epoch {e + 1}/{EPOCHS}")[-1].train_loss)
-        rows.append({"seed": seed, "variant": variant, "search_epochs": epoch, "val_accuracy": graphprune.accuracy(slim, val),
+        losses = [r.train_loss for r in api._train(slim, train, F.cross_entropy, LR, None, searched, EPOCHS)]  # as apply trains it
+        rows.append({"seed": seed, "variant": variant, "search_epochs": searched, "val_accuracy": graphprune.accuracy(slim, val),
                      "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1]})
         print(json.dumps(rows[-1]), flush=True)
     return rows

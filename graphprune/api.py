@@ -17,7 +17,7 @@ from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, analyze
 from .plan import Plan
 from .slim import slim
-from .train import fit, sgd
+from .train import EpochRecord, fit, sgd
 
 
 @dataclasses.dataclass
@@ -218,6 +218,30 @@ def apply(
         return result
     if train_data is None or loss_fn is None or epochs < 1:
         raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
+    result, searched = search(model, method, budget, example_inputs, train_data=train_data, loss_fn=loss_fn,
+                              epochs=epochs, lr=lr, optimizer=optimizer, **options)
+    _train(result.model, train_data, loss_fn, lr, optimizer, searched, epochs)
+    return result
+
+
+def search(
+    model: torch.nn.Module,
+    method: str,
+    budget: Budget | float,
+    example_inputs: Any,
+    *,
+    train_data: Iterable,
+    loss_fn: Callable,
+    epochs: int,
+    lr: float = 0.05,
+    optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None = None,
+    **options: Any,
+) -> tuple[PruneResult, int]:
+    """The search half of ``apply`` for a method that trains: train ``model`` in place on the first
+    epochs of an ``epochs``-long cosine schedule until the method's plan is ready; returns the slim
+    model as the search leaves it (untrained further) and how many epochs the search took."""
+    from . import passes
+
     search_data = train_data
     holds_out = passes.get(method).holds_out
     if holds_out and options.get("val_data") is None:
@@ -238,19 +262,19 @@ def apply(
         epoch += 1
     if not session.method.ready():
         raise BudgetError(f"{method} did not reach the budget in {epochs} epochs; give it more epochs")
-    result = session.finish()
-    _train(result.model, train_data, loss_fn, lr, optimizer, epoch, epochs)
-    return result
+    return session.finish(), epoch
 
 
 def _train(model: torch.nn.Module, train_data: Iterable, loss_fn: Callable, lr: float,
-           optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None, first: int, epochs: int) -> None:
-    """The slim model's share of the schedule: epochs ``first`` to ``epochs`` of the cosine schedule."""
+           optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None, first: int, epochs: int) -> list[EpochRecord]:
+    """The slim model's share of the schedule: epochs ``first`` to ``epochs`` of the cosine schedule; their records."""
     built = (optimizer or sgd)(model.parameters(), lr)
+    history = []
     for epoch in range(first, epochs):
         _cosine(built, lr, epoch, epochs)
-        fit(model, train_data, loss_fn, 1, optimizer=built, seed=None,
-            description=f"training the slim model: epoch {epoch + 1}/{epochs}")
+        history += fit(model, train_data, loss_fn, 1, optimizer=built, seed=None,
+                       description=f"training the slim model: epoch {epoch + 1}/{epochs}")
+    return history
 
 
 def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int) -> None:

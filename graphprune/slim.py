@@ -403,14 +403,17 @@ def _presliced(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list
         t = getattr(owner, name)
         if not isinstance(t, torch.Tensor) or held.places.get(id(t)) != 1:
             continue
-        sliced = t.detach()
-        for dim, index in dims:
-            sliced = sliced.index_select(dim, index)
-        if isinstance(t, nn.Parameter):
-            out[module, name] = (t, nn.Parameter(sliced, requires_grad=t.requires_grad))
-        elif name in owner._buffers or not t.requires_grad:
-            out[module, name] = (t, sliced)
+        if isinstance(t, nn.Parameter) or name in owner._buffers or not t.requires_grad:
+            out[module, name] = (t, _sliced(t, dims))
     return out
+
+
+def _sliced(t: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """``t`` at the given indices of each dim, detached; a parameter stays one, trainable as it was."""
+    out = t.detach()
+    for dim, index in dims:
+        out = out.index_select(dim, index)
+    return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
 
 
 def _slice_in_place(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> None:
@@ -425,10 +428,7 @@ def _slice_in_place(modules: dict[str, nn.Module], slices: dict[tuple[str, str],
         if prior is not None and _same_slices(prior[1], dims):
             _set_tensor(owner, name, prior[2])
             continue
-        sliced = t.detach()
-        for dim, index in dims:
-            sliced = sliced.index_select(dim, index)
-        _set_tensor(owner, name, nn.Parameter(sliced, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else sliced)
+        _set_tensor(owner, name, _sliced(t, dims))
         done[id(t)] = (t, dims, getattr(owner, name))
 
 
