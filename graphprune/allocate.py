@@ -32,7 +32,11 @@ def round_up(count: int, round_to: int, size: int) -> int:
 
 
 class Allocation:
-    """Kept counts of the prunable groups as a function of which low-score channels are removed."""
+    """Kept counts of the prunable groups as a function of which low-score channels are removed.
+
+    Counts are arrays over ``groups`` (in the budget model's group order), so a search evaluates
+    all groups at once; ``counts`` gives them as {group id: kept count}.
+    """
 
     def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0,
                  floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None):
@@ -48,25 +52,42 @@ class Allocation:
                        for g in self.groups}  # ``floors``: per-group minimum counts on top (LW-DNA's Eq. 11)
         # ``ceilings``: per-group maximum counts (NAP: channels already zeroed for good never come back)
         self.ceilings = {g.id: (ceilings or {}).get(g.id, g.size) for g in self.groups}
+        self.ids = np.array([g.id for g in self.groups], dtype=np.int64)
+        self.sizes = np.array([g.size for g in self.groups], dtype=np.int64)
+        self._round = np.array([max(g.round_to, 1) for g in self.groups], dtype=np.int64)
+        self._floor = np.array([self.floors[g.id] for g in self.groups], dtype=np.int64)
+        self._ceiling = np.array([self.ceilings[g.id] for g in self.groups], dtype=np.int64)
+        self.row = np.full(len(gg.groups), -1, dtype=np.int64)  # group id -> its index in ``groups``
+        self.row[self.ids] = np.arange(len(self.groups))
+        position = {g.id: i for i, g in enumerate(gg.budget.groups)}
+        self.slot = np.array([position[g.id] for g in self.groups], dtype=np.int64)  # index in the budget model
 
-    def dropped(self, removed: int) -> dict[int, int]:
+    def dropped(self, removed: int) -> np.ndarray:
         """Channels dropped per group when the ``removed`` lowest-ranked channels go."""
-        counts = np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))
-        return {g.id: int(counts[g.id]) for g in self.groups}
+        return np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))[self.ids]
 
-    def kept(self, dropped: dict[int, int]) -> dict[int, int]:
-        return {g.id: self.kept_one(g, dropped[g.id]) for g in self.groups}
+    def kept(self, dropped: np.ndarray) -> np.ndarray:
+        """Kept count per group with ``dropped`` of its channels removed: rounded up to its
+        ``round_to`` (at most its size), within its floor and ceiling."""
+        left = self.sizes - dropped
+        rounded = np.minimum(self.sizes, -(-left // self._round) * self._round)
+        return np.minimum(self._ceiling, np.maximum(self._floor, rounded))
 
-    def kept_one(self, g, dropped: int) -> int:
-        """Kept count of group ``g`` with ``dropped`` of its channels removed (floors, ceilings and rounding applied)."""
-        return min(self.ceilings[g.id], max(self.floors[g.id], round_up(g.size - dropped, g.round_to, g.size)))
+    def by_id(self, kept: np.ndarray) -> dict[int, int]:
+        return dict(zip(self.ids.tolist(), kept.tolist()))
+
+    def ratios(self, kept: np.ndarray) -> np.ndarray:
+        """Keep ratios in the budget model's order (groups not allocated here stay whole)."""
+        out = np.ones(len(self.gg.budget.groups))
+        out[self.slot] = kept / self.sizes
+        return out
 
     def counts(self, removed: int) -> dict[int, int]:
-        return self.kept(self.dropped(removed))
+        return self.by_id(self.kept(self.dropped(removed)))
 
     def plan(self, counts: dict[int, int]) -> Plan:
         """Keep each group's highest-scoring channels."""
-        keep = {gid: sorted(np.argsort(-self.scores[gid], kind="stable")[:n].tolist()) for gid, n in counts.items()}
+        keep = {gid: np.sort(np.argsort(-self.scores[gid], kind="stable")[:n]).tolist() for gid, n in counts.items()}
         return Plan.from_counts(self.gg, keep)
 
 
@@ -100,71 +121,74 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     searched = dropped = alloc.dropped(lo)
     margin = 1e-9 * gg.budget.exact(budget.metric)  # float checks, confirmed exactly below
 
-    def fits(d: dict[int, int]) -> bool:
-        return float(gg.budget.evaluate(budget.metric, gg.budget.ratios(alloc.kept(d)))) <= target - margin
+    def fits(d: np.ndarray) -> bool:
+        return float(gg.budget.evaluate(budget.metric, alloc.ratios(alloc.kept(d)))) <= target - margin
 
-    order = alloc.ranked_groups[:lo][::-1]  # give back, most important first
+    order = alloc.row[alloc.ranked_groups[:lo][::-1]]  # give back, most important first (as rows of alloc.groups)
     try:
         quadratic = gg.budget.quadratic(budget.metric)
     except BudgetError:  # not quadratic: try every channel on the full evaluator
         quadratic = None
     if quadratic is None:
-        for gid in order.tolist():
-            trial = {**dropped, gid: dropped[gid] - 1}
-            if alloc.kept(trial) != alloc.kept(dropped) and fits(trial):
+        for k in order.tolist():
+            trial = dropped.copy()
+            trial[k] -= 1
+            if alloc.kept(trial)[k] != alloc.kept(dropped)[k] and fits(trial):
                 dropped = trial
     else:
-        dropped = _give_back(gg, alloc, dropped, order, quadratic, target - margin, fits)
-    if gg.budget.exact(budget.metric, alloc.kept(dropped)) > target:
-        dropped = searched
-    return alloc.plan(alloc.kept(dropped))
+        dropped = _give_back(alloc, dropped, order, quadratic, target - margin, fits)
+    kept = alloc.by_id(alloc.kept(dropped))
+    if gg.budget.exact(budget.metric, kept) > target:
+        kept = alloc.by_id(alloc.kept(searched))
+    return alloc.plan(kept)
 
 
-def _give_back(gg: GroupGraph, alloc: Allocation, dropped: dict[int, int], order: np.ndarray, quadratic, limit: float, fits) -> dict[int, int]:
+def _give_back(alloc: Allocation, dropped: np.ndarray, order: np.ndarray, quadratic, limit: float, fits) -> np.ndarray:
     """The give-back walk of ``allocate_by_score`` without evaluating the budget once per channel.
 
-    Walking ``order``, a channel goes back to its group when that changes the group's kept count
-    and the cost still fits (``fits``). Between two accepted channels nothing changes, so each
-    group's answer is fixed: it is computed for all groups at once from the quadratic form (moving
-    ratio i by d changes the cost by ``d * (b_i + 2 (F a)_i + F_ii d)``) and the walk jumps to the
-    next channel of a group that fits. Answers within a tolerance of the limit, where float
-    rounding could decide, are asked of ``fits`` itself: every decision is the per-channel walk's.
+    Walking ``order`` (rows of ``alloc.groups``), a channel goes back to its group when that
+    changes the group's kept count and the cost still fits (``fits``). Between two accepted
+    channels nothing changes, so each group's answer is fixed: it is computed for all groups at
+    once from the quadratic form (moving ratio i by d changes the cost by
+    ``d * (b_i + 2 (F a)_i + F_ii d)``) and the walk jumps to the next channel of a group that
+    fits. Answers within a tolerance of the limit, where float rounding could decide, are asked of
+    ``fits`` itself: every decision is the per-channel walk's.
     """
     fa, fb, c = quadratic
-    b = gg.budget
-    index = {g.id: i for i, g in enumerate(b.groups)}
-    groups = list(alloc.groups)
-    slot = np.array([index[g.id] for g in groups], dtype=np.int64)
-    row_of = {g.id: k for k, g in enumerate(groups)}
-    rows = np.array([row_of[gid] for gid in order.tolist()], dtype=np.int64)
-    positions = [np.nonzero(rows == k)[0] for k in range(len(groups))]  # each group's channels in the walk
-    sizes = np.array([g.size for g in groups], dtype=np.float64)
+    slot = alloc.slot
+    sizes = alloc.sizes.astype(np.float64)
     diagonal = np.diag(fa)[slot] if len(slot) else np.zeros(0)
     at = 0
     while at < len(order):
         kept = alloc.kept(dropped)
-        ratios = b.ratios(kept)
-        now = np.array([kept[g.id] for g in groups], dtype=np.float64)
-        trial = np.array([alloc.kept_one(g, dropped[g.id] - 1) for g in groups], dtype=np.float64)
-        step = (trial - now) / sizes
+        ratios = alloc.ratios(kept)
+        trial = alloc.kept(dropped - 1)
+        step = (trial - kept) / sizes
         cost = float(ratios @ fa @ ratios + fb @ ratios + c)
         estimate = cost + step * (fb[slot] + 2 * (fa[slot] @ ratios) + diagonal * step)
         tolerance = 1e-9 * max(abs(cost), abs(limit), 1.0)
-        changes = trial != now
+        changes = trial != kept
         sure = changes & (estimate <= limit - tolerance)
         unsure = changes & ~sure & (estimate <= limit + tolerance)
-        following = [(int(p[i]), k) for k, p in enumerate(positions) if (sure[k] or unsure[k]) and (i := int(np.searchsorted(p, at))) < len(p)]
-        following.sort()
-        nxt = None
-        for pos, k in following:  # the first channel whose group fits
-            gid = groups[k].id
-            if sure[k] or fits({**dropped, gid: dropped[gid] - 1}):
-                nxt = pos
+        later = order[at:]
+        nxt, rejected = None, set()
+        for offset in np.nonzero((sure | unsure)[later])[0].tolist():  # the first channel whose group fits
+            k = int(later[offset])
+            if k in rejected:
+                continue
+            if sure[k]:
+                nxt = at + offset
                 break
+            trial_dropped = dropped.copy()
+            trial_dropped[k] -= 1
+            if fits(trial_dropped):
+                nxt = at + offset
+                break
+            rejected.add(k)
         if nxt is None:
             break
-        gid = int(order[nxt])
-        dropped = {**dropped, gid: dropped[gid] - 1}
+        dropped = dropped.copy()
+        dropped[order[nxt]] -= 1
         at = nxt + 1
     return dropped
 

@@ -28,7 +28,7 @@ class Plan:
     sizes: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.keep = {int(g): sorted(int(i) for i in kept) for g, kept in self.keep.items()}
+        self.keep = {int(g): sorted(map(int, kept)) for g, kept in self.keep.items()}
         self.sizes = {int(g): int(n) for g, n in self.sizes.items()}
 
     @classmethod

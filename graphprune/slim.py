@@ -103,7 +103,8 @@ class _Resizer:
             if not (counts == 1).all():
                 slices.setdefault((module, name), []).append((dim, torch.from_numpy(_repeat_index(counts))))
         modules = dict(self.gg.gm.named_modules(remove_duplicate=False))  # a shared module under each of its names
-        held = _HeldTensors({id(m): m for m in modules.values()}.values())
+        distinct = list({id(m): m for m in modules.values()}.values())
+        held = _HeldTensors(distinct)
         presliced = _presliced(modules, slices, held)  # copied already sliced, not whole and then sliced
         # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
         graph = copy.deepcopy(self.gg.gm.graph)
@@ -114,7 +115,7 @@ class _Resizer:
                 rewrite(self, old, new_nodes[old.name])
         memo = {id(t): new for t, new in presliced.values()}
         memo[id(self.gg.gm.graph)] = graph
-        gm = _compiled(_deepcopy(self.gg.gm, memo, held))
+        gm = _compiled(_deepcopy(self.gg.gm, memo, held, distinct))
         copied = dict(gm.named_modules(remove_duplicate=False))
         _slice_in_place(copied, {key: dims for key, dims in slices.items() if key not in presliced})
         for old in self.gg.gm.graph.nodes:
@@ -123,7 +124,7 @@ class _Resizer:
                 fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
                 if fix is not None:
                     fix(self, old, m)
-        _keep_unused_modules(self.gg.traced.model, gm)
+        _keep_unused_modules(self.gg.traced.model, gm, copied)
         return gm
 
     def verify(self, gm: fx.GraphModule) -> None:
@@ -161,7 +162,7 @@ class _ShapeCheck(fx.Interpreter):
         self._stand_ins = self._stand_ins if self._stand_ins.closed else None
 
     def check(self, inputs: list) -> None:
-        modes = {m: m.training for m in self.module.modules()}
+        modes = {m: m.training for m in self.submodules.values()}
         for m in modes:  # eval mode; ``training`` is a plain attribute, set without Module.__setattr__'s checks
             vars(m)["training"] = False
         try:
@@ -256,15 +257,17 @@ def _tensor_shapes(value: Any) -> Any:
     return None
 
 
-def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None, held: _HeldTensors | None = None) -> nn.Module:
+def _deepcopy(module: nn.Module, memo: dict[int, Any] | None = None, held: _HeldTensors | None = None,
+              modules: list[nn.Module] | None = None) -> nn.Module:
     """``copy.deepcopy`` that also copies tensors a module caches in plain attributes with their
     autograd history (e.g. attention-bias caches filled while analysis ran the model), detached.
-    ``memo``: copies to use for some objects (by id), as ``copy.deepcopy`` takes it; ``held``: the
-    module's tensors if the caller walked them already."""
+    ``memo``: copies to use for some objects (by id), as ``copy.deepcopy`` takes it; ``held`` and
+    ``modules``: the module's tensors and its modules if the caller walked them already."""
     memo = dict(memo or {})
-    for t in (held or _HeldTensors(module.modules())).with_history:
+    modules = list(module.modules()) if modules is None else modules
+    for t in (held or _HeldTensors(modules)).with_history:
         memo[id(t)] = t.detach().clone()
-    for m in module.modules():
+    for m in modules:
         if m is not module:
             _copy_module(m, memo)
     return copy.deepcopy(module, memo)
@@ -380,10 +383,10 @@ def _compiled(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule) -> None:
+def _keep_unused_modules(model: nn.Module, gm: fx.GraphModule, present: dict[str, nn.Module]) -> None:
     """Submodules the traced graph never calls (e.g. auxiliary heads in eval mode) are carried over
-    unchanged, so the slim model has every parameter the budget counts; they stay unpruned."""
-    present = dict(gm.named_modules())
+    unchanged, so the slim model has every parameter the budget counts; they stay unpruned.
+    ``present``: ``gm``'s modules by name (updated here)."""
     for name, module in model.named_modules():
         parent = name.rpartition(".")[0]
         if name and name not in present and (not parent or parent in present):
