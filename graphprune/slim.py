@@ -98,10 +98,15 @@ class _Resizer:
     # ------------------------------------------------------------- the pass
     def run(self) -> fx.GraphModule:
         slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
+        # one index per channel map: members along one map (a conv's outputs, its norm's scales) share it
+        indices: dict[int, torch.Tensor | None] = {}
         for (module, name, dim), rec in self.gg._analysis.members.items():
-            counts = self._counts[rec.labels]
-            if not (counts == 1).all():
-                slices.setdefault((module, name), []).append((dim, torch.from_numpy(_repeat_index(counts))))
+            if id(rec.labels) not in indices:
+                counts = self._counts[rec.labels]
+                indices[id(rec.labels)] = None if (counts == 1).all() else torch.from_numpy(_repeat_index(counts))
+            index = indices[id(rec.labels)]
+            if index is not None:
+                slices.setdefault((module, name), []).append((dim, index))
         modules = dict(self.gg.gm.named_modules(remove_duplicate=False))  # a shared module under each of its names
         distinct = list({id(m): m for m in modules.values()}.values())
         held = _HeldTensors(distinct)
