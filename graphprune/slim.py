@@ -65,6 +65,7 @@ class _Resizer:
         self.maps = gg._analysis.maps
         self.values = gg.traced.values
         self._counts = counts
+        self._sizes: dict[int, int] = {}  # per labels array (maps share them): its new size
 
     # ------------------------------------------------------------- counts
     def counts(self, cmap: ChannelMap) -> np.ndarray:
@@ -73,7 +74,10 @@ class _Resizer:
 
     def count(self, cmap: ChannelMap) -> int:
         """The new size of ``cmap``'s channel dim."""
-        return int(self.counts(cmap).sum())
+        size = self._sizes.get(id(cmap.labels))
+        if size is None:
+            size = self._sizes[id(cmap.labels)] = int(self.counts(cmap).sum())
+        return size
 
     def size_after(self, old: fx.Node, dim: int) -> int:
         """Size of ``old``'s dim ``dim`` in the new graph."""
