@@ -97,7 +97,7 @@ class Analysis:
             return rule(self, node)
         if node.target in self._fallback and node.op == "call_module":
             f = self._fallback[node.target]
-            return rules.unknown(self, node, f"could not be traced ({f.error}); it is an opaque leaf")
+            return rules.unknown(self, node, f"could not be traced ({f.error}); it is an opaque leaf{f.advice}")
         rules.unknown(self, node)
 
     # ---------------------------------------------------------------- reading

@@ -150,6 +150,7 @@ def prepare(
     example_inputs: Any,
     *,
     leaf_modules: Sequence[str | type] = (),
+    specialize_submodules: bool = False,
     round_to: int | None = None,
     min_channels: int = 1,
     min_ratio: float = 0.0,
@@ -164,12 +165,13 @@ def prepare(
     model from an earlier call, to sweep budgets without analyzing again. ``total_steps``: the
     optimizer steps the whole training will take (epochs x steps per epoch), for methods whose
     search is a phase of it (dsa, dhp); ``fit`` supplies it when it runs the whole schedule.
+    ``leaf_modules``, ``specialize_submodules``: as for :func:`graphprune.analyze`.
     """
     from . import passes
 
     started = time.perf_counter()
     budget = Budget.of(budget)
-    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules)
+    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules, specialize_submodules=specialize_submodules)
     if round_to is not None:
         for g in gg.groups:
             g.round_to = round_to

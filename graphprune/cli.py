@@ -22,7 +22,7 @@ def _inspect(args: argparse.Namespace, console: Console) -> None:
     shape = parse_shape(args.input_shape) if args.input_shape else default_shape
     model.eval()
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
-        gg = analyze(model, torch.randn(*shape))
+        gg = analyze(model, torch.randn(*shape), specialize_submodules=args.specialize_submodules)
     if args.json:
         print(json.dumps(gg.to_json(), indent=2))
     else:
@@ -44,7 +44,8 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
     budget = Budget(**{args.metric: args.budget})
     options = dict(_option(o) for o in args.set or [])
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
-        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels, **options)
+        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels,
+                          specialize_submodules=args.specialize_submodules, **options)
     console.print(f"[green]analyzed[/green]: {len(session.gg.prunable_groups)} prunable groups of {len(session.gg.groups)}")
     if session.method.trains:  # no data here: the method finishes on its own and reports how (nap: from the example input)
         result = session.finish()
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--dot", metavar="F", help="write the channel-space graph as Graphviz dot")
     p.add_argument("--png", metavar="F", help="draw the channel-space graph to a PNG")
+    p.add_argument("--specialize-submodules", action="store_true",
+                   help="trace submodules whose code branches on traced values along the example input's path "
+                        "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
     p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
     p.add_argument("--method", default="l1", help="pruning method (l1, l2, uniform, random, ...)")
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
+    p.add_argument("--specialize-submodules", action="store_true",
+                   help="trace submodules whose code branches on traced values along the example input's path "
+                        "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable (e.g. --method nap --metric params --set granularity=weight)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")

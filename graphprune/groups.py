@@ -333,15 +333,22 @@ def analyze(
     concrete_args: dict[str, Any] | None = None,
     round_to: int = 1,
     attention: str = "head_dims",
+    specialize_submodules: bool = False,
 ) -> GroupGraph:
     """Trace ``model`` on ``example_inputs`` and find its channel groups and budget model.
 
     ``leaf_modules``: module names or types to keep opaque (their channels are frozen).
     ``round_to``: default channel multiple for every group (e.g. 8 for tensor cores).
     ``attention``: ``"head_dims"`` prunes per-head dims, ``"heads"`` whole heads (module docstring).
+    ``specialize_submodules``: a submodule whose code needs a Python value from a traced tensor
+    (``if H == grid_size:``, ``int(x.shape[-1] ** 0.5)``) is traced along the example inputs'
+    path, as the model's own forward is, with a guard per value taken, instead of becoming an
+    opaque leaf whose channels are frozen. Its layers become prunable; the graph (and the slim
+    model) then raises GuardError on inputs that would take another path, such as another
+    resolution.
     """
     with _no_cyclic_gc():
-        traced = trace(model, example_inputs, leaf_modules, concrete_args)
+        traced = trace(model, example_inputs, leaf_modules, concrete_args, specialize_submodules)
         analysis = Analysis(traced, attention).run()
         groups, atom_group, atom_channel = build_groups(analysis, round_to)
         return GroupGraph(traced, analysis, groups, atom_group, atom_channel)

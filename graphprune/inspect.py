@@ -74,7 +74,7 @@ def print_summary(gg: "GroupGraph", console=None) -> None:
         f"MACs that scale with prunable groups: {100 * gg.prunable_mac_share():.2f}%"
     )
     for f in gg.fallbacks:
-        console.print(f"[yellow]fallback[/yellow] {f.module} is an opaque leaf: {f.error} ({f.location})")
+        console.print(f"[yellow]fallback[/yellow] {f.module} is an opaque leaf: {f.error} ({f.location}){f.advice}")
 
 
 def space_graph(gg: "GroupGraph") -> nx.DiGraph:

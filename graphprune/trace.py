@@ -100,11 +100,29 @@ class TensorSpec:
 
 @dataclasses.dataclass
 class Fallback:
-    """A submodule that was made a leaf because tracing through it failed."""
+    """A submodule that was made a leaf because tracing through it failed.
+
+    ``needs_value``: it failed because its Python needed a value from a traced tensor (a branch,
+    a loop, ``int()``): ``specialize_submodules=True`` traces it along the example inputs' path.
+    """
 
     module: str
     error: str
     location: str
+    needs_value: bool = False
+
+    @property
+    def advice(self) -> str:
+        return " (analyze with specialize_submodules=True to trace it along the example inputs' path)" if self.needs_value else ""
+
+
+def _needed_a_value(exc: BaseException) -> bool:
+    """Whether symbolic tracing failed where Python needed a traced value: fx's TraceError for a
+    branch or a loop on a proxy, a TypeError for ``int()``/``float()``/``len()`` of one."""
+    text = str(exc)
+    if isinstance(exc, fx.proxy.TraceError):
+        return "control flow" in text or "iterated" in text
+    return isinstance(exc, TypeError) and ("Proxy" in text or "traced value" in text)
 
 
 @dataclasses.dataclass
@@ -257,7 +275,7 @@ def _trace_with_leaf_fallbacks(
             location = user_location(exc)
             if not failed:
                 raise _RootFailure(exc, location) from exc
-            fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location))
+            fallbacks.append(Fallback(failed, f"{type(exc).__name__}: {exc}", location, _needed_a_value(exc)))
             leaf_names.add(failed)
             continue
         return analysis_graph_module(tracer.root, graph, type(model).__name__), fallbacks, tracer
@@ -304,9 +322,10 @@ def guard(value: Any, conversion: str, expected: Any, location: str) -> None:
     if got != expected:
         raise GuardError(
             f"{location}\n  the graph follows the path the example inputs took, where this {_WHAT[conversion]} was "
-            f"{expected!r}; this input gives {got!r}. Analyze with example inputs that take this path, or move the "
-            "code that branches into a submodule: a submodule graphprune cannot trace stays an opaque leaf that "
-            "runs its Python for every input."
+            f"{expected!r}; this input gives {got!r}. Analyze with example inputs that take this path, or let the "
+            "code that branches run as an opaque leaf, which runs its Python for every input: move it into a "
+            "submodule (one graphprune cannot trace becomes a leaf, unless analyzed with specialize_submodules=True) "
+            "or list it in leaf_modules."
         )
 
 
@@ -570,6 +589,7 @@ def trace(
     example_inputs: Any,
     leaf_modules: Iterable[str | type] = (),
     concrete_args: Mapping[str, Any] | None = None,
+    specialize_submodules: bool = False,
 ) -> TracedModel:
     """Trace ``model`` and propagate the example inputs through the graph.
 
@@ -579,6 +599,8 @@ def trace(
     inference fast paths (nn.MultiheadAttention) run, and are counted, as they do in training.
     A top-level forward that cannot be traced symbolically is traced along the example inputs'
     path; ``specializations`` records every value taken from them (see the module docstring).
+    ``specialize_submodules``: submodules are traced along that path too, instead of becoming
+    opaque leaves where their code needs a Python value from a traced one.
     """
     args, kwargs = _split_inputs(example_inputs)
     concrete_args = {**_none_arguments(model, args, kwargs), **_library_defaults(model, kwargs), **(concrete_args or {})}
@@ -589,7 +611,7 @@ def trace(
 
     leaves, stale = list(leaf_modules), []
     while True:
-        gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, concrete_args, example_values)
+        gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, concrete_args, example_values, specialize_submodules)
         flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
         try:
             values, flops = propagate(gm, flat)
@@ -616,12 +638,14 @@ def _trace_graph(
     concrete_args: Mapping[str, Any],
     example_values: Callable[[list[fx.Node]], list[Any]],
     training: bool | None = None,
+    specialize_submodules: bool = False,
 ) -> _Traced:
-    """One trace (symbolic, or along the example path when the top-level forward needs it):
-    graph, fallbacks, guards, and the modules whose code branched on their mode."""
+    """One trace (symbolic, or along the example path when the top-level forward needs it, or
+    into every submodule when asked to): graph, fallbacks, guards, and the modules whose code
+    branched on their mode."""
     if isinstance(model, fx.GraphModule):
         return model, [], [], {}
-    if _python_shapes_throughout(model):
+    if specialize_submodules or _python_shapes_throughout(model):
         gm, fallbacks, tracer = _trace_example_path(model, leaves, concrete_args, example_values, training, True)
         return gm, fallbacks, tracer.guards, tracer.mode_reads
     try:
@@ -657,6 +681,7 @@ def _trace_mode_independent(
     leaves: list[str | type],
     concrete_args: Mapping[str, Any],
     example_values: Callable[[list[fx.Node]], list[Any]],
+    specialize_submodules: bool = False,
 ) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], list[Specialization]]:
     """A graph that computes what the model computes in both training and eval mode.
 
@@ -672,11 +697,11 @@ def _trace_mode_independent(
     mode_leaves: list[Fallback] = []
     while True:
         names = leaves + [f.module for f in mode_leaves]
-        gm, fallbacks, guards, reads = _trace_graph(model, names, concrete_args, example_values)
+        gm, fallbacks, guards, reads = _trace_graph(model, names, concrete_args, example_values, None, specialize_submodules)
         if not reads:
             return gm, mode_leaves + fallbacks, guards, []
         try:
-            other = _trace_graph(model, names, concrete_args, example_values, FLIPPED)[0]
+            other = _trace_graph(model, names, concrete_args, example_values, FLIPPED, specialize_submodules)[0]
         except GraphPruneError:  # the other mode does not trace: every module that branched runs as it is
             owners = [o for o in reads if o and not any(d.startswith(o + ".") for d in reads)]
         else:
@@ -689,7 +714,7 @@ def _trace_mode_independent(
             break
         mode_leaves += [Fallback(o, "its forward takes another path in training mode than in eval mode (it branches on "
                                     "self.training), so it runs as it is", reads[o]) for o in owners]
-    gm, fallbacks, guards, _ = _trace_graph(model, names, concrete_args, example_values, False)
+    gm, fallbacks, guards, _ = _trace_graph(model, names, concrete_args, example_values, False, specialize_submodules)
     gm.add_submodule("mode_guard", ModeGuard(type(model).__name__, reads.get("", "<forward>")))
     with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")):
         gm.graph.call_module("mode_guard")

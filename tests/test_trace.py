@@ -302,6 +302,58 @@ def test_submodules_still_become_leaves_on_the_example_path():
     assert group_with(gg, "inner.b").prunable and not group_with(gg, "inner.a").prunable
 
 
+class GridEncoder(nn.Module):
+    """Branches on its input's size, as timm's qwen3_vit encoder does (its position table as it
+    is at its own grid, interpolated otherwise): plain tracing makes it an opaque leaf."""
+
+    def __init__(self, grid: int = 4):
+        super().__init__()
+        self.grid = grid
+        self.pos = nn.Parameter(torch.randn(8, grid, grid))
+        self.fc1, self.fc2 = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pos = self.pos if h == self.grid and w == self.grid else F.interpolate(self.pos[None], size=(h, w))[0]
+        return x + self.fc2(torch.relu(self.fc1(x + pos)))
+
+
+class GridModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.encoder, self.head = nn.Conv2d(3, 8, 1), GridEncoder(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.stem(x)))
+
+
+def test_specialize_submodules_traces_a_branching_submodule_along_the_example_path():
+    x, other_size = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    model = GridModel().eval()
+    plain = graphprune.analyze(model, x)
+    (fb,) = plain.fallbacks
+    assert fb.module == "encoder" and fb.needs_value and "h == self.grid" in fb.location
+    assert "analyze with specialize_submodules=True" in group_with(plain, "stem").reason
+    assert not any(m.module.startswith("encoder.") for g in plain.groups for m in g.members)
+
+    gg = graphprune.analyze(model, x, specialize_submodules=True)
+    assert gg.fallbacks == []
+    assert [(s.conversion, s.value, s.guarded) for s in gg.traced.specializations] == [("bool", True, True)] * 2
+    hidden, stream = group_with(gg, "encoder.fc1"), group_with(gg, "stem")
+    assert hidden.prunable and hidden.size == 16 and stream.prunable and stream is group_with(gg, "encoder", "pos")
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    for seed in range(3):
+        plan = random_plan(gg, np.random.default_rng(seed))
+        torch.manual_seed(0)
+        assert slim_error(GridModel().eval(), gg, plan, (x,)) <= EXACT
+    slim = graphprune.slim(gg, random_plan(gg, np.random.default_rng(0), 0.5))
+    with pytest.raises(GuardError, match="h == self.grid") as info:
+        slim(other_size)
+    assert "specialize_submodules=True" in str(info.value)
+    assert graphprune.slim(plain, graphprune.Plan({}))(other_size).shape == (2, 4, 6, 6)  # the leaf runs its Python
+
+
 class OptionalMask(nn.Module):
     """forward(x, mask=None): a proxy is never None, so fx alone would trace the masked branch."""
 
