@@ -82,6 +82,10 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+SPECIALIZE_HELP = ("trace submodules whose code branches on traced values along the example input's path "
+                   "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="graphprune", description="Structured-pruning compiler for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
     p.add_argument("--dot", metavar="F", help="write the channel-space graph as Graphviz dot")
     p.add_argument("--png", metavar="F", help="draw the channel-space graph to a PNG")
-    p.add_argument("--specialize-submodules", action="store_true",
-                   help="trace submodules whose code branches on traced values along the example input's path "
-                        "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
+    p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
     p.add_argument("--method", default="l1", help="pruning method (l1, l2, uniform, random, ...)")
@@ -102,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
-    p.add_argument("--specialize-submodules", action="store_true",
-                   help="trace submodules whose code branches on traced values along the example input's path "
-                        "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
+    p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable (e.g. --method nap --metric params --set granularity=weight)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")

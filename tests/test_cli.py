@@ -38,6 +38,30 @@ def test_inspect_python_file_factory(tmp_path):
     assert [g["size"] for g in json.loads(out.stdout)["groups"] if g["prunable"]] == [8]
 
 
+def test_inspect_specialize_submodules_opens_a_branching_submodule(tmp_path):
+    f = tmp_path / "branching.py"
+    f.write_text(
+        "import torch.nn as nn\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)\n"
+        "    def forward(self, x):\n"
+        "        if x.shape[-1] > 4:\n"
+        "            x = x * 2\n"
+        "        return self.b(self.a(x))\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 1), Block())\n"
+    )
+    plain = run("inspect", f"{f}:make", "--input-shape", "1,3,8,8")
+    assert plain.returncode == 0, plain.stderr
+    assert "1 is an opaque leaf" in plain.stdout and "specialize_submodules=True" in plain.stdout
+    out = run("inspect", f"{f}:make", "--input-shape", "1,3,8,8", "--json", "--specialize-submodules")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["fallbacks"] == [] and sorted(g["size"] for g in data["groups"] if g["prunable"]) == [8, 16]
+
+
 @pytest.mark.parametrize("spec, message", [
     ("nocolon", "cannot read MODEL"),
     ("foo:bar", "unknown model source"),
