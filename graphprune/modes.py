@@ -12,8 +12,11 @@ a submodule a leaf, or guards the model's own forward with :class:`ModeGuard`).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import difflib
+import functools
+import importlib
 import warnings
 from typing import Any, Iterable, Iterator
 
@@ -104,13 +107,42 @@ class ModeGuard(torch.nn.Module):
 
 
 @fx.node.has_side_effect
-def run_in_mode(training: bool, mode: bool, method: str | None, target: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one op of a merged graph only when the module is in ``mode`` (None otherwise)."""
+def run_in_mode(training: bool, mode: bool, method: str | None, function: str | None, *args: Any, **kwargs: Any) -> Any:
+    """Run one op of a merged graph only when the module is in ``mode`` (None otherwise): the
+    method ``method`` of ``args[0]``, or the function named ``function`` (by name: the graph's
+    generated code can hold a string, not a function)."""
     if bool(training) != mode:
         return None
     if method is not None:
         return getattr(args[0], method)(*args[1:], **kwargs)
-    return target(*args, **kwargs)
+    return named_function(function)(*args, **kwargs)
+
+
+@functools.cache
+def named_function(name: str) -> Any:
+    """The function a qualified name as fx writes it names (``getattr``, ``torch.relu``,
+    ``torch.Tensor.add``, ``torch.nn.functional.relu``)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
+        try:
+            found = importlib.import_module(".".join(parts[:i]))
+            break
+        except ImportError:
+            continue
+    else:
+        found, i = builtins, 0
+    for part in parts[i:]:
+        found = getattr(found, part)
+    return found
+
+
+def _function_name(fn: Any) -> str | None:
+    """A name :func:`named_function` turns back into ``fn``, or None (a lambda, a local function)."""
+    try:
+        name = fx.node._get_qualified_name(fn)
+        return name if named_function(name) is fn else None
+    except Exception:  # no name, or one that does not import
+        return None
 
 
 def mode_select(training: bool, if_training: Any, if_eval: Any) -> Any:
@@ -169,6 +201,8 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
                 constants[g] = merged
         for n, side in [(n, only_ours) for n in only_ours] + [(o, only_theirs_nodes) for o, _ in only_theirs]:
             if n.op not in ("get_attr", "call_function", "call_method") or not set(n.users) <= side:
+                raise _Unmergeable(n)
+            if n.op == "call_function" and _function_name(n.target) is None:  # run_in_mode could not name it
                 raise _Unmergeable(n)
             _owner(n, reads)
     except _Unmergeable as failure:
@@ -256,5 +290,5 @@ def _resolve(value: Any, graph: fx.Graph, node: fx.Node, flag: fx.Node, mode: bo
 
 def _run_only_in(n: fx.Node, flag: fx.Node, mode: bool) -> None:
     method = n.target if n.op == "call_method" else None
-    n.args = (flag, mode, method, None if method else n.target, *n.args)
+    n.args = (flag, mode, method, None if method else _function_name(n.target), *n.args)
     n.op, n.target = "call_function", run_in_mode

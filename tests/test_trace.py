@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune.errors import GuardError
+from graphprune.modes import run_in_mode
 from graphprune.trace import TensorSpec, guard, trace
 from helpers import EXACT, group_with, groups_with, random_plan, slim_error
 
@@ -444,6 +445,36 @@ class ConvBatchNormAct(nn.Module):
 
     def forward(self, x):
         return self.b(self.bn(self.a(x)))
+
+
+class EvalReadsDevice(nn.Module):
+    """Reads the input's device in eval mode only, as timm's EfficientViT (MSRA) attention does
+    to key its bias cache: a call of ``getattr`` that one mode's path makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if not self.training:
+            _ = str(x.device)  # the key of its cache
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_function_one_mode_calls_runs_in_that_mode_in_the_slim_models_code():
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)
+    model = EvalReadsDevice().eval()
+    gg = graphprune.analyze(model, x)
+    assert gg.fallbacks == [] and group_with(gg, "a").prunable
+    (only_in_eval,) = [n for n in gg.gm.graph.nodes if n.target is run_in_mode]
+    assert only_in_eval.args[1:4] == (False, None, "getattr")  # the function by name: generated code holds it
+    plan = random_plan(gg, np.random.default_rng(0), 0.5)
+    slim = graphprune.slim(gg, plan)
+    assert "'getattr'" in slim.code
+    torch.manual_seed(0)
+    assert slim_error(EvalReadsDevice().eval(), gg, plan, (x,)) <= EXACT
+    assert slim.train()(x).shape == slim.eval()(x).shape == (2, 4, 6, 6)
 
 
 @pytest.mark.parametrize("analyzed_in_training", [True, False])
