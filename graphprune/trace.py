@@ -449,12 +449,24 @@ class _ExamplePathTracer(_FallbackTracer):
                     except GraphPruneError:
                         raise
                     except Exception as exc:
+                        if self._stack:  # a submodule's trace that cannot compute its own values: a leaf
+                            raise _UncomputableTrace(n, exc) from exc
                         raise _node_failure(n, [env.get(a) for a in n.all_input_nodes], exc) from exc
         finally:
             self._evaluating = False
             for m, mode in modes.items():
                 m.training = mode
         return env[node]
+
+
+class _UncomputableTrace(Exception):
+    """Tracing a submodule along the example path made a node that fails on the example inputs
+    where the module's own code does not (a proxy that stands for None: ``p is not None and
+    p.any()``): the submodule becomes an opaque leaf, and the example inputs are not to blame."""
+
+    def __init__(self, node: fx.Node, error: Exception):
+        super().__init__(f"its trace cannot compute node '{node.name}' ({node.op} {_target_name(node)}) on the example "
+                         f"inputs: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
 
 
 def _is_python_constant(value: Any) -> bool:

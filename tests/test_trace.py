@@ -355,6 +355,42 @@ def test_specialize_submodules_traces_a_branching_submodule_along_the_example_pa
     assert graphprune.slim(plain, graphprune.Plan({}))(other_size).shape == (2, 4, 6, 6)  # the leaf runs its Python
 
 
+class Patchify(nn.Module):
+    def forward(self, x):
+        return x, None  # no padding: gemma4_vit's patchifier returns its padding positions beside the patches
+
+
+class PaddingEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x, padding):
+        if padding is not None and padding.any():
+            x = x.masked_fill(padding, 0)
+        return self.a(x)
+
+
+class PaddedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.patchify, self.encoder, self.head = nn.Conv2d(3, 8, 1), Patchify(), PaddingEncoder(), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        patches, padding = self.patchify(self.stem(x))
+        return self.head(self.encoder(patches, padding))
+
+
+def test_a_specialized_submodule_whose_trace_cannot_compute_its_values_becomes_a_leaf():
+    """The padding a leaf returns is a traced value standing for None: ``padding is not None`` holds
+    for it, and ``.any()`` fails on the example inputs, which the model itself runs on."""
+    x, model = torch.randn(2, 3, 4, 4), PaddedModel().eval()
+    gg = graphprune.analyze(model, x, leaf_modules=["patchify"], specialize_submodules=True)
+    (fb,) = gg.fallbacks
+    assert fb.module == "encoder" and "its trace cannot compute node" in fb.error and "'NoneType'" in fb.error
+    assert torch.equal(graphprune.slim(gg, graphprune.Plan({}))(x), model(x))
+
+
 class OptionalMask(nn.Module):
     """forward(x, mask=None): a proxy is never None, so fx alone would trace the masked branch."""
 
