@@ -404,7 +404,7 @@ class _ExamplePathTracer(_FallbackTracer):
         return self.concretize(obj, "bool")
 
     def iter(self, obj: fx.Proxy):
-        if self._stack and not self.specialize_submodules:
+        if not self._specializes_here():
             return super().iter(obj)
         return iter([obj[i] for i in range(self.concretize(obj, "len"))])
 
@@ -420,13 +420,26 @@ class _ExamplePathTracer(_FallbackTracer):
 
     def concretize(self, proxy: fx.Proxy, conversion: str) -> Any:
         """The example inputs' value of ``proxy``, converted; the graph gets a guard re-checking it."""
-        if self._stack and not self.specialize_submodules:  # inside a submodule: it becomes an opaque leaf
+        if not self._specializes_here():  # inside a submodule: it becomes an opaque leaf
             if conversion == "bool":
                 return super().to_bool(proxy)
             raise TypeError(f"symbolic tracing cannot compute {conversion}() of a traced value")
         value = _CONVERSIONS[conversion](self._example_value(proxy.node))
         self._add_guard(proxy, conversion, value, caller_location())
         return value
+
+    def _specializes_here(self) -> bool:
+        """Whether the code being traced may take values from the example: the model's own forward;
+        submodules only with ``specialize_submodules``, and never inside a module the rule table
+        describes (timm's Conv2dSame: as a leaf its rule knows its channels, while its traced code
+        reads its weight's shape, which would freeze them)."""
+        if not self._stack:
+            return True
+        if not self.specialize_submodules:
+            return False
+        from .rules import module_rule  # rules reads traced values (TensorSpec): imported when first needed
+
+        return not any(module_rule(self.root.get_submodule(name)) is not None for name in self._stack)
 
     def _add_guard(self, proxy: fx.Proxy, conversion: str, value: Any, location: str) -> None:
         node = self.create_proxy("call_function", guard, (proxy, conversion, value, location), {}).node

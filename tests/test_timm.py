@@ -29,6 +29,27 @@ def test_timm_models(name, tmp_path):
 
 
 @pytest.mark.slow
+def test_mobilevit_blocks_open_with_specialize_submodules(tmp_path):
+    """Its three MobileVitBlocks branch on their input's size and stay leaves by default (above);
+    traced along the example path, every channel is prunable and slims exactly."""
+    model, x = timm.create_model("mobilevit_s", pretrained=False), torch.randn(1, 3, 256, 256)
+    gg = check_model(model, x, "mobilevit_s", specialize_submodules=True)
+    assert gg.fallbacks == [] and gg.prunable_mac_share() == 1.0 and gg.traced.specializations
+    check_slim(model, gg, x, str(tmp_path / "slim.onnx"))
+
+
+def test_a_module_the_rule_table_knows_stays_a_leaf_with_specialize_submodules():
+    """timm's Conv2dSame computes its padding in Python: traced along the example path, its code
+    would read its weight's shape and freeze its channels; as a leaf the conv rule prunes them."""
+    from timm.layers import Conv2dSame
+
+    model = torch.nn.Sequential(Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU(), Conv2dSame(8, 4, 3)).eval()
+    gg = graphprune.analyze(model, torch.randn(1, 3, 9, 9), specialize_submodules=True)
+    assert [f.module for f in gg.fallbacks] == ["0", "2"] and gg.traced.specializations == []
+    assert group_with(gg, "0").prunable and group_with(gg, "0").size == 8
+
+
+@pytest.mark.slow
 def test_iformer_s_slims_exactly_with_half_of_every_group_pruned(tmp_path):
     """Reported slimming 69% off with half of every exact group pruned at once (the leak oracle
     then pruned one group at a time); check_slim prunes every group in one plan."""

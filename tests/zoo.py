@@ -30,13 +30,13 @@ def input_for(name: str, reduced: bool) -> tuple[dict, torch.Tensor]:
     return {}, torch.randn(1, 3, 64, 64) if reduced else torch.randn(1, 3, 224, 224)
 
 
-def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: int = 1) -> graphprune.GroupGraph:
+def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: int = 1, **analyze_options) -> graphprune.GroupGraph:
     model.eval()
     with torch.no_grad():  # a zero-initialized head (torchvision's ViT) zeroes every output: no check could fail
         for p in model.parameters():
             if p.dim() > 1 and not p.any():
                 p.normal_(0, 0.02)
-    gg = graphprune.analyze(model, x)
+    gg = graphprune.analyze(model, x, **analyze_options)
     with flop_counter() as counter:
         model(x)
     assert gg.budget.params() == sum(p.numel() for p in model.parameters())
