@@ -397,6 +397,21 @@ class _ExamplePathTracer(_FallbackTracer):
                 args[i] = value
         return fn, args
 
+    def trace(self, root, concrete_args=None):
+        try:
+            return super().trace(root, concrete_args)
+        finally:  # the example values of every node: a failed trace stays alive in reference cycles
+            self._interpreter = None  # while the collector pauses (groups._no_cyclic_gc), one per retry
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        """With ``specialize_submodules``, a module the rule table describes (timm's Conv2dSame) is a
+        leaf its rule prunes: traced, its code would read its weight's shape, which freezes its channels."""
+        from .rules import module_rule  # rules reads traced values (TensorSpec): imported when first needed
+
+        if self.specialize_submodules and module_rule(m) is not None:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ExamplePathProxy(node, self)
 
@@ -429,17 +444,9 @@ class _ExamplePathTracer(_FallbackTracer):
         return value
 
     def _specializes_here(self) -> bool:
-        """Whether the code being traced may take values from the example: the model's own forward;
-        submodules only with ``specialize_submodules``, and never inside a module the rule table
-        describes (timm's Conv2dSame: as a leaf its rule knows its channels, while its traced code
-        reads its weight's shape, which would freeze them)."""
-        if not self._stack:
-            return True
-        if not self.specialize_submodules:
-            return False
-        from .rules import module_rule  # rules reads traced values (TensorSpec): imported when first needed
-
-        return not any(module_rule(self.root.get_submodule(name)) is not None for name in self._stack)
+        """Whether the code being traced may take values from the example: the model's own forward,
+        and submodules with ``specialize_submodules``."""
+        return not self._stack or self.specialize_submodules
 
     def _add_guard(self, proxy: fx.Proxy, conversion: str, value: Any, location: str) -> None:
         node = self.create_proxy("call_function", guard, (proxy, conversion, value, location), {}).node
