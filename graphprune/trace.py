@@ -26,6 +26,10 @@ traced along the example path into submodules as well, since every layer compute
 (ranks and channel counts need none; what is left checks e.g. ``q_length > 1``); and
 ``use_cache=False`` is a default concrete arg (a key/value cache is an object a graph cannot
 return). The graph returns the model output's fields as a dict.
+
+Other models' submodules are traced along the example path only when asked
+(``specialize_submodules=True``): a leaf runs its Python for every input, a specialized submodule
+only for inputs that take the example's path, so the default keeps such a submodule a leaf.
 """
 
 from __future__ import annotations
@@ -361,8 +365,9 @@ class _ExamplePathTracer(_FallbackTracer):
     that later calls pass the same value. Where the forward's own code needs a Python value from a
     traced one (``if``, ``int()``, ``float()``, ``len()``, iteration), the value is computed by
     running the graph built so far on the example inputs, and a :func:`guard` node re-checks it.
-    Submodules are not specialized: one whose code needs such a value becomes an opaque leaf, as
-    with plain tracing, since a leaf runs its Python for every input.
+    Submodules are specialized only with ``specialize_submodules`` (Hugging Face models always);
+    otherwise one whose code needs such a value becomes an opaque leaf, as with plain tracing,
+    since a leaf runs its Python for every input.
     """
 
     def __init__(
