@@ -27,8 +27,12 @@ def floor_of(size: int, round_to: int, min_channels: int, min_ratio: float) -> i
     return min(size, round_up(max(min_channels, math.ceil(min_ratio * size), 1), round_to, size))
 
 
-def round_up(count: int, round_to: int, size: int) -> int:
-    return min(size, int(math.ceil(count / round_to) * round_to)) if round_to > 1 else min(size, count)
+def round_up(count, round_to, size):
+    """``count`` rounded up to a multiple of ``round_to`` (1 or less: as it is), at most ``size``;
+    elementwise on integer arrays (a Python int for ints, exact in the budget's integer arithmetic)."""
+    step = np.maximum(round_to, 1)
+    rounded = np.minimum(size, -(-count // step) * step)
+    return rounded if isinstance(rounded, np.ndarray) else int(rounded)
 
 
 class Allocation:
@@ -54,7 +58,7 @@ class Allocation:
         self.ceilings = {g.id: (ceilings or {}).get(g.id, g.size) for g in self.groups}
         self.ids = np.array([g.id for g in self.groups], dtype=np.int64)
         self.sizes = np.array([g.size for g in self.groups], dtype=np.int64)
-        self._round = np.array([max(g.round_to, 1) for g in self.groups], dtype=np.int64)
+        self._round = np.array([g.round_to for g in self.groups], dtype=np.int64)
         self._floor = np.array([self.floors[g.id] for g in self.groups], dtype=np.int64)
         self._ceiling = np.array([self.ceilings[g.id] for g in self.groups], dtype=np.int64)
         self.row = np.full(len(gg.groups), -1, dtype=np.int64)  # group id -> its index in ``groups``
@@ -69,9 +73,7 @@ class Allocation:
     def kept(self, dropped: np.ndarray) -> np.ndarray:
         """Kept count per group with ``dropped`` of its channels removed: rounded up to its
         ``round_to`` (at most its size), within its floor and ceiling."""
-        left = self.sizes - dropped
-        rounded = np.minimum(self.sizes, -(-left // self._round) * self._round)
-        return np.minimum(self._ceiling, np.maximum(self._floor, rounded))
+        return np.minimum(self._ceiling, np.maximum(self._floor, round_up(self.sizes - dropped, self._round, self.sizes)))
 
     def by_id(self, kept: np.ndarray) -> dict[int, int]:
         return dict(zip(self.ids.tolist(), kept.tolist()))
