@@ -7,7 +7,8 @@ derives the exact MACs/params model in the groups' keep ratios.
 from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
 from .budget import BudgetModel
 from .budget_target import Budget
-from .errors import BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, ModelSpecError, TraceError
+from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelSpecError,
+                     NotReadyError, OptionError, TraceError)
 from .groups import ChannelGroup, GroupGraph, Member, analyze
 from .export import ExportReport, export_onnx
 from .plan import Plan, PlanError
@@ -50,5 +51,8 @@ __all__ = [
     "ExportError",
     "ModelSpecError",
     "DistributedError",
+    "GuardError",
+    "NotReadyError",
+    "OptionError",
 ]
 __version__ = "0.1.0"

@@ -99,10 +99,13 @@ def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]
     target = budget.target(full)
     lowest = gg.budget.exact(budget.metric, floor_counts)
     if lowest > target:
+        given = budget.describe() if budget.is_ratio else f"{budget.describe()} ({target / full:.2g} of the model's {full:,})"
         raise BudgetError(
-            f"a {budget.metric} budget of {target / full:.4f} of the model is unreachable: with every prunable "
-            f"group at its floor the model keeps {lowest / full:.4f}. Lower min_channels/min_ratio/round_to "
-            f"or unfreeze groups (see graphprune inspect)."
+            f"a budget of {given} is unreachable: with every prunable group at its floor the model keeps "
+            f"{lowest / full:.4f} of its {budget.metric} ({lowest:,} of {full:,}). Lower min_channels/min_ratio/round_to "
+            f"or unfreeze groups (see graphprune inspect)"
+            + ("" if budget.is_ratio else "; for a ratio of the model give a number in (0, 1] (0.5 keeps half; '50%' on the command line)")
+            + "."
         )
     return target
 

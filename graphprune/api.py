@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -13,8 +14,8 @@ import torch.fx as fx
 from .budget_target import Budget
 from .data import hold_out
 from .distributed import broadcast_object, is_main
-from .errors import BudgetError, GraphPruneError
-from .groups import GroupGraph, analyze
+from .errors import BudgetError, GraphPruneError, NotReadyError, OptionError
+from .groups import GroupGraph, analyze, auto_round_to
 from .plan import Plan
 from .slim import slim
 from .train import EpochRecord, fit, sgd
@@ -129,29 +130,42 @@ class Session:
     def end_epoch(self, epoch: int) -> None:
         self.method.end_epoch(epoch)
 
-    def finish(self) -> PruneResult:
+    def finish(self, force: bool = False) -> PruneResult:
         """Decide the plan, remove the method's instrumentation, and slim the model.
 
-        Under torchrun every rank computes the plan (methods may synchronize on the way) and rank 0's
-        is the one every rank slims to: one decision, the same model everywhere.
+        A method that decides by training refuses before its search has finished (``NotReadyError``:
+        the plan would come from untrained signals); ``force=True`` slims it anyway and the report
+        says what the plan was decided from. Under torchrun every rank computes the plan (methods may
+        synchronize on the way) and rank 0's is the one every rank slims to: one decision, the same
+        model everywhere.
         """
+        unready = self.method.unready()
+        if unready and not force:
+            raise NotReadyError(
+                f"{unready}. Train with this session until session.method.ready(): graphprune.fit(model, data, loss_fn, "
+                f"epochs, callbacks=[session]) or your own loop calling its hooks, or let graphprune.apply(..., train_data=, "
+                f"loss_fn=, epochs=) do it; session.finish(force=True) slims the model from what the method has now")
         plan = broadcast_object(self.method.plan())
         self.method.detach()
         small, planned_on = self.method.build(plan), self.method.planned_on()
         report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)
         report = self.method.refine_report(report)
+        if unready:
+            report.notes.append(f"forced before the method was ready: {unready}")
         return PruneResult(small, plan, report, planned_on, self.method)
 
 
 def prepare(
     model: torch.nn.Module,
     method: str,
-    budget: Budget | float,
+    budget: Budget | float | int,
     example_inputs: Any,
     *,
     leaf_modules: Sequence[str | type] = (),
     specialize_submodules: bool = False,
-    round_to: int | None = None,
+    attention: str = "head_dims",
+    concrete_args: dict[str, Any] | None = None,
+    round_to: int | str | None = None,
     min_channels: int = 1,
     min_ratio: float = 0.0,
     analysis: GroupGraph | None = None,
@@ -160,27 +174,60 @@ def prepare(
 ) -> Session:
     """Analyze ``model`` and attach ``method``; for methods that train before deciding.
 
-    ``round_to``: every group keeps a multiple of this many channels (unless it keeps all);
-    None leaves each group's own ``round_to`` (1 unless set). ``analysis``: a GroupGraph of this
-    model from an earlier call, to sweep budgets without analyzing again. ``total_steps``: the
-    optimizer steps the whole training will take (epochs x steps per epoch), for methods whose
-    search is a phase of it (dsa, dhp); ``fit`` supplies it when it runs the whole schedule.
-    ``leaf_modules``, ``specialize_submodules``: as for :func:`graphprune.analyze`.
+    ``round_to``: every group keeps a multiple of this many channels (unless it keeps all), an
+    int or ``"auto"`` (multiples of 8 where a group has 64 channels or more, of 4, 2 below: see
+    ``groups.auto_round_to``); None: the method's default (``"auto"`` for l1, l2, uniform and
+    random, whose results are for deployment; 1 for the paper methods, whose searches and budget
+    landings work channel by channel as in their papers).
+    ``analysis``: a GroupGraph of this model from an earlier call, to sweep budgets without
+    analyzing again. ``total_steps``: the optimizer steps the whole training will take (epochs x
+    steps per epoch), for methods whose search is a phase of it (dsa, dhp); ``fit`` supplies it
+    when it runs the whole schedule. ``leaf_modules``, ``specialize_submodules``, ``attention``,
+    ``concrete_args``: as for :func:`graphprune.analyze`. Other keywords are the method's options.
     """
     from . import passes
 
     started = time.perf_counter()
     budget = Budget.of(budget)
-    gg = analysis or analyze(model, example_inputs, leaf_modules=leaf_modules, specialize_submodules=specialize_submodules)
-    if round_to is not None:
-        for g in gg.groups:
-            g.round_to = round_to
     pass_cls = passes.get(method)
+    _check_model(model)
+    _check_bounds(round_to, min_channels, min_ratio)
+    analysis_options = dict(leaf_modules=leaf_modules, specialize_submodules=specialize_submodules,
+                            attention=attention, concrete_args=concrete_args)
+    if analysis is not None:
+        given = [k for k, v in analysis_options.items() if v != _ANALYSIS_DEFAULTS[k]]
+        if given:
+            raise OptionError(f"analysis= is an analysis made already, so {', '.join(given)} would not act: pass them to "
+                              "graphprune.analyze, or drop analysis= and pass them here")
+    gg = analysis or analyze(model, example_inputs, **analysis_options)
+    round_to = pass_cls.default_round_to if round_to is None else round_to
+    for g in gg.groups:
+        g.round_to = auto_round_to(g.size) if round_to == "auto" else round_to
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
     session = Session(model, gg, method_pass, budget, started)
     if total_steps is not None:
         session.bind_schedule(total_steps)
     return session
+
+
+_ANALYSIS_DEFAULTS = dict(leaf_modules=(), specialize_submodules=False, attention="head_dims", concrete_args=None)
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise OptionError(f"graphprune prunes a torch.nn.Module, got {type(model).__name__}")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise GraphPruneError("the model's tensors are on the meta device: they hold no values to rank or slice. "
+                              "Materialize it first (model.to_empty(device='cpu'), then load_state_dict(checkpoint))")
+
+
+def _check_bounds(round_to: int | str | None, min_channels: int, min_ratio: float) -> None:
+    if round_to is not None and round_to != "auto" and not (isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1):
+        raise OptionError(f"round_to is a channel multiple (an int >= 1) or 'auto', got {round_to!r}")
+    if not (isinstance(min_channels, int) and min_channels >= 0):
+        raise OptionError(f"min_channels is the fewest channels a group keeps (an int >= 0), got {min_channels!r}")
+    if not (isinstance(min_ratio, (int, float)) and 0.0 <= min_ratio <= 1.0):
+        raise OptionError(f"min_ratio is the smallest share of its channels a group keeps (in [0, 1]), got {min_ratio!r}")
 
 
 def apply(
@@ -198,7 +245,9 @@ def apply(
 ) -> PruneResult:
     """Prune ``model`` to ``budget`` with ``method``; returns the slim model, the plan and a report.
 
-    Data-free methods ("l1", "l2", "uniform", "random") need nothing else. Methods that train
+    Data-free methods ("l1", "l2", "uniform", "random") need nothing else; given ``train_data``,
+    ``loss_fn`` and ``epochs`` they prune, then fine-tune the slim model for those epochs (the same
+    SGD and cosine schedule; the report gives the first and last epochs' loss). Methods that train
     ("dsa", "dhp") train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
     ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs; their
     search is placed in this schedule (see ``passes/search.py``). A method that allocates on held-out
@@ -209,20 +258,29 @@ def apply(
     """
     from . import passes
 
-    if not passes.get(method).trains:
-        if passes.get(method).reads_data:
-            options.update(train_data=train_data, loss_fn=loss_fn)
-        result = prepare(model, method, budget, example_inputs, **options).finish()
-        if passes.get(method).reads_data and epochs > 0:  # its model starts from scratch: train it (lwdna)
-            if train_data is None or loss_fn is None:
-                raise GraphPruneError(f"{method} with epochs= trains its model from scratch: pass train_data= and loss_fn=")
-            _train(result.model, train_data, loss_fn, lr, optimizer, 0, epochs)
+    pass_cls = passes.get(method)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise OptionError(f"epochs is a number of passes over train_data (an int >= 0), got {epochs!r}")
+    if pass_cls.trains:
+        if train_data is None or loss_fn is None or epochs < 1:
+            raise OptionError(f"method {method!r} decides by training: pass train_data=, loss_fn= and epochs= (>= 1), "
+                              "or use a data-free method (l1, l2, uniform, random; nap completes from the example inputs)")
+        result, searched = search(model, method, budget, example_inputs, train_data=train_data, loss_fn=loss_fn,
+                                  epochs=epochs, lr=lr, optimizer=optimizer, **options)
+        _train(result.model, train_data, loss_fn, lr, optimizer, searched, epochs)
         return result
-    if train_data is None or loss_fn is None or epochs < 1:
-        raise GraphPruneError(f"method {method!r} trains: pass train_data=, loss_fn= and epochs=")
-    result, searched = search(model, method, budget, example_inputs, train_data=train_data, loss_fn=loss_fn,
-                              epochs=epochs, lr=lr, optimizer=optimizer, **options)
-    _train(result.model, train_data, loss_fn, lr, optimizer, searched, epochs)
+    if epochs and (train_data is None or loss_fn is None):
+        raise OptionError(f"epochs={epochs} trains the slim model: pass train_data= and loss_fn= too")
+    if not epochs and not pass_cls.reads_data and (train_data is not None or loss_fn is not None):
+        raise OptionError(f"method {method!r} decides without data; train_data= and loss_fn= would only fine-tune the slim "
+                          "model: pass epochs=N for that, or drop them")
+    if pass_cls.reads_data:
+        options.update(train_data=train_data, loss_fn=loss_fn)
+    result = prepare(model, method, budget, example_inputs, **options).finish()
+    if epochs:  # the everyday prune-then-fine-tune (lwdna: its re-initialized model trains from scratch)
+        history = _train(result.model, train_data, loss_fn, lr, optimizer, 0, epochs)
+        result.report.notes.append(f"trained the slim model for {epochs} epochs: loss {history[0].train_loss:.4g} in the "
+                                   f"first, {history[-1].train_loss:.4g} in the last")
     return result
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import NoReturn
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
+from . import passes
 from .api import prepare
 from .budget_target import Budget
 from .errors import GraphPruneError
@@ -41,17 +44,18 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
     shape = parse_shape(args.input_shape) if args.input_shape else default_shape
     model.eval()
     x = torch.randn(*shape)
-    budget = Budget(**{args.metric: args.budget})
+    budget = Budget.parse(args.budget, args.metric)
     options = dict(_option(o) for o in args.set or [])
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
-        session = prepare(model, args.method, budget, x, round_to=args.round_to, min_channels=args.min_channels,
+        session = prepare(model, args.method, budget, x, round_to=_round_to(args.round_to), min_channels=args.min_channels,
                           specialize_submodules=args.specialize_submodules, **options)
     console.print(f"[green]analyzed[/green]: {len(session.gg.prunable_groups)} prunable groups of {len(session.gg.groups)}")
-    if session.method.trains:  # no data here: the method finishes on its own and reports how (nap: from the example input)
+    if session.method.unready():  # nap completes from the example input and says so; dsa, dhp need a training loop
+        raise GraphPruneError(f"{args.method} decides by training, and the command line has no training data: prune with it from "
+                              f"Python (graphprune.apply(model, {args.method!r}, budget, x, train_data=..., loss_fn=..., epochs=...)), "
+                              "or use a method that decides here: l1, l2, uniform, random, nap, lwdna")
+    with console.status(f"{args.method}: allocating channels and slimming"):
         result = session.finish()
-    else:
-        with console.status(f"{args.method}: allocating channels and slimming"):
-            result = session.finish()
     result.report.print(console)
     if args.plan:
         with open(args.plan, "w") as f:
@@ -59,7 +63,8 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
         console.print(f"wrote plan {args.plan}")
     if args.save:
         torch.save(result.model, args.save)
-        console.print(f"wrote slim model {args.save}")
+        console.print(f"wrote slim model {args.save} (a pickled module: torch.load({args.save!r}, weights_only=False) in "
+                      "Python, which runs code from the file: load only files you trust)")
     if args.onnx:
         with console.status("exporting ONNX and checking it in onnxruntime"):
             rep = export_onnx(result.model, args.onnx, x)
@@ -67,6 +72,15 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
             f"wrote {args.onnx} ({rep.file_bytes / 1e6:.1f} MB, {rep.exporter} exporter, opset {rep.opset}); "
             f"onnxruntime max |diff| {rep.max_abs_diff:.2e} ({rep.provider})"
         )
+
+
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise GraphPruneError(f"--round-to takes a channel multiple (8) or 'auto', got {text!r}") from None
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -86,9 +100,16 @@ SPECIALIZE_HELP = ("trace submodules whose code branches on traced values along 
                    "(prunable, guarded to inputs that take that path) instead of keeping them opaque leaves")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one line that says where help is, not a screen of usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphprune", description="Structured-pruning compiler for PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="graphprune", description="Structured-pruning compiler for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("inspect", help="show a model's channel groups and cost model")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
@@ -98,11 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
-    p.add_argument("--method", default="l1", help="pruning method (l1, l2, uniform, random, ...)")
-    p.add_argument("--budget", type=float, required=True, help="ratio of the full model to keep (<= 1) or an absolute count")
+    p.add_argument("--method", default="l1", choices=passes.names(), metavar="METHOD",
+                   help=f"pruning method: {', '.join(passes.names())} (default l1; dsa and dhp train: use them from Python)")
+    p.add_argument("--budget", required=True,
+                   help="what the slim model keeps: a ratio of the full model (0.5), a percentage (50%%) or an absolute count (2000000)")
     p.add_argument("--metric", choices=("macs", "params"), default="macs")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of this")
+    p.add_argument("--round-to", default="auto",
+                   help="keep channel counts multiples of this; auto (default): 8, or less in groups under 64 channels")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
     p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -117,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             _inspect(args, console)
         elif args.command == "prune":
             _prune(args, console)
-    except GraphPruneError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except GraphPruneError as exc:  # one line on stderr: what went wrong and what to do
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         return 2
     return 0
 

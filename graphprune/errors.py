@@ -31,3 +31,11 @@ class GuardError(GraphPruneError):
 
 class DistributedError(GraphPruneError):
     """A collective operation across ranks failed or timed out (usually: another rank failed first)."""
+
+
+class OptionError(GraphPruneError, TypeError):
+    """An option graphprune does not know, or a value it cannot take (a TypeError too, as Python's own are)."""
+
+
+class NotReadyError(GraphPruneError):
+    """A method was asked for its plan before it could decide one (a search that never ran)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
 
 from graphprune.budget_target import Budget
+from graphprune.errors import OptionError
 from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
 from graphprune.slim import slim
@@ -24,12 +26,25 @@ class MethodPass:
     holds_out: ClassVar[float] = 0.0  # fraction of the training data apply holds out as val_data for the search
     starts_trained: ClassVar[bool] = False  # expects a trained model (nap): benchmarks train it first, as for l1
     reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
+    default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):
         self.gg, self.budget, self.model = gg, budget, model
         self.min_channels, self.min_ratio = min_channels, min_ratio
         if options:
-            raise TypeError(f"method {self.name!r} got unknown options: {', '.join(options)}")
+            raise OptionError(f"method {self.name!r} got unknown options: {', '.join(sorted(options))}; it takes "
+                              f"{', '.join(self.options())} (see help(graphprune.passes.get({self.name!r})))")
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """The keyword options this method takes, its own and its bases'."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is not None:
+                names.update(p.name for p in inspect.signature(init).parameters.values()
+                             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        return sorted(names - {"self", "gg", "budget", "model"})
 
     def attach(self) -> None:
         """Instrument the model (masks, hooks, parametrizations) before training."""
@@ -52,6 +67,14 @@ class MethodPass:
     def ready(self) -> bool:
         """Whether the method can decide its plan now (training methods: once the budget is met)."""
         return True
+
+    def unready(self) -> str | None:
+        """Why a plan decided now would mean nothing (None: it would mean what it says).
+
+        ``Session.finish`` refuses such a plan unless forced, and then puts this in the report.
+        A method with a meaningful data-free completion (NAP) returns None even before it is ready.
+        """
+        return None if self.ready() else f"{self.name} has not decided its plan yet"
 
     def plan(self) -> Plan:
         raise NotImplementedError

@@ -104,6 +104,8 @@ class DHPPass(ScheduledSearch):
     name = "dhp"
     trains = True
     window = (0.05, 0.2)
+    unready_source = ("latent vectors the search has not sparsified, and the slim model's weights would be what "
+                      "untrained hypernetworks generate, not the model's own")
 
     def __init__(
         self, *args: Any, reg: float | None = None, tau: float = 5e-3, norm: str = "l1", embedding: int = 8,

@@ -146,6 +146,7 @@ class DSAPass(ScheduledSearch):
     trains = True
     holds_out = 0.1
     window = (0.07, 0.5)
+    unready_source = "BatchNorm scales the search has not trained, with keep ratios it has not allocated"
 
     def __init__(
         self, *args: Any, val_data: Iterable | None = None, loss_fn: Callable | None = None,

@@ -29,6 +29,7 @@ magnitude criterion, every gradient of the two SGD steps) is averaged over the r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Iterable
 
@@ -90,7 +91,8 @@ class LWDNAPass(MethodPass):
                                    min(g.size, math.ceil(share * original)))
         metric = self.budget.metric
         reference = self.gg if relative_to == "original" else self.wide_gg
-        self.budget = Budget(**{metric: self.budget.target(reference.budget.exact(metric))})  # absolute: what the report measures against
+        # absolute: what the report measures against
+        self.budget = Budget(**{metric: math.floor(self.budget.target(reference.budget.exact(metric)))})
         lowest = self._allocation({gid: np.zeros(self.wide_gg.groups[gid].size) for gid in self.group_ids})
         try:
             check_reachable(self.wide_gg, self.budget, lowest.counts(len(lowest.ranked_groups)))
@@ -168,6 +170,14 @@ class LWDNAPass(MethodPass):
     def build(self, plan: Plan) -> torch.nn.Module:
         """The LW-DNA architecture, re-initialized: it trains from scratch."""
         return reinitialize(slim(self.wide_gg, plan), self.seed)
+
+    def refine_report(self, report: Any) -> Any:
+        notes = [f"lwdna: the slim model is the LW-DNA architecture re-initialized (seed {self.seed}), none of the model's "
+                 "weights: train it from scratch (graphprune.apply(..., epochs=N) does)"]
+        if self.train_data is None:
+            notes.append(f"lwdna: channels scored on the example inputs with labels sampled from the model's own predictions "
+                         "(no train_data)")
+        return dataclasses.replace(report, notes=[*report.notes, *notes])
 
     def width_percentages(self, plan: Plan) -> dict[str, float]:
         """Kept output channels per layer as a percentage of the original layer's (the paper's Fig. 5/8)."""

@@ -189,6 +189,7 @@ class NAPPass(ScheduledSearch):
         self.masks: dict[tuple[str, str], torch.Tensor] = {}  # False: pruned (zero, kept zero)
         self.iterations: list[Iteration] = []
         self.done = False
+        self.completed_without_training: str | None = None  # the report says how, when it did
         self.final_plan: Plan | None = None
         self.step = 0
         self._next: int | None = None
@@ -255,6 +256,10 @@ class NAPPass(ScheduledSearch):
 
     def ready(self) -> bool:
         return self.done
+
+    def unready(self) -> None:
+        """Never refused: without training NAP completes from statistics rounds and says so in its report."""
+        return None
 
     # ------------------------------------------------------------- pacing
     def _pace(self, now: int, scores: Any) -> int:
@@ -604,6 +609,8 @@ class NAPPass(ScheduledSearch):
     def _complete_without_training(self) -> None:
         """Finish the pruning with statistics from ``train_data`` or the example inputs, no fine-tuning."""
         source = "train_data batches" if self.train_data is not None else "the example inputs"
+        self.completed_without_training = (f"nap pruned without a training loop: {self.rounds} rounds of K-FAC statistics from "
+                                           f"{source} (labels sampled from the model's predictions) with OBS updates, no fine-tuning")
         if self.verbose:
             _console().print(
                 f"[bold]nap[/bold]: pruning without training: K-FAC statistics from {source}, labels sampled from the model's "
@@ -671,6 +678,8 @@ class NAPPass(ScheduledSearch):
 
     def refine_report(self, report):
         notes = [f"nap: {len(self.iterations)} iterations; K-FAC statistics {self.factor_bytes() / 2**20:.1f} MiB"]
+        if self.completed_without_training:
+            notes.append(self.completed_without_training)
         approximated = [f"{r.layer} (A {r.a_kind}, S {r.s_kind})" for r in self.kfac.memory() if r.a_kind != "full" or r.s_kind != "full"]
         if approximated:
             notes[0] += f"; factors over {self.kfac.limit:,} elements approximated: {', '.join(approximated)}"

@@ -62,6 +62,7 @@ class ScheduledSearch(MethodPass):
     """
 
     window: ClassVar[tuple[float, float]]
+    unready_source: ClassVar[str]  # what a plan decided before the search ends would come from
 
     def __init__(self, *args: Any, warmup: float | None = None, search_end: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -72,6 +73,13 @@ class ScheduledSearch(MethodPass):
 
     def bind_schedule(self, total_steps: int) -> None:
         self.schedule = SearchSchedule(total_steps, self.warmup, self.search_end)
+
+    def unready(self) -> str | None:
+        if self.ready():
+            return None
+        when = ("it does not know the training schedule yet" if self.schedule is None else
+                f"it ends at optimizer step {self.schedule.end_step} of {self.schedule.total_steps}")
+        return f"{self.name} decides its plan by training and its search has not finished ({when}): a plan now would come from {self.unready_source}"
 
     def require_schedule(self) -> SearchSchedule:
         if self.schedule is None:

@@ -19,6 +19,7 @@ from .magnitude import member_norms
 @register
 class UniformPass(MethodPass):
     name = "uniform"
+    default_round_to = "auto"  # as the score methods: widths the kernels run fast
 
     def plan(self) -> Plan:
         alloc = Allocation(self.gg, member_norms(self.model, self.gg, 1), self.min_channels, self.min_ratio)

@@ -73,14 +73,14 @@ def test_bad_model_specs(spec, message):
     with pytest.raises(ModelSpecError, match=message):
         build_model(spec)
     out = run("inspect", spec)
-    assert out.returncode == 2 and "error:" in out.stdout
+    assert out.returncode == 2 and "error:" in out.stderr
 
 
 def test_bad_input_shape():
     with pytest.raises(ModelSpecError):
         parse_shape("1,x,3")
     out = run("inspect", "graphprune.models:digits_cnn", "--input-shape", "1,3,8,8")
-    assert out.returncode == 2 and "example inputs" in out.stdout
+    assert out.returncode == 2 and "example inputs" in out.stderr
 
 
 def test_prune_writes_plan_model_and_verified_onnx(tmp_path):
@@ -96,4 +96,4 @@ def test_prune_writes_plan_model_and_verified_onnx(tmp_path):
 
 def test_prune_reports_unreachable_budgets():
     out = run("prune", "graphprune.models:digits_cnn", "--budget", "0.001")
-    assert out.returncode == 2 and "unreachable" in out.stdout
+    assert out.returncode == 2 and "unreachable" in out.stderr

@@ -410,7 +410,7 @@ def test_sign_latents_start_equal_in_magnitude_so_the_task_ranks_them():
     assert len(set(moved.tolist())) > len(moved) // 2
     with pytest.raises(graphprune.GraphPruneError, match="latent_init"):
         graphprune.prepare(models.get("resnet20"), "dhp", 0.5, x, latent_init="uniform")
-    session.finish()
+    session.finish(force=True)
 
 
 def test_plan_keeps_the_search_mask_when_it_lands_within_tolerance():

@@ -147,7 +147,10 @@ def test_a_session_without_a_schedule_says_to_pass_total_steps():
     session = graphprune.prepare(model, "dsa", 0.5, x, val_data=[(x, torch.zeros(2, dtype=torch.long))], loss_fn=F.cross_entropy)
     with pytest.raises(graphprune.GraphPruneError, match="total_steps="):
         session.after_step(0)
-    session.finish()
+    with pytest.raises(graphprune.NotReadyError, match="untrained|has not trained.*force=True"):
+        session.finish()
+    forced = session.finish(force=True)
+    assert any(n.startswith("forced before the method was ready: dsa") for n in forced.report.notes)
 
 
 def test_bn_scales_get_no_weight_decay_while_they_are_the_importance():
