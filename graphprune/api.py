@@ -15,7 +15,7 @@ from .budget_target import Budget
 from .data import hold_out
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, NotReadyError, OptionError
-from .groups import GroupGraph, analyze, auto_round_to
+from .groups import GroupGraph, analyze
 from .plan import Plan
 from .slim import slim
 from .train import EpochRecord, fit, sgd
@@ -176,9 +176,10 @@ def prepare(
 
     ``round_to``: every group keeps a multiple of this many channels (unless it keeps all), an
     int or ``"auto"`` (multiples of 8 where a group has 64 channels or more, of 4, 2 below: see
-    ``groups.auto_round_to``); None: the method's default (``"auto"`` for l1, l2, uniform and
-    random, whose results are for deployment; 1 for the paper methods, whose searches and budget
-    landings work channel by channel as in their papers).
+    ``groups.auto_round_to``; l1, l2, uniform and random use finer steps where these would leave
+    the plan more than half a point under the budget); None: the method's default (``"auto"`` for
+    l1, l2, uniform and random, whose results are for deployment; 1 for the paper methods, whose
+    searches and budget landings work channel by channel as in their papers).
     ``analysis``: a GroupGraph of this model from an earlier call, to sweep budgets without
     analyzing again. ``total_steps``: the optimizer steps the whole training will take (epochs x
     steps per epoch), for methods whose search is a phase of it (dsa, dhp); ``fit`` supplies it
@@ -200,10 +201,7 @@ def prepare(
             raise OptionError(f"analysis= is an analysis made already, so {', '.join(given)} would not act: pass them to "
                               "graphprune.analyze, or drop analysis= and pass them here")
     gg = analysis or analyze(model, example_inputs, **analysis_options)
-    round_to = pass_cls.default_round_to if round_to is None else round_to
-    for g in gg.groups:
-        g.round_to = auto_round_to(g.size) if round_to == "auto" else round_to
-    method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, **method_options)
+    method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, round_to=round_to, **method_options)
     session = Session(model, gg, method_pass, budget, started)
     if total_steps is not None:
         session.bind_schedule(total_steps)
@@ -269,8 +267,9 @@ def apply(
                                   epochs=epochs, lr=lr, optimizer=optimizer, **options)
         _train(result.model, train_data, loss_fn, lr, optimizer, searched, epochs)
         return result
-    if epochs and (train_data is None or loss_fn is None):
-        raise OptionError(f"epochs={epochs} trains the slim model: pass train_data= and loss_fn= too")
+    if epochs and train_data is None:
+        raise OptionError(f"epochs={epochs} trains the slim model: pass train_data= and loss_fn= too (loss_fn may be "
+                          "left out where dict batches give the model's own loss, as Hugging Face models do with labels)")
     if not epochs and not pass_cls.reads_data and (train_data is not None or loss_fn is not None):
         raise OptionError(f"method {method!r} decides without data; train_data= and loss_fn= would only fine-tune the slim "
                           "model: pass epochs=N for that, or drop them")

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "prune":
             _prune(args, console)
     except GraphPruneError as exc:  # one line on stderr: what went wrong and what to do
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
         return 2
     return 0
 

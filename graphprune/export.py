@@ -1,10 +1,13 @@
 """Verified ONNX export: export, run in onnxruntime, compare with PyTorch, raise if they disagree.
 
-ONNX graphs take tensors only: non-tensor example inputs (``model(x, 2)`` for a super-resolution
-scale) are baked into the exported graph as constants, and input names, the dynamic batch axis,
-onnxruntime's feeds and the doubled-batch check cover the tensor inputs only. ONNX cannot raise
-either: a graph traced along the example inputs' path (see graphprune.trace) exports that path
-without its guards, and the export warns where (``ExportReport.unchecked_guards``).
+Example inputs are what ``apply`` takes: a tensor, a tuple of positional inputs, or a dict of
+forward's keyword inputs (``dict(input_ids=..., attention_mask=...)`` for a Hugging Face model),
+whose tensors become ONNX inputs of those names. ONNX graphs take tensors only: non-tensor example
+inputs (``model(x, 2)`` for a super-resolution scale, ``use_cache=False``) are baked into the
+exported graph as constants, and input names, the dynamic batch axis, onnxruntime's feeds and the
+doubled-batch check cover the tensor inputs only. ONNX cannot raise either: a graph traced along
+the example inputs' path (see graphprune.trace) exports that path without its guards, and the
+export warns where (``ExportReport.unchecked_guards``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import torch
 import torch.fx as fx
 
 from .distributed import main_only
-from .errors import ExportError, GuardError
-from .trace import guard
+from .errors import ExampleInputError, ExportError, GuardError
+from .trace import _split_inputs, guard
 
 
 @dataclasses.dataclass
@@ -43,9 +46,9 @@ class ExportReport:
         return self.max_abs_diff / self.output_scale if self.output_scale else self.max_abs_diff
 
 
-def _flat_outputs(out: Any) -> list[np.ndarray]:
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
-        return [out.detach().cpu().numpy()]
+        return [out.detach()]
     if isinstance(out, dict):
         out = list(out.values())
     return [a for o in out for a in _flat_outputs(o)]
@@ -59,18 +62,44 @@ def _providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class _BakedInputs(torch.nn.Module):
-    """``model`` with its non-tensor example inputs as constants: what the exporters see."""
+class _TensorsOnly(torch.nn.Module):
+    """``model`` called as the example inputs call it (positionally and by keyword), taking their
+    tensors only, in order, with the non-tensors as constants: what the exporters see, since they
+    pass an ONNX model's inputs positionally."""
 
-    def __init__(self, model: torch.nn.Module, inputs: tuple):
+    def __init__(self, model: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
         super().__init__()
         self.model = model
-        self.constants = {i: v for i, v in enumerate(inputs) if not isinstance(v, torch.Tensor)}
-        self.count = len(inputs)
+        self.args, self.kwargs = args, kwargs  # the example tensors in them are placeholders, replaced in forward
 
     def forward(self, *tensors: torch.Tensor) -> Any:
         given = iter(tensors)
-        return self.model(*(self.constants[i] if i in self.constants else next(given) for i in range(self.count)))
+        args = tuple(next(given) if isinstance(v, torch.Tensor) else v for v in self.args)
+        return self.model(*args, **{k: next(given) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()})
+
+
+def _named_tensors(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The example's tensors under their ONNX input names: ``input_<i>`` positionally, keywords as named."""
+    positional = {f"input_{i}": x for i, x in enumerate(x for x in args if isinstance(x, torch.Tensor))}
+    return {**positional, **{k: x for k, x in kwargs.items() if isinstance(x, torch.Tensor)}}
+
+
+def _mismatch(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why the model may fail on its example inputs when one lies on another device, or holds another
+    floating dtype, than all of the model's weights; None where none does."""
+    weights = [*model.parameters(), *model.buffers()]
+    devices = {w.device for w in weights}
+    dtypes = {w.dtype for w in weights if w.is_floating_point()}
+    for name, x in tensors.items():
+        if len(devices) == 1 and x.device not in devices:
+            (device,) = devices
+            return (f"example input {name!r} is on {x.device} but the model's weights are on {device}: "
+                    f"give example inputs on the model's device (x.to('{device}')), or move the model")
+        if x.is_floating_point() and len(dtypes) == 1 and x.dtype not in dtypes:
+            (dtype,) = dtypes
+            return (f"example input {name!r} is {x.dtype} but the model's weights are {dtype}: "
+                    f"give example inputs of the weights' dtype (x.to({dtype})), or convert the model")
+    return None
 
 
 def _unchecked_guards(model: torch.nn.Module) -> list[str]:
@@ -121,10 +150,10 @@ def _silenced() -> Iterator[None]:
 _TRY = "another opset (opset=18 or newer), or replace the operation named above with ones ONNX supports"
 
 
-def _export(model, inputs: tuple, path: str, exporter: str, opset: int | None, dynamic_batch: bool) -> str:
-    names = [f"input_{i}" for i in range(len(inputs))]
-    with torch.no_grad():  # naming outputs also keeps the exporter from reading an fx graph as a TorchScript one
-        outputs = [f"output_{i}" for i in range(len(_flat_outputs(model(*inputs))))]
+def _export(model, named: dict[str, torch.Tensor], output_count: int, path: str, exporter: str, opset: int | None,
+            dynamic_batch: bool) -> str:
+    names, inputs = list(named), tuple(named.values())
+    outputs = [f"output_{i}" for i in range(output_count)]  # naming outputs also keeps the exporter from reading an fx graph as a TorchScript one
     script_error = None
     if exporter in ("auto", "torchscript"):
         try:
@@ -140,7 +169,7 @@ def _export(model, inputs: tuple, path: str, exporter: str, opset: int | None, d
             script_error = exc
     batch = torch.export.Dim("batch", min=1) if dynamic_batch else None
     shapes = tuple({0: batch} if dynamic_batch else None for _ in inputs)
-    if isinstance(model, _BakedInputs):
+    if isinstance(model, _TensorsOnly):
         shapes = (shapes,)  # forward(*tensors) takes the tensors as one argument
     try:
         with _silenced():
@@ -168,24 +197,40 @@ def export_onnx(
 ) -> ExportReport | None:
     """Export ``model`` to ONNX and check onnxruntime reproduces PyTorch's outputs.
 
-    ``exporter``: "auto" (TorchScript exporter, falling back to torch.export), "torchscript" or
-    "dynamo". ``tolerance``: allowed max |onnx - torch| relative to the largest output magnitude.
-    With ``dynamic_batch`` the check also runs a batch twice as large as the example. Non-tensor
-    example inputs are baked into the graph: the ONNX model takes the tensor inputs only.
+    ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs (see the
+    module docstring). ``exporter``: "auto" (TorchScript exporter, falling back to torch.export),
+    "torchscript" or "dynamo". ``tolerance``: allowed max |onnx - torch| relative to the largest
+    output magnitude. With ``dynamic_batch`` the check also runs a batch twice as large as the example.
+    Raises ExportError where the export or its check fails, ExampleInputError where the model fails on
+    example inputs that lie on another device, or hold another float dtype, than its weights.
     Under torchrun only rank 0 exports (and checks); the other ranks get None.
     """
     import onnx
     import onnxruntime as ort
 
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    tensors = tuple(x for x in inputs if isinstance(x, torch.Tensor))
-    exported = model if len(tensors) == len(inputs) else _BakedInputs(model, inputs).eval()
+    args, kwargs = _split_inputs(example_inputs)
+    tensors = _named_tensors(args, kwargs)
+    exported = model if not kwargs and len(tensors) == len(args) else _TensorsOnly(model, args, kwargs).eval()
+    if verify and any(x.dtype == torch.bfloat16 for x in [*tensors.values(), *model.parameters(), *model.buffers()]):
+        raise ExportError(
+            "onnxruntime cannot check a bfloat16 model (numpy has no bfloat16, onnxruntime's CPU kernels few): "
+            "export a float32 copy, export_onnx(copy.deepcopy(model).float(), path, x.float()), "
+            "or pass verify=False to export bfloat16 unchecked"
+        )
     was_training = model.training
     model.eval()
     if os.path.exists(path + ".data"):  # a stale weight file of an earlier export of this path
         os.remove(path + ".data")
     try:
-        used = _export(exported, tensors, path, exporter, opset, dynamic_batch)
+        try:
+            with torch.no_grad():
+                output_count = len(_flat_outputs(exported(*tensors.values())))
+        except Exception as exc:  # noqa: BLE001 - re-raised as it is unless the inputs do not match the weights
+            mismatch = _mismatch(model, tensors)
+            if mismatch is None:
+                raise
+            raise ExampleInputError(mismatch) from exc
+        used = _export(exported, tensors, output_count, path, exporter, opset, dynamic_batch)
         opset_used = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 0)
         size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
         report = ExportReport(path, used, opset_used, size, _providers()[0], 0.0, 0.0, False, _unchecked_guards(model))
@@ -201,14 +246,15 @@ def export_onnx(
             session = ort.InferenceSession(path, providers=_providers())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ExportError(f"onnxruntime cannot load the exported model: {_cause(exc)}\n  Try {_TRY}.") from exc
-        batches = [tensors] + ([tuple(torch.cat([x, x.flip(0)]) for x in tensors)] if dynamic_batch else [])
+        taken = {i.name for i in session.get_inputs()}  # the exporter drops inputs the outputs do not depend on
+        batches = [tuple(tensors.values())] + ([tuple(torch.cat([x, x.flip(0)]) for x in tensors.values())] if dynamic_batch else [])
         for doubled, batch in enumerate(batches):
             try:
                 with torch.no_grad():
-                    want = _flat_outputs(exported(*batch))
+                    want = [w.cpu().numpy() for w in _flat_outputs(exported(*batch))]
             except GuardError as exc:  # only the doubled batch can take another path than the example
                 raise ExportError(f"the model rejects twice the example's batch: {exc}\n  Export with dynamic_batch=False.") from exc
-            feed = {i.name: x.detach().cpu().numpy() for i, x in zip(session.get_inputs(), batch)}
+            feed = {name: x.detach().cpu().numpy() for name, x in zip(tensors, batch) if name in taken}
             try:
                 got = session.run(None, feed)
             except Exception as exc:  # noqa: BLE001

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
+from graphprune.allocate import fitted_rounding
 from graphprune.budget_target import Budget
 from graphprune.errors import OptionError
-from graphprune.groups import GroupGraph
+from graphprune.groups import GroupGraph, auto_round_to
 from graphprune.plan import Plan
 from graphprune.slim import slim
 
@@ -28,9 +29,13 @@ class MethodPass:
     reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
 
-    def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0, **options: Any):
+    def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
+                 round_to: int | str | None = None, **options: Any):
         self.gg, self.budget, self.model = gg, budget, model
         self.min_channels, self.min_ratio = min_channels, min_ratio
+        self.round_to = self.default_round_to if round_to is None else round_to
+        for g in gg.groups:
+            g.round_to = auto_round_to(g.size) if self.round_to == "auto" else self.round_to
         if options:
             raise OptionError(f"method {self.name!r} got unknown options: {', '.join(sorted(options))}; it takes "
                               f"{', '.join(self.options())} (see help(graphprune.passes.get({self.name!r})))")
@@ -63,6 +68,10 @@ class MethodPass:
 
     def end_epoch(self, epoch: int) -> None:
         """Called at the end of each epoch."""
+
+    def rounded(self, allocate: Callable[[], Plan]) -> Plan:
+        """``allocate()``'s plan; under ``round_to="auto"`` with steps made finer where the budget needs them."""
+        return fitted_rounding(self.gg, self.budget, allocate) if self.round_to == "auto" else allocate()
 
     def ready(self) -> bool:
         """Whether the method can decide its plan now (training methods: once the budget is met)."""

@@ -67,7 +67,8 @@ class _ScorePass(MethodPass):
         raise NotImplementedError
 
     def plan(self) -> Plan:
-        return allocate_by_score(self.gg, normalized(self.scores()), self.budget, self.min_channels, self.min_ratio)
+        scores = normalized(self.scores())
+        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio))
 
 
 @register

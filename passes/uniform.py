@@ -22,6 +22,11 @@ class UniformPass(MethodPass):
     default_round_to = "auto"  # as the score methods: widths the kernels run fast
 
     def plan(self) -> Plan:
-        alloc = Allocation(self.gg, member_norms(self.model, self.gg, 1), self.min_channels, self.min_ratio)
-        order = sorted((g.id for g in alloc.groups), key=lambda g: -self.gg.groups[g].size)
-        return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
+        scores = member_norms(self.model, self.gg, 1)
+        order = sorted((g.id for g in self.gg.prunable_groups), key=lambda g: -self.gg.groups[g].size)
+
+        def allocate() -> Plan:
+            alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
+            return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
+
+        return self.rounded(allocate)
