@@ -13,6 +13,7 @@ import torch.fx as fx
 
 from . import rules
 from .channels import AtomGraph, ChannelMap, compress, label_tensor
+from .locations import describe_node
 from .trace import TensorSpec, TracedModel
 
 ParamRef = tuple[str, str]  # (module qualified name, attribute name)
@@ -97,7 +98,7 @@ class Analysis:
             return rule(self, node)
         if node.target in self._fallback and node.op == "call_module":
             f = self._fallback[node.target]
-            return rules.unknown(self, node, f"could not be traced ({f.error}); it is an opaque leaf{f.advice}")
+            return rules.unknown(self, node, f"could not be traced ({f.error}, at {f.location}); it is an opaque leaf{f.advice}")
         rules.unknown(self, node)
 
     # ---------------------------------------------------------------- reading
@@ -143,17 +144,13 @@ class Analysis:
         return module, name
 
     def describe(self, node: fx.Node) -> str:
-        if node.op == "call_module":
-            return f"'{node.target}' ({type(self.module(node)).__name__})"
-        if node.op == "call_method":
-            return f"'{node.name}' (.{node.target}())"
-        target = getattr(node.target, "__name__", str(node.target))
-        return f"'{node.name}' ({target})"
+        """The op as frozen reasons name it: the user's line and module (see locations.describe_node)."""
+        return describe_node(node, type(self.module(node)).__name__ if node.op == "call_module" else None)
 
     def origin(self, node: fx.Node) -> str:
         if node in self.opaque:
             return self.opaque[node]
-        return f"'{node.name}', whose channels no rule could trace"
+        return f"{self.describe(node)}, whose channels no rule could trace"
 
     # ---------------------------------------------------------------- writing
     def set(self, node: fx.Node, value: Any, opaque: str | None = None) -> None:
@@ -205,7 +202,8 @@ class Analysis:
                 for ref in self._derived_from.get(x, ()):  # a parameter's channels, used once more
                     self.param_users[ref].add(self._current)
                 return m
-            self.atoms.freeze(m.labels, f"{self.describe(consumer)} mixes dim {m.dim} of '{x.name}', which carries channels")
+            self.atoms.freeze(m.labels, f"{self.describe(consumer)} mixes dim {m.dim} of the result of {self.describe(x)}, "
+                                        "which carries channels")
         derived = self._derive(x, dim, set())
         if derived is not None:
             return derived
@@ -330,7 +328,7 @@ class Analysis:
                     module, name = self.param_ref(n)
                     index = getattr(self._owner(module), name)
                     if index.is_meta:
-                        raise ValueError(f"the values of index '{n.name}' are not known on the meta device")
+                        raise ValueError(f"the values of index '{n.target}' are not known on the meta device")
                     return index.cpu()
                 value = self.traced.values[n]
                 if isinstance(value, TensorSpec):  # shape-only argument (expand_as, view_as, ...)
@@ -395,14 +393,16 @@ class Analysis:
                 if why is None or self._write_as_literal(use, via):
                     proven.add((use, via))
                     continue
-                self._freeze_around(use, f"{self.describe(use)} {why} computed from the channel count read by '{node.name}'", m)
+                reason = f"{self.describe(use)} {why} computed from the channel count read by {self.describe(node)}"
+                self._freeze_around(use, reason, m)
         for node in self.gm.graph.nodes:  # computed sizes of channel dims that no channel count proves
             out, sizes = self.map(node), _size_args(node)
             if out is None or sizes is None:
                 continue
             value = sizes[out.dim] if len(sizes) > out.dim else None
             if isinstance(value, fx.Node) and (node, value) not in proven:
-                self._freeze_around(node, f"{self.describe(node)} sizes its channel dim with '{value.name}', which is not the count of these channels")
+                self._freeze_around(node, f"{self.describe(node)} sizes its channel dim with the value of {self.describe(value)}, "
+                                          "which is not the count of these channels")
 
     def _write_as_literal(self, use: fx.Node, via: fx.Node) -> bool:
         """Record the sizes ``via`` gives ``use`` as literals for the slim pass, if that is exact:

@@ -369,13 +369,19 @@ def _dim_arg(*names: str, default=None):
     return dims
 
 
-def _module_dim(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
-    return (ctx.module(node).dim,)
+def _softmax_dim(ctx: "Analysis", node: fx.Node) -> tuple[int, ...]:
+    """The dim softmax normalizes over: its ``dim`` (the module's, or the call's), or without one
+    torch's implicit choice (``torch.nn.functional._get_softmax_dim``: 0 for 0-, 1- and 3-d inputs,
+    else 1), which ``nn.Softmax()`` and ``F.softmax(x)`` still use."""
+    args = ctx.bound_args(node, ("input", "dim"))
+    dim = ctx.module(node).dim if node.op == "call_module" else args.get("dim")
+    if dim is None:
+        dim = 0 if ctx.spec(args["input"]).ndim in (0, 1, 3) else 1
+    return (dim,)
 
 
 pool = _mixing(_spatial)
-softmax = _mixing(_dim_arg("dim"))
-softmax_module = _mixing(_module_dim)
+softmax = _mixing(_softmax_dim)
 reduce = _mixing(_dim_arg("dim"), reduces=True)
 
 _SQUARES = {operator.pow, torch.pow, "pow", torch.square, "square"}
@@ -443,7 +449,8 @@ def _tie_to_shape_source(ctx: "Analysis", node: fx.Node, out: ChannelMap | None)
     sm = ctx.map(source) if isinstance(source, fx.Node) else None
     if out is not None and sm is not None and out.dim == sm.dim and out.size == sm.size:
         return ctx.atoms.link(out.labels, sm.labels)
-    reason = f"{ctx.describe(node)} takes its shape from '{source.name}', whose channel count would not follow"
+    reason = (f"{ctx.describe(node)} takes its shape from the result of {ctx.describe(source)}, "
+              "whose channel count would not follow")
     if out is not None:
         ctx.atoms.freeze(out.labels, reason)
     if sm is not None:
@@ -701,8 +708,9 @@ MODULE_RULES: dict[type | str, Rule] = {
     nn.PReLU: prelu_module,
     **{t: elementwise for t in _ACTIVATION_MODULES},
     **{t: pool for t in _POOL_MODULES},
-    nn.Softmax: softmax_module,
-    nn.LogSoftmax: softmax_module,
+    nn.Softmax: softmax,
+    nn.LogSoftmax: softmax,
+    nn.Softmin: softmax,
     **{t: movement for t in _MOVEMENT_MODULES},
     # subclasses whose forward differs from their base only in ways that keep channel semantics
     "timm.layers.conv2d_same.Conv2dSame": conv_module,
@@ -743,7 +751,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     **{f: movement for f in _MOVEMENT_FUNCTIONS},
     F.pad: movement,
     **{f: pool for f in _POOL_FUNCTIONS},
-    F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
+    F.softmax: softmax, F.log_softmax: softmax, F.softmin: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
     **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var)}, torch.mean: mean,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
     F.scaled_dot_product_attention: scaled_dot_product_attention,

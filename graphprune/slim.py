@@ -35,7 +35,7 @@ from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph, _no_cyclic_gc
 from .plan import Plan
-from .trace import AnalysisGraphModule, TensorSpec
+from .trace import AnalysisGraphModule, GraphRunner, TensorSpec
 
 
 class SlimError(GraphPruneError):
@@ -158,7 +158,7 @@ def _repeat_index(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
 
 
-class _ShapeCheck(fx.Interpreter):
+class _ShapeCheck(GraphRunner):
     """Runs the new graph node by node: a failing op or a wrong shape is the pass's error naming the node and its groups."""
 
     def __init__(self, resizer: _Resizer, gm: fx.GraphModule):
