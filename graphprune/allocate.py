@@ -18,7 +18,7 @@ import numpy as np
 
 from .budget_target import Budget
 from .errors import BudgetError
-from .groups import GroupGraph, auto_round_to
+from .groups import GroupGraph, set_round_to
 from .plan import Plan
 
 
@@ -121,8 +121,7 @@ def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan]
     full = gg.budget.exact(budget.metric)
     target = budget.target(full)
     for cap in (8, 4, 2, 1):
-        for g in gg.groups:
-            g.round_to = min(auto_round_to(g.size), cap)
+        set_round_to(gg.groups, "auto", cap)
         try:
             plan = allocate()
         except BudgetError:

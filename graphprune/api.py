@@ -259,21 +259,21 @@ def apply(
     pass_cls = passes.get(method)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise OptionError(f"epochs is a number of passes over train_data (an int >= 0), got {epochs!r}")
-    if pass_cls.trains:
+    if pass_cls.trains and (epochs or not pass_cls.completes_untrained):
         if train_data is None or loss_fn is None or epochs < 1:
-            raise OptionError(f"method {method!r} decides by training: pass train_data=, loss_fn= and epochs= (>= 1), "
-                              "or use a data-free method (l1, l2, uniform, random; nap completes from the example inputs)")
+            raise OptionError(untrained_message(method, "pass train_data=, loss_fn= and epochs= (>= 1)"))
         result, searched = search(model, method, budget, example_inputs, train_data=train_data, loss_fn=loss_fn,
                                   epochs=epochs, lr=lr, optimizer=optimizer, **options)
         _train(result.model, train_data, loss_fn, lr, optimizer, searched, epochs)
         return result
+    reads_data = pass_cls.reads_data or pass_cls.trains  # lwdna's scores, nap's statistics rounds
     if epochs and train_data is None:
         raise OptionError(f"epochs={epochs} trains the slim model: pass train_data= and loss_fn= too (loss_fn may be "
                           "left out where dict batches give the model's own loss, as Hugging Face models do with labels)")
-    if not epochs and not pass_cls.reads_data and (train_data is not None or loss_fn is not None):
+    if not epochs and not reads_data and (train_data is not None or loss_fn is not None):
         raise OptionError(f"method {method!r} decides without data; train_data= and loss_fn= would only fine-tune the slim "
                           "model: pass epochs=N for that, or drop them")
-    if pass_cls.reads_data:
+    if reads_data:
         options.update(train_data=train_data, loss_fn=loss_fn)
     result = prepare(model, method, budget, example_inputs, **options).finish()
     if epochs:  # the everyday prune-then-fine-tune (lwdna: its re-initialized model trains from scratch)
@@ -281,6 +281,14 @@ def apply(
         result.report.notes.append(f"trained the slim model for {epochs} epochs: loss {history[0].train_loss:.4g} in the "
                                    f"first, {history[-1].train_loss:.4g} in the last")
     return result
+
+
+def untrained_message(method: str, fix: str) -> str:
+    """What to do with a method that decides by training when it is given no training (apply, the CLI)."""
+    from . import passes
+
+    free = ", ".join(n for n in passes.names() if passes.get(n).completes_untrained)
+    return f"method {method!r} decides by training: {fix}, or use a method that decides without it ({free})"
 
 
 def search(

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import passes
-from .api import prepare
+from .api import prepare, untrained_message
 from .budget_target import Budget
 from .errors import GraphPruneError
 from .export import export_onnx
@@ -46,14 +46,14 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
     x = torch.randn(*shape)
     budget = Budget.parse(args.budget, args.metric)
     options = dict(_option(o) for o in args.set or [])
+    if not passes.get(args.method).completes_untrained:
+        raise GraphPruneError(untrained_message(args.method, "the command line has no training data, so prune with it from Python "
+                                                f"(graphprune.apply(model, {args.method!r}, budget, x, train_data=..., "
+                                                "loss_fn=..., epochs=...))"))
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
         session = prepare(model, args.method, budget, x, round_to=_round_to(args.round_to), min_channels=args.min_channels,
                           specialize_submodules=args.specialize_submodules, **options)
     console.print(f"[green]analyzed[/green]: {len(session.gg.prunable_groups)} prunable groups of {len(session.gg.groups)}")
-    if session.method.unready():  # nap completes from the example input and says so; dsa, dhp need a training loop
-        raise GraphPruneError(f"{args.method} decides by training, and the command line has no training data: prune with it from "
-                              f"Python (graphprune.apply(model, {args.method!r}, budget, x, train_data=..., loss_fn=..., epochs=...)), "
-                              "or use a method that decides here: l1, l2, uniform, random, nap, lwdna")
     with console.status(f"{args.method}: allocating channels and slimming"):
         result = session.finish()
     result.report.print(console)
@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
+    trained = [n for n in passes.names() if not passes.get(n).completes_untrained]
     p.add_argument("--method", default="l1", choices=passes.names(), metavar="METHOD",
-                   help=f"pruning method: {', '.join(passes.names())} (default l1; dsa and dhp train: use them from Python)")
+                   help=f"pruning method: {', '.join(passes.names())} (default l1; {', '.join(trained)} train: use them from Python)")
     p.add_argument("--budget", required=True,
                    help="what the slim model keeps: a ratio of the full model (0.5), a percentage (50%%) or an absolute count (2000000)")
     p.add_argument("--metric", choices=("macs", "params"), default="macs")

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from .distributed import main_only
 from .errors import ExampleInputError, ExportError, GuardError
-from .trace import _split_inputs, guard
+from .trace import guard, mismatched_inputs, named_tensors, split_inputs
 
 
 @dataclasses.dataclass
@@ -76,30 +76,6 @@ class _TensorsOnly(torch.nn.Module):
         given = iter(tensors)
         args = tuple(next(given) if isinstance(v, torch.Tensor) else v for v in self.args)
         return self.model(*args, **{k: next(given) if isinstance(v, torch.Tensor) else v for k, v in self.kwargs.items()})
-
-
-def _named_tensors(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The example's tensors under their ONNX input names: ``input_<i>`` positionally, keywords as named."""
-    positional = {f"input_{i}": x for i, x in enumerate(x for x in args if isinstance(x, torch.Tensor))}
-    return {**positional, **{k: x for k, x in kwargs.items() if isinstance(x, torch.Tensor)}}
-
-
-def _mismatch(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
-    """Why the model may fail on its example inputs when one lies on another device, or holds another
-    floating dtype, than all of the model's weights; None where none does."""
-    weights = [*model.parameters(), *model.buffers()]
-    devices = {w.device for w in weights}
-    dtypes = {w.dtype for w in weights if w.is_floating_point()}
-    for name, x in tensors.items():
-        if len(devices) == 1 and x.device not in devices:
-            (device,) = devices
-            return (f"example input {name!r} is on {x.device} but the model's weights are on {device}: "
-                    f"give example inputs on the model's device (x.to('{device}')), or move the model")
-        if x.is_floating_point() and len(dtypes) == 1 and x.dtype not in dtypes:
-            (dtype,) = dtypes
-            return (f"example input {name!r} is {x.dtype} but the model's weights are {dtype}: "
-                    f"give example inputs of the weights' dtype (x.to({dtype})), or convert the model")
-    return None
 
 
 def _unchecked_guards(model: torch.nn.Module) -> list[str]:
@@ -208,8 +184,8 @@ def export_onnx(
     import onnx
     import onnxruntime as ort
 
-    args, kwargs = _split_inputs(example_inputs)
-    tensors = _named_tensors(args, kwargs)
+    args, kwargs = split_inputs(example_inputs)
+    tensors = named_tensors(args, kwargs)
     exported = model if not kwargs and len(tensors) == len(args) else _TensorsOnly(model, args, kwargs).eval()
     if verify and any(x.dtype == torch.bfloat16 for x in [*tensors.values(), *model.parameters(), *model.buffers()]):
         raise ExportError(
@@ -226,7 +202,7 @@ def export_onnx(
             with torch.no_grad():
                 output_count = len(_flat_outputs(exported(*tensors.values())))
         except Exception as exc:  # noqa: BLE001 - re-raised as it is unless the inputs do not match the weights
-            mismatch = _mismatch(model, tensors)
+            mismatch = mismatched_inputs(model, tensors)
             if mismatch is None:
                 raise
             raise ExampleInputError(mismatch) from exc

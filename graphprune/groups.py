@@ -219,18 +219,24 @@ class GroupGraph:
         return f"GroupGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
 
 
-def auto_round_to(size: int) -> int:
-    """The default channel multiple of a group of ``size`` channels: 8, or less in small groups.
+def auto_round_to(size: int, cap: int = 8) -> int:
+    """The default channel multiple of a group of ``size`` channels: 8 (at most ``cap``), or less in small groups.
 
-    Kernels run odd widths slowly (onnxruntime: mobilenet_v2 at 50% MACs with widths like 39 and
-    319 ran slower than unpruned, with multiples of 8 1.6x faster), while coarse steps in a small
-    group cost the budget's fit and the method's choice: each group keeps steps of at most 1/8 of
-    its size (16 channels: multiples of 2; 32: of 4; 64 and more: of 8).
+    Kernels run odd widths slowly (onnxruntime: mobilenet_v2 at 50% MACs with round_to=1 ran
+    slower than unpruned, see bench/results/ort_speed.md), while coarse steps in a small group cost
+    the budget's fit and the method's choice: each group keeps steps of at most 1/8 of its size
+    (16 channels: multiples of 2; 32: of 4; 64 and more: of 8).
     """
     step = 1
-    while step < 8 and size >= 16 * step:
+    while step < cap and size >= 16 * step:
         step *= 2
     return step
+
+
+def set_round_to(groups: Sequence[ChannelGroup], round_to: int | str, cap: int = 8) -> None:
+    """Give every group its channel multiple: ``round_to``, or with ``"auto"`` :func:`auto_round_to`."""
+    for g in groups:
+        g.round_to = auto_round_to(g.size, cap) if round_to == "auto" else round_to
 
 
 def build_groups(analysis: Analysis, round_to: int | str = 1) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray]:
@@ -277,7 +283,8 @@ def build_groups(analysis: Analysis, round_to: int | str = 1) -> tuple[list[Chan
         reason = reasons.get(g)
         if reason is None and not members[g]:
             reason = "no parameter produces these channels"
-        groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g), auto_round_to(size) if round_to == "auto" else round_to))
+        groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g)))
+    set_round_to(groups, round_to)
     return groups, atom_group, channel_index[channel]
 
 

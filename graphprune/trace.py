@@ -777,7 +777,7 @@ def trace(
     opaque leaves where their code needs a Python value from a traced one.
     Whatever the model's code stores in the model meanwhile is undone (see :class:`ModelState`).
     """
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     concrete_args = {**_none_arguments(model, args, kwargs), **_library_defaults(model, kwargs), **(concrete_args or {})}
     given = {**concrete_args, **kwargs}
 
@@ -794,6 +794,9 @@ def trace(
                 values, flops = propagate(gm, flat)
                 break
             except ExampleInputError as exc:
+                mismatch = mismatched_inputs(model, named_tensors(args, kwargs))
+                if mismatch is not None:
+                    raise ExampleInputError(f"{mismatch}\n  (running the model on them failed: {str(exc).splitlines()[0]})") from exc
                 leaf = _stale_module(exc, model, args, kwargs, leaves)
                 if leaf is None:
                     raise
@@ -1059,7 +1062,8 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
     return recorder.values, recorder.flops
 
 
-def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Example inputs as (positional, keyword): a tensor, a tuple of inputs or a dict of keyword inputs."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, dict):
@@ -1070,6 +1074,30 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]
         f"example_inputs must be a tensor, a tuple of inputs or a dict of keyword inputs, "
         f"got {type(example_inputs).__name__}"
     )
+
+
+def named_tensors(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The example's tensors by name: ``input_<i>`` positionally (as ONNX inputs are named), keywords as given."""
+    positional = {f"input_{i}": x for i, x in enumerate(x for x in args if isinstance(x, torch.Tensor))}
+    return {**positional, **{k: x for k, x in kwargs.items() if isinstance(x, torch.Tensor)}}
+
+
+def mismatched_inputs(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """What to change where an example input lies on another device, or holds another floating
+    dtype, than all of the model's weights (the likely cause of the model failing on it); None where none does."""
+    weights = [*model.parameters(), *model.buffers()]
+    devices = {w.device for w in weights}
+    dtypes = {w.dtype for w in weights if w.is_floating_point()}
+    for name, x in tensors.items():
+        if len(devices) == 1 and x.device not in devices:
+            (device,) = devices
+            return (f"example input {name!r} is on {x.device} but the model's weights are on {device}: "
+                    f"give example inputs on the model's device (x.to('{device}')), or move the model")
+        if x.is_floating_point() and len(dtypes) == 1 and x.dtype not in dtypes:
+            (dtype,) = dtypes
+            return (f"example input {name!r} is {x.dtype} but the model's weights are {dtype}: "
+                    f"give example inputs of the weights' dtype (x.to({dtype})), or convert the model")
+    return None
 
 
 def _forward_parameters(model: torch.nn.Module, count: int, concrete_args: Mapping[str, Any]) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from graphprune.allocate import fitted_rounding
 from graphprune.budget_target import Budget
 from graphprune.errors import OptionError
-from graphprune.groups import GroupGraph, auto_round_to
+from graphprune.groups import GroupGraph, set_round_to
 from graphprune.plan import Plan
 from graphprune.slim import slim
 
@@ -27,6 +27,7 @@ class MethodPass:
     holds_out: ClassVar[float] = 0.0  # fraction of the training data apply holds out as val_data for the search
     starts_trained: ClassVar[bool] = False  # expects a trained model (nap): benchmarks train it first, as for l1
     reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
+    completes_untrained: ClassVar[bool] = True  # gives a meaningful plan without a training loop (dsa, dhp: no)
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
@@ -34,8 +35,7 @@ class MethodPass:
         self.gg, self.budget, self.model = gg, budget, model
         self.min_channels, self.min_ratio = min_channels, min_ratio
         self.round_to = self.default_round_to if round_to is None else round_to
-        for g in gg.groups:
-            g.round_to = auto_round_to(g.size) if self.round_to == "auto" else self.round_to
+        set_round_to(gg.groups, self.round_to)
         if options:
             raise OptionError(f"method {self.name!r} got unknown options: {', '.join(sorted(options))}; it takes "
                               f"{', '.join(self.options())} (see help(graphprune.passes.get({self.name!r})))")
@@ -81,9 +81,9 @@ class MethodPass:
         """Why a plan decided now would mean nothing (None: it would mean what it says).
 
         ``Session.finish`` refuses such a plan unless forced, and then puts this in the report.
-        A method with a meaningful data-free completion (NAP) returns None even before it is ready.
+        A method that ``completes_untrained`` (NAP: from statistics rounds) never refuses.
         """
-        return None if self.ready() else f"{self.name} has not decided its plan yet"
+        return None if self.ready() or self.completes_untrained else f"{self.name} has not decided its plan yet"
 
     def plan(self) -> Plan:
         raise NotImplementedError

@@ -63,6 +63,7 @@ def normalized(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 class _ScorePass(MethodPass):
     default_round_to = "auto"  # a data-free prune is for deployment: widths the kernels run fast
+
     def scores(self) -> dict[int, np.ndarray]:
         raise NotImplementedError
 

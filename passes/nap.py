@@ -130,6 +130,7 @@ class NAPPass(ScheduledSearch):
     name = "nap"
     starts_trained = True
     trains = True
+    completes_untrained = True  # statistics rounds and OBS updates, said in its report
     window = (0.0, 0.2)
 
     def __init__(
@@ -256,10 +257,6 @@ class NAPPass(ScheduledSearch):
 
     def ready(self) -> bool:
         return self.done
-
-    def unready(self) -> None:
-        """Never refused: without training NAP completes from statistics rounds and says so in its report."""
-        return None
 
     # ------------------------------------------------------------- pacing
     def _pace(self, now: int, scores: Any) -> int:

@@ -62,6 +62,7 @@ class ScheduledSearch(MethodPass):
     """
 
     window: ClassVar[tuple[float, float]]
+    completes_untrained = False
     unready_source: ClassVar[str]  # what a plan decided before the search ends would come from
 
     def __init__(self, *args: Any, warmup: float | None = None, search_end: float | None = None, **kwargs: Any):
@@ -75,7 +76,7 @@ class ScheduledSearch(MethodPass):
         self.schedule = SearchSchedule(total_steps, self.warmup, self.search_end)
 
     def unready(self) -> str | None:
-        if self.ready():
+        if self.ready() or self.completes_untrained:
             return None
         when = ("it does not know the training schedule yet" if self.schedule is None else
                 f"it ends at optimizer step {self.schedule.end_step} of {self.schedule.total_steps}")
