@@ -4,8 +4,12 @@ Example inputs are what ``apply`` takes: a tensor, a tuple of positional inputs,
 forward's keyword inputs (``dict(input_ids=..., attention_mask=...)`` for a Hugging Face model),
 whose tensors become ONNX inputs of those names. ONNX graphs take tensors only: non-tensor example
 inputs (``model(x, 2)`` for a super-resolution scale, ``use_cache=False``) are baked into the
-exported graph as constants, and input names, the dynamic batch axis, onnxruntime's feeds and the
-doubled-batch check cover the tensor inputs only. ONNX cannot raise either: a graph traced along
+exported graph as constants, and input names, the dynamic axes, onnxruntime's feeds and the
+checks at other sizes cover the tensor inputs only. The batch axis is dynamic (dim 0 of every input
+whose first dim is the example's batch); for sequence models, whose integer token ids have shape
+(batch, length), so is the length (dim 1 of the ids and of the 2-dim masks and position ids that
+go with them, see :class:`graphprune.trace.InputSizes`), and onnxruntime is checked against PyTorch
+at twice the batch and at half the length too. ONNX cannot raise either: a graph traced along
 the example inputs' path (see graphprune.trace) exports that path without its guards, and the
 export warns where (``ExportReport.unchecked_guards``).
 """
@@ -26,7 +30,7 @@ import torch.fx as fx
 
 from .distributed import main_only
 from .errors import ExampleInputError, ExportError, GuardError
-from .trace import guard, mismatched_inputs, named_tensors, split_inputs
+from .trace import InputSizes, guard, mismatched_inputs, named_tensors, split_inputs
 
 
 @dataclasses.dataclass
@@ -40,6 +44,8 @@ class ExportReport:
     output_scale: float
     dynamic_batch_checked: bool
     unchecked_guards: list[str] = dataclasses.field(default_factory=list)  # where the ONNX graph cannot re-check its path
+    dynamic_length_checked: bool = False  # a sequence model's length axis is dynamic and checked at another length
+    checked_sizes: list[str] = dataclasses.field(default_factory=list)  # the input sizes onnxruntime was compared at
 
     @property
     def relative_diff(self) -> float:
@@ -126,8 +132,21 @@ def _silenced() -> Iterator[None]:
 _TRY = "another opset (opset=18 or newer), or replace the operation named above with ones ONNX supports"
 
 
+def _dynamic_axes(named: dict[str, torch.Tensor], sizes: InputSizes | None, batch: bool,
+                  length: bool) -> dict[str, dict[int, str]]:
+    """The dynamic axes of each input, by name: dim 0 of batched inputs, dim 1 of sequenced ones (see InputSizes)."""
+    axes: dict[str, dict[int, str]] = {}
+    for name, x in named.items():
+        found = {0: "batch"} if batch and sizes.batched(x) else {}
+        if length and sizes.sequenced(x):
+            found[1] = "length"
+        if found:
+            axes[name] = found
+    return axes
+
+
 def _export(model, named: dict[str, torch.Tensor], output_count: int, path: str, exporter: str, opset: int | None,
-            dynamic_batch: bool) -> str:
+            axes: dict[str, dict[int, str]]) -> str:
     names, inputs = list(named), tuple(named.values())
     outputs = [f"output_{i}" for i in range(output_count)]  # naming outputs also keeps the exporter from reading an fx graph as a TorchScript one
     script_error = None
@@ -136,15 +155,15 @@ def _export(model, named: dict[str, torch.Tensor], output_count: int, path: str,
             with _silenced():
                 torch.onnx.export(
                     model, inputs, path, dynamo=False, input_names=names, output_names=outputs, opset_version=opset or 17,
-                    dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
+                    dynamic_axes=axes or None,
                 )
             return "torchscript"
         except Exception as exc:  # noqa: BLE001 - any exporter failure falls through to dynamo
             if exporter == "torchscript":
                 raise ExportError(f"the TorchScript ONNX exporter failed: {_cause(exc)}\n  Try exporter='dynamo' or {_TRY}.") from exc
             script_error = exc
-    batch = torch.export.Dim("batch", min=1) if dynamic_batch else None
-    shapes = tuple({0: batch} if dynamic_batch else None for _ in inputs)
+    dims = {"batch": torch.export.Dim("batch", min=1), "length": torch.export.Dim("length", min=1)}
+    shapes = tuple({dim: dims[axis] for dim, axis in axes[n].items()} if n in axes else None for n in names)
     if isinstance(model, _TensorsOnly):
         shapes = (shapes,)  # forward(*tensors) takes the tensors as one argument
     try:
@@ -160,6 +179,35 @@ def _export(model, named: dict[str, torch.Tensor], output_count: int, path: str,
     return "dynamo"
 
 
+#: the export options that make each checked size dynamic
+_OPTION = {"the example inputs": "dynamic_batch=False and dynamic_length=False",
+           "twice the example's batch": "dynamic_batch=False", "another length": "dynamic_length=False"}
+
+
+def _checked_inputs(named: dict[str, torch.Tensor], sizes: InputSizes | None, batch: bool,
+                    length: bool) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    """The inputs onnxruntime is compared with PyTorch at, each with what it varies: the example,
+    twice its batch (the example's rows, then them reversed), another length (the first half of
+    the positions; 2 at length 1, the position repeated)."""
+    inputs = tuple(named.values())
+    checked = [("the example inputs", inputs)]
+    if batch:
+        checked.append(("twice the example's batch", tuple(
+            torch.cat([x, x.flip(0)]) if sizes.batched(x) else x for x in inputs)))
+    if length:
+        other = sizes.length // 2 if sizes.length > 1 else 2
+        checked.append(("another length", tuple(sizes.resized(x, length=other) for x in inputs)))
+    return checked
+
+
+def _describe_sizes(inputs: tuple[torch.Tensor, ...]) -> str:
+    """The batch size and length of these inputs, as the report lists them."""
+    sizes = InputSizes.of(inputs)
+    if sizes is None:
+        return "unbatched inputs"
+    return f"batch {sizes.batch}" + ("" if sizes.length is None else f", length {sizes.length}")
+
+
 @main_only
 def export_onnx(
     model: torch.nn.Module,
@@ -170,13 +218,16 @@ def export_onnx(
     opset: int | None = None,
     exporter: str = "auto",
     tolerance: float = 1e-4,
+    dynamic_length: bool = True,
 ) -> ExportReport | None:
     """Export ``model`` to ONNX and check onnxruntime reproduces PyTorch's outputs.
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs (see the
     module docstring). ``exporter``: "auto" (TorchScript exporter, falling back to torch.export),
     "torchscript" or "dynamo". ``tolerance``: allowed max |onnx - torch| relative to the largest
-    output magnitude. With ``dynamic_batch`` the check also runs a batch twice as large as the example.
+    output magnitude. With ``dynamic_batch`` the check also runs a batch twice as large as the example;
+    with ``dynamic_length`` a sequence model's length axis is dynamic too, and the check also runs
+    half the example's length (``ExportReport.checked_sizes`` lists the sizes checked).
     Raises ExportError where the export or its check fails, ExampleInputError where the model fails on
     example inputs that lie on another device, or hold another float dtype, than its weights.
     Under torchrun only rank 0 exports (and checks); the other ranks get None.
@@ -206,7 +257,11 @@ def export_onnx(
             if mismatch is None:
                 raise
             raise ExampleInputError(mismatch) from exc
-        used = _export(exported, tensors, output_count, path, exporter, opset, dynamic_batch)
+        sizes = InputSizes.of(tensors.values())
+        dynamic_batch = dynamic_batch and sizes is not None  # no tensor with a batch dim: nothing to make dynamic
+        dynamic_length = dynamic_length and sizes is not None and sizes.length is not None  # not a sequence model
+        axes = _dynamic_axes(tensors, sizes, dynamic_batch, dynamic_length)
+        used = _export(exported, tensors, output_count, path, exporter, opset, axes)
         opset_used = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 0)
         size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
         report = ExportReport(path, used, opset_used, size, _providers()[0], 0.0, 0.0, False, _unchecked_guards(model))
@@ -223,20 +278,21 @@ def export_onnx(
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ExportError(f"onnxruntime cannot load the exported model: {_cause(exc)}\n  Try {_TRY}.") from exc
         taken = {i.name for i in session.get_inputs()}  # the exporter drops inputs the outputs do not depend on
-        batches = [tuple(tensors.values())] + ([tuple(torch.cat([x, x.flip(0)]) for x in tensors.values())] if dynamic_batch else [])
-        for doubled, batch in enumerate(batches):
+        for what, inputs in _checked_inputs(tensors, sizes, dynamic_batch, dynamic_length):
             try:
                 with torch.no_grad():
-                    want = [w.cpu().numpy() for w in _flat_outputs(exported(*batch))]
-            except GuardError as exc:  # only the doubled batch can take another path than the example
-                raise ExportError(f"the model rejects twice the example's batch: {exc}\n  Export with dynamic_batch=False.") from exc
-            feed = {name: x.detach().cpu().numpy() for name, x in zip(tensors, batch) if name in taken}
+                    want = [w.cpu().numpy() for w in _flat_outputs(exported(*inputs))]
+            except GuardError as exc:  # only other sizes can take another path than the example
+                raise ExportError(f"the model rejects {what}: {exc}\n  Export with {_OPTION[what]}.") from exc
+            except Exception as exc:  # noqa: BLE001 - it ran on the example: this size does not fit the model
+                raise ExportError(f"the model fails on {what} in PyTorch: {_cause(exc)}\n  Export with {_OPTION[what]}.") from exc
+            feed = {name: x.detach().cpu().numpy() for name, x in zip(tensors, inputs) if name in taken}
             try:
                 got = session.run(None, feed)
             except Exception as exc:  # noqa: BLE001
                 raise ExportError(
-                    f"onnxruntime cannot run the exported model{' on twice the batch' if doubled else ''}: {_cause(exc)}\n"
-                    "  Try dynamic_batch=False if the model only runs at the example's batch size, or " + _TRY + "."
+                    f"onnxruntime cannot run the exported model on {what}: {_cause(exc)}\n"
+                    f"  Try {_OPTION[what]} if the model only runs at the example's sizes, or {_TRY}."
                 ) from exc
             if len(got) != len(want):
                 raise ExportError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(want)}")
@@ -245,7 +301,8 @@ def export_onnx(
                     raise ExportError(f"output shape {g.shape} in onnxruntime vs {w.shape} in PyTorch")
                 report.max_abs_diff = max(report.max_abs_diff, float(np.abs(w - g).max(initial=0.0)))
                 report.output_scale = max(report.output_scale, float(np.abs(w).max(initial=0.0)))
-        report.dynamic_batch_checked = dynamic_batch
+            report.checked_sizes.append(_describe_sizes(inputs))
+        report.dynamic_batch_checked, report.dynamic_length_checked = dynamic_batch, dynamic_length
         if report.relative_diff > tolerance:
             raise ExportError(
                 f"onnxruntime disagrees with PyTorch: max |diff| {report.max_abs_diff:.3g} "

@@ -14,7 +14,13 @@ computing something else. This keeps one graph over the whole model, so channels
 top-level submodules (splitting the model into separately analyzed submodules would freeze every
 channel at their boundaries), and the slim model stays an ``fx.GraphModule`` like any other.
 Values computed from channel counts only need no guard (no input changes a model's channel
-counts), so they become constants the slim pass rewrites like any literal.
+counts), so they become constants the slim pass rewrites like any literal. Nor do conditions on
+input sizes whose other path the graph computes too: the graph runs at batch 1 and, for sequence
+models, length 1 (2 where the example's is 1) past its guards, and a condition that changed there
+while the graph still gave the model's own outputs loses its guard (see
+:func:`_unguard_size_branches`); the graph then runs at the batch sizes and lengths the model runs
+at. Where the example's path at batch 1 misses one wider inputs take (an expand to the batch size),
+the model is traced at batch 2 and checked at the example's batch.
 
 Hugging Face transformers models are captured by this tracer too (transformers 5 no longer ships
 ``transformers.utils.fx``; ``torch.export`` would give an aten graph the rule table does not read,
@@ -156,16 +162,21 @@ class Specialization:
     """A Python value the top-level forward took from the example inputs while being traced along
     their path: a branch condition (``bool``), an ``int``/``float``/index, or a length; or
     ``mode``, False: the forward branches on ``self.training`` and the graph holds its eval path.
+    (Where the model was traced at batch or length 2 for an example's 1, see :func:`trace`, the
+    value is those inputs'.)
 
     ``guarded``: the graph re-checks it at run time and raises :class:`GuardError` when an input
     gives another value. Values computed from channel counts only are not guarded: no input
-    changes them, and a guard would stop the channels from being pruned.
+    changes them, and a guard would stop the channels from being pruned. Nor are conditions on
+    input sizes whose other path the graph was shown to compute too: ``checked_at`` names the
+    input sizes where the graph, run past the condition, gave the model's own outputs.
     """
 
     location: str
     conversion: str
     value: Any
     guarded: bool = True
+    checked_at: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -775,39 +786,83 @@ def trace(
     path; ``specializations`` records every value taken from them (see the module docstring).
     ``specialize_submodules``: submodules are traced along that path too, instead of becoming
     opaque leaves where their code needs a Python value from a traced one.
+    The graph runs at other batch sizes and lengths where the model does: conditions on sizes
+    whose other path it computes too lose their guards (:func:`_unguard_size_branches`); where the
+    example has batch (or length) 1 and the graph cannot run wider inputs, the model is traced at
+    2 instead and kept where it runs the example (its values are still the example's).
     Whatever the model's code stores in the model meanwhile is undone (see :class:`ModelState`).
     """
     args, kwargs = split_inputs(example_inputs)
     concrete_args = {**_none_arguments(model, args, kwargs), **_library_defaults(model, kwargs), **(concrete_args or {})}
-    given = {**concrete_args, **kwargs}
-
-    def example_values(placeholders: list[fx.Node]) -> list[Any]:
-        return _bind_placeholders(placeholders, _forward_parameters(model, len(placeholders), concrete_args), args, given)
-
-    leaves, stale = list(leaf_modules), []
-    with _unchanged(model):  # the graphs, propagation and _stale_module's run all run the model's code
-        while True:
-            gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, concrete_args, example_values,
-                                                                  specialize_submodules)
-            flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
-            try:
-                values, flops = propagate(gm, flat)
-                break
-            except ExampleInputError as exc:
-                mismatch = mismatched_inputs(model, named_tensors(args, kwargs))
-                if mismatch is not None:
-                    raise ExampleInputError(f"{mismatch}\n  (running the model on them failed: {str(exc).splitlines()[0]})") from exc
-                leaf = _stale_module(exc, model, args, kwargs, leaves)
-                if leaf is None:
-                    raise
-                leaves.append(leaf)
-                stale.append(Fallback(leaf, f"its traced graph failed where the model runs: {str(exc).splitlines()[0]}",
-                                      "<traced graph>"))
-    fallbacks = stale + fallbacks
-    traced = TracedModel(model, gm, values, flops, fallbacks, flat, [s for s, _ in guards] + mode)
-    if guards:
-        _unguard_channel_counts(traced, guards)
+    call = _Call(model, leaf_modules, concrete_args, specialize_submodules)
+    traced, blocked = call.trace(args, kwargs)
+    wider = _widened(args, kwargs) if blocked else None
+    if wider is not None:  # the example's path misses one wider inputs take (an expand to the batch size)
+        try:
+            general = call.trace(*wider)[0]
+        except GraphPruneError:  # the model does not trace at the wider inputs: the example's graph stays
+            return traced
+        traced = _at_example(general, traced, call.bind(args, kwargs))
     return traced
+
+
+@dataclasses.dataclass
+class _Call:
+    """How :func:`trace` traces ``model``, at whichever inputs."""
+
+    model: torch.nn.Module
+    leaf_modules: Iterable[str | type]
+    concrete_args: Mapping[str, Any]
+    specialize_submodules: bool
+
+    def bind(self, args: tuple, kwargs: dict[str, Any]) -> Callable[[list[fx.Node]], list[Any]]:
+        """The graph's placeholder values for inputs called as ``model(*args, **kwargs)``."""
+        given = {**self.concrete_args, **kwargs}
+        return lambda placeholders: _bind_placeholders(
+            placeholders, _forward_parameters(self.model, len(placeholders), self.concrete_args), args, given)
+
+    def trace(self, args: tuple, kwargs: dict[str, Any]) -> tuple[TracedModel, bool]:
+        """The model traced along the path of ``args``/``kwargs`` and propagated through them; and
+        whether a condition on sizes keeps its guard because another size took a path the graph
+        misses (see :func:`_unguard_size_branches`)."""
+        model, example_values = self.model, self.bind(args, kwargs)
+        leaves, stale = list(self.leaf_modules), []
+        with _unchanged(model):  # the graphs, propagation and _stale_module's run all run the model's code
+            while True:
+                gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, self.concrete_args, example_values,
+                                                                      self.specialize_submodules)
+                flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
+                try:
+                    values, flops = propagate(gm, flat)
+                    break
+                except ExampleInputError as exc:
+                    mismatch = mismatched_inputs(model, named_tensors(args, kwargs))
+                    if mismatch is not None:
+                        raise ExampleInputError(f"{mismatch}\n  (running the model on them failed: {str(exc).splitlines()[0]})") from exc
+                    leaf = _stale_module(exc, model, args, kwargs, leaves)
+                    if leaf is None:
+                        raise
+                    leaves.append(leaf)
+                    stale.append(Fallback(leaf, f"its traced graph failed where the model runs: {str(exc).splitlines()[0]}",
+                                          "<traced graph>"))
+        traced = TracedModel(model, gm, values, flops, stale + fallbacks, flat, [s for s, _ in guards] + mode)
+        if not guards:
+            return traced, False
+        _unguard_channel_counts(traced, guards)
+        return traced, _unguard_size_branches(traced, guards, args, kwargs, self)
+
+
+def _at_example(general: TracedModel, traced: TracedModel, example_values: Callable[[list[fx.Node]], list[Any]]) -> TracedModel:
+    """``general``, traced at wider inputs than the example, with the example's values where its
+    guards let the example through (its conditions on sizes were checked there); else ``traced``."""
+    flat = example_values([n for n in general.gm.graph.nodes if n.op == "placeholder"])
+    with _unchanged(general.model):
+        try:
+            general.values, general.flops = propagate(general.gm, flat)
+        except GraphPruneError:
+            return traced
+    general.placeholder_values = flat
+    return general
 
 
 _Traced = tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], dict[str, str]]
@@ -980,6 +1035,170 @@ def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specializati
     traced.gm.recompile()
 
 
+def _unguard_size_branches(
+    traced: TracedModel, guards: list[tuple[Specialization, fx.Node]], args: tuple, kwargs: dict[str, Any], call: _Call,
+) -> bool:
+    """Remove the guards of conditions on sizes whose other path the graph is shown to compute too;
+    return whether one keeps its guard because the graph failed or differed where it changed.
+
+    Such a condition is decided by the input's shape: Hugging Face's mask code expands position
+    ids to the batch size ``if batch_size != position_ids.shape[0]``, a no-op where they are equal,
+    and its attention takes other (equivalent) paths at length 1. With their guards the graph would
+    refuse batch sizes and lengths the model runs at. The graph runs at other sizes
+    (:func:`_at_other_sizes`) with its guards recording instead of raising; where only such
+    conditions changed and its outputs equal the model's own on the same inputs (both in eval mode),
+    each condition that changed has had both its values checked against the model, and its guard
+    goes. A condition that changed where the outputs differ, where either run fails or where another
+    guard changed (a data branch, an int) keeps its guard, as does one no other size changed.
+    Nothing can be compared on the meta device: its guards stay.
+    """
+    candidates = {node for spec, node in guards if spec.guarded and spec.conversion == "bool"
+                  and _size_sources(node.args[0], traced.values) is not None}
+    model, gm = traced.model, traced.gm
+    tensors = [*model.parameters(), *model.buffers(), *named_tensors(args, kwargs).values()]
+    if not candidates or any(t.device.type == "meta" for t in tensors):
+        return False
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    passed: dict[fx.Node, list[str]] = {}
+    failed: set[fx.Node] = set()
+    with _unchanged(model), _in_eval(model, gm), torch.no_grad():
+        for label, other_args, other_kwargs in _at_other_sizes(args, kwargs):
+            runner = _GuardRecorder(gm)
+            got = _outcome(lambda: runner.run(*call.bind(other_args, other_kwargs)(placeholders)))
+            changed = [n for n, value in runner.seen.items() if value != n.args[2]]
+            if not changed:
+                continue
+            same = (got is not _FAILED and candidates.issuperset(changed)
+                    and _same_outputs(_outcome(lambda: _call(model, other_args, other_kwargs, call.concrete_args)), got))
+            for n in candidates.intersection(changed):
+                if same:
+                    passed.setdefault(n, []).append(label)
+                else:
+                    failed.add(n)
+    specs = {node: spec for spec, node in guards}
+    for node, labels in passed.items():
+        if node not in failed:
+            specs[node].guarded, specs[node].checked_at = False, tuple(labels)
+            _erase_with_dead_inputs(node, traced)
+    gm.recompile()
+    return bool(failed)
+
+
+def _at_other_sizes(args: tuple, kwargs: dict[str, Any]) -> list[tuple[str, tuple, dict[str, Any]]]:
+    """The example inputs at another batch size, and for sequence models at another length and at
+    both (see :class:`InputSizes`), each with what differs: batch 1 (2 where the example's is 1),
+    length 1 (2).
+
+    Conditions on sizes compare them with 1 (``q_length > 1``) or with each other (a tensor of one
+    row against the batch), so these sizes give them their other values; a condition none of them
+    changes keeps its guard, which is safe.
+    """
+    sizes = InputSizes.of((*args, *kwargs.values()))
+    if sizes is None:
+        return []
+    other_batch = 1 if sizes.batch > 1 else 2
+    others = [(other_batch, None)]
+    if sizes.length is not None:
+        other_length = 1 if sizes.length > 1 else 2
+        others += [(None, other_length), (other_batch, other_length)]
+    return [
+        (", ".join(f"{what} {size}" for what, size in (("batch", b), ("length", n)) if size is not None),
+         *sizes.call_at(args, kwargs, b, n))
+        for b, n in others
+    ]
+
+
+def _widened(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+    """The example inputs at batch 2 where theirs is 1, and at length 2 where theirs is 1 (see
+    :class:`InputSizes`); None where they are wider already. Paths special to size 1 (a no-op
+    expand left out, a decoding fast path) are then conditions the wider trace checks at the
+    example's size."""
+    sizes = InputSizes.of((*args, *kwargs.values()))
+    if sizes is None or sizes.batch > 1 and (sizes.length is None or sizes.length > 1):
+        return None
+    return sizes.call_at(args, kwargs, 2 if sizes.batch == 1 else None, 2 if sizes.length == 1 else None)
+
+
+class _GuardRecorder(GraphRunner):
+    """Runs a graph past its guards, recording the value each got (converted as it checks it)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.seen: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "call_function" and n.target is guard:
+            value = self.env[n.args[0]] if isinstance(n.args[0], fx.Node) else n.args[0]
+            self.seen[n] = _CONVERSIONS[n.args[1]](value)
+            return None
+        return super().run_node(n)
+
+
+_FAILED = object()
+
+
+def _outcome(run: Callable[[], Any]) -> Any:
+    """What ``run`` returns, or _FAILED where it raises (then nothing is shown at that size)."""
+    try:
+        return run()
+    except Exception:  # noqa: BLE001 - any failure only means the guards it would check stay
+        return _FAILED
+
+
+def _call(model: torch.nn.Module, args: tuple, kwargs: dict[str, Any], concrete_args: Mapping[str, Any]) -> Any:
+    """``model`` called as its graph is: with the concrete args it was traced with (``use_cache=False``)."""
+    try:
+        positional = inspect.signature(model.forward).bind_partial(*args).arguments
+    except TypeError:
+        positional = {}
+    extra = {k: v for k, v in concrete_args.items() if k not in positional and k not in kwargs}
+    return model(*args, **kwargs, **extra)
+
+
+def _same_outputs(want: Any, got: Any) -> bool:
+    """Whether two outputs hold the same values: tensors within a few roundings of their scale
+    (equivalent paths may order a reduction differently), anything else equal."""
+    if want is _FAILED:
+        return False
+    want, got = _leaves(want), _leaves(got)
+    if len(want) != len(got):
+        return False
+    for w, g in zip(want, got):
+        if not isinstance(w, torch.Tensor) or not isinstance(g, torch.Tensor):
+            if isinstance(w, torch.Tensor) or isinstance(g, torch.Tensor) or not _is_python_constant(w) or w != g:
+                return False
+        elif w.shape != g.shape or w.dtype != g.dtype:
+            return False
+        elif not w.is_floating_point():
+            if not torch.equal(w, g):
+                return False
+        elif not (torch.isfinite(w).all() and torch.isfinite(g).all()):
+            return False
+        elif w.numel() and (w - g).abs().max() > min(64 * torch.finfo(w.dtype).eps, 1e-2) * w.abs().max():
+            return False
+    return True
+
+
+def _leaves(out: Any) -> list[Any]:
+    """The values of a (nested) output, in order; a dict's (a Hugging Face ModelOutput's) values."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [leaf for o in out for leaf in _leaves(o)]
+    return [out]
+
+
+@contextlib.contextmanager
+def _in_eval(*modules: torch.nn.Module) -> Iterator[None]:
+    """Every module of ``modules`` in eval mode for the block (as :func:`propagate` runs the graph), then back."""
+    modes = {m: m.training for root in modules for m in root.modules()}
+    set_training((m, False) for m in modes)
+    try:
+        yield
+    finally:
+        set_training(modes.items())
+
+
 def _size_sources(value: Any, values: Mapping[fx.Node, Any]) -> list[tuple[fx.Node, int | None]] | None:
     """The (tensor, dim) sizes a Python value was computed from (dim None: the tensor's rank), or
     None when it depends on anything else: tensor values, a model input, an op that is not arithmetic."""
@@ -1080,6 +1299,52 @@ def named_tensors(args: tuple, kwargs: dict[str, Any]) -> dict[str, torch.Tensor
     """The example's tensors by name: ``input_<i>`` positionally (as ONNX inputs are named), keywords as given."""
     positional = {f"input_{i}": x for i, x in enumerate(x for x in args if isinstance(x, torch.Tensor))}
     return {**positional, **{k: x for k, x in kwargs.items() if isinstance(x, torch.Tensor)}}
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSizes:
+    """The example inputs' batch size (their first tensor's first dim) and, where an integer input
+    has shape (batch, length) (token ids), length: the sizes a graph should run at other values of.
+
+    Tensors whose first dim is the batch's are batched; 2-dim ones of shape (batch or 1, length)
+    (ids, masks, position ids) have the length at dim 1.
+    """
+
+    batch: int
+    length: int | None
+
+    @staticmethod
+    def of(values: Iterable[Any]) -> InputSizes | None:
+        """The sizes of these example inputs; None without a tensor of at least one dim."""
+        tensors = [t for t in values if isinstance(t, torch.Tensor) and t.ndim]
+        if not tensors:
+            return None
+        batch = tensors[0].shape[0]
+        ids = next((t for t in tensors if t.ndim == 2 and t.shape[0] == batch and not t.is_floating_point()
+                    and not t.is_complex() and t.dtype != torch.bool), None)
+        return InputSizes(batch, None if ids is None else ids.shape[1])
+
+    def batched(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == self.batch
+
+    def sequenced(self, value: Any) -> bool:
+        return (self.length is not None and isinstance(value, torch.Tensor) and value.ndim == 2
+                and value.shape[1] == self.length and value.shape[0] in (self.batch, 1))
+
+    def resized(self, value: Any, batch: int | None = None, length: int | None = None) -> Any:
+        """``value`` at another batch size and/or length, taking the example's rows and positions
+        cyclically (the first ones where smaller); anything else as it is."""
+        if length is not None and self.sequenced(value):
+            value = value.index_select(1, torch.arange(length, device=value.device) % self.length)
+        if batch is not None and self.batched(value):
+            value = value.index_select(0, torch.arange(batch, device=value.device) % self.batch)
+        return value
+
+    def call_at(self, args: tuple, kwargs: dict[str, Any], batch: int | None = None,
+                length: int | None = None) -> tuple[tuple, dict[str, Any]]:
+        """Positional and keyword example inputs resized (see :meth:`resized`)."""
+        return (tuple(self.resized(a, batch, length) for a in args),
+                {k: self.resized(v, batch, length) for k, v in kwargs.items()})
 
 
 def mismatched_inputs(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:

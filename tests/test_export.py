@@ -103,3 +103,51 @@ def test_export_warns_where_onnx_cannot_check_the_traced_path(tmp_path):
     with pytest.warns(UserWarning, match="cannot check.*x.mean\\(\\) > 0"):
         report = graphprune.export_onnx(slim, str(tmp_path / "m.onnx"), x)
     assert len(report.unchecked_guards) == 1 and report.relative_diff < 1e-5
+
+
+class TokenMLP(torch.nn.Module):
+    """Token ids and their mask, (batch, length) each: a sequence model."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 8)
+
+    def forward(self, ids, mask):
+        h = self.emb(ids) * mask[..., None]
+        return self.fc2(torch.relu(self.fc1(h))).sum(1)
+
+
+class FixedLength(torch.nn.Module):
+    """Flattens the whole sequence into one linear layer: it runs at its example's length only."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = torch.nn.Embedding(50, 4), torch.nn.Linear(8 * 4, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids).flatten(1))
+
+
+def test_sequence_inputs_get_dynamic_batch_and_length(tmp_path):
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8)
+    mask[1, 6:] = 0
+    model = TokenMLP().eval()
+    report = graphprune.export_onnx(model, str(tmp_path / "t.onnx"), dict(ids=ids, mask=mask))
+    assert report.exporter == "torchscript" and report.dynamic_batch_checked and report.dynamic_length_checked
+    assert report.checked_sizes == ["batch 2, length 8", "batch 4, length 8", "batch 2, length 4"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "t.onnx"))
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("ids", ["batch", "length"]), ("mask", ["batch", "length"])]
+    ids, mask = torch.randint(0, 50, (3, 5)), torch.ones(3, 5)
+    (got,) = session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})
+    assert abs(got - model(ids, mask).detach().numpy()).max() < 1e-5
+
+
+def test_a_model_of_one_length_names_the_option_that_fixes_it(tmp_path):
+    ids = torch.randint(0, 50, (2, 8))
+    with pytest.raises(graphprune.ExportError, match="(?s)fails on another length in PyTorch.*dynamic_length=False"):
+        graphprune.export_onnx(FixedLength().eval(), str(tmp_path / "f.onnx"), ids)
+    report = graphprune.export_onnx(FixedLength().eval(), str(tmp_path / "f.onnx"), ids, dynamic_length=False)
+    assert not report.dynamic_length_checked and report.checked_sizes == ["batch 2, length 8", "batch 4, length 8"]
+    assert onnxruntime.InferenceSession(str(tmp_path / "f.onnx")).get_inputs()[0].shape == ["batch", 8]
