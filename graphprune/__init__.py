@@ -7,8 +7,9 @@ derives the exact MACs/params model in the groups' keep ratios.
 from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
 from .budget import BudgetModel
 from .budget_target import Budget
-from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelSpecError,
-                     NotReadyError, OptionError, TraceError)
+from .checkpoint import load
+from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelRebuildError,
+                     ModelSpecError, NotReadyError, OptionError, TraceError)
 from .groups import ChannelGroup, GroupGraph, Member, analyze
 from .export import ExportReport, export_onnx
 from .plan import Plan, PlanError
@@ -21,6 +22,7 @@ __all__ = [
     "analyze",
     "apply",
     "apply_plan",
+    "load",
     "prepare",
     "Session",
     "PruneResult",
@@ -52,6 +54,7 @@ __all__ = [
     "ModelSpecError",
     "DistributedError",
     "GuardError",
+    "ModelRebuildError",
     "NotReadyError",
     "OptionError",
 ]

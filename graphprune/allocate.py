@@ -7,17 +7,22 @@ step (a wide layer's channel), so removed channels are then given back, most imp
 wherever the budget still allows. Per-group floors (``min_channels``,
 ``min_ratio``) and ``round_to`` are respected: a group never drops below its floor and keeps a
 multiple of its ``round_to`` unless that would exceed its size.
+
+``uniform_layers`` ties counts: the groups of one role (each layer's MLP hidden dim, ...) are one
+unit of the allocation (:class:`Allocation`), so the search, the give-back, ``fill_up`` and the
+ratio bisection all move them together and the budget is met exactly as for lone groups; no count
+is equalized after the fact.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .budget_target import Budget
-from .errors import BudgetError
+from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, set_round_to
 from .plan import Plan
 
@@ -35,54 +40,102 @@ def round_up(count, round_to, size):
     return rounded if isinstance(rounded, np.ndarray) else int(rounded)
 
 
+Roles = Sequence[Sequence[int]]
+"""Groups whose kept counts are tied (``uniform_layers``: :func:`graphprune.groups.layer_roles`)."""
+
+
 class Allocation:
     """Kept counts of the prunable groups as a function of which low-score channels are removed.
 
-    Counts are arrays over ``groups`` (in the budget model's group order), so a search evaluates
-    all groups at once; ``counts`` gives them as {group id: kept count}.
+    The unit of allocation is a *role*: groups tied to one kept count (``roles``; a group in no role
+    is a role of its own, so without roles every group is allocated alone). A role's k-th channel
+    is its groups' k-th lowest channels together, scored by the mean of their scores: on the same
+    scale as a lone group's channels, so a role of many layers competes with the groups that are
+    not repeated (a sum would grow with the number of layers and push the residual stream to its
+    floor first). Removing it costs what removing all of them does; each group still keeps its own
+    highest-scoring channels (:meth:`plan`). Floors and ceilings of a role are the strictest of its
+    groups', its ``round_to`` the coarsest.
+
+    Counts are arrays over ``units`` (the roles, ordered by their first group in ``scores``), so a
+    search evaluates all of them at once; ``by_id`` and ``counts`` give them as {group id: kept count}.
     """
 
     def __init__(self, gg: GroupGraph, scores: dict[int, np.ndarray], min_channels: int = 1, min_ratio: float = 0.0,
-                 floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None):
+                 floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None, roles: Roles | None = None):
         self.gg = gg
         self.groups = [g for g in gg.prunable_groups if g.id in scores]
         self.scores = scores
-        # every channel's group, lowest score first (a stable sort: ties keep group order, then channel order)
-        gids = list(scores)
-        flat = np.concatenate([np.asarray(scores[gid], dtype=np.float64).reshape(-1) for gid in gids]) if gids else np.zeros(0)
-        owner = np.repeat(np.asarray(gids, dtype=np.int64), [np.size(scores[gid]) for gid in gids])
-        self.ranked_groups = owner[np.argsort(flat, kind="stable")]
-        self.floors = {g.id: max(floor_of(g.size, g.round_to, min_channels, min_ratio), (floors or {}).get(g.id, 0))
-                       for g in self.groups}  # ``floors``: per-group minimum counts on top (LW-DNA's Eq. 11)
-        # ``ceilings``: per-group maximum counts (NAP: channels already zeroed for good never come back)
-        self.ceilings = {g.id: (ceilings or {}).get(g.id, g.size) for g in self.groups}
+        row = {g.id: i for i, g in enumerate(self.groups)}
+        self.units = tie([gid for gid in scores if gid in row], roles)
         self.ids = np.array([g.id for g in self.groups], dtype=np.int64)
-        self.sizes = np.array([g.size for g in self.groups], dtype=np.int64)
-        self._round = np.array([g.round_to for g in self.groups], dtype=np.int64)
-        self._floor = np.array([self.floors[g.id] for g in self.groups], dtype=np.int64)
-        self._ceiling = np.array([self.ceilings[g.id] for g in self.groups], dtype=np.int64)
-        self.row = np.full(len(gg.groups), -1, dtype=np.int64)  # group id -> its index in ``groups``
-        self.row[self.ids] = np.arange(len(self.groups))
+        self.unit_of = np.empty(len(self.groups), dtype=np.int64)  # row of ``groups`` -> its unit
+        for u, gids in enumerate(self.units):
+            self.unit_of[[row[gid] for gid in gids]] = u
+            if len({gg.groups[gid].size for gid in gids}) > 1:
+                raise GraphPruneError(f"groups {gids} are tied to one kept count but differ in size; tie only groups of one size")
+        floor = {g.id: max(floor_of(g.size, g.round_to, min_channels, min_ratio), (floors or {}).get(g.id, 0))
+                 for g in self.groups}  # ``floors``: per-group minimum counts on top (LW-DNA's Eq. 11)
+        # ``ceilings``: per-group maximum counts (NAP: channels already zeroed for good never come back)
+        ceiling = {g.id: (ceilings or {}).get(g.id, g.size) for g in self.groups}
+        first = [gg.groups[gids[0]] for gids in self.units]
+        self.sizes = np.array([g.size for g in first], dtype=np.int64)
+        self._round = np.array([max(gg.groups[gid].round_to for gid in gids) for gids in self.units], dtype=np.int64)
+        self._floor = np.array([max(floor[gid] for gid in gids) for gids in self.units], dtype=np.int64)
+        self._ceiling = np.array([min(ceiling[gid] for gid in gids) for gids in self.units], dtype=np.int64)
+        self.floors = {g.id: int(self._floor[self.unit_of[i]]) for i, g in enumerate(self.groups)}
+        self.ceilings = {g.id: int(self._ceiling[self.unit_of[i]]) for i, g in enumerate(self.groups)}
         position = {g.id: i for i, g in enumerate(gg.budget.groups)}
         self.slot = np.array([position[g.id] for g in self.groups], dtype=np.int64)  # index in the budget model
+        # every unit channel, lowest score first (a stable sort: ties keep unit order)
+        combined = self.combine(scores)
+        flat = np.concatenate(combined) if combined else np.zeros(0)
+        order = np.argsort(flat, kind="stable")
+        self.ranked_units = np.repeat(np.arange(len(self.units), dtype=np.int64), [len(c) for c in combined])[order]
+        self.ranked_scores = flat[order]
+
+    def combine(self, values: Mapping[int, np.ndarray]) -> list[np.ndarray]:
+        """Per unit, its channels' values in increasing order: the mean of its groups' k-th lowest."""
+        out = []
+        for gids in self.units:
+            rows = [np.sort(np.asarray(values[gid], dtype=np.float64).reshape(-1)) for gid in gids]
+            out.append(rows[0] if len(rows) == 1 else np.mean(rows, axis=0))
+        return out
+
+    def below(self, value: float, inclusive: bool = False) -> int:
+        """How many unit channels score below ``value`` (``inclusive``: or at it)."""
+        return int(np.searchsorted(self.ranked_scores, value, side="right" if inclusive else "left"))
 
     def dropped(self, removed: int) -> np.ndarray:
-        """Channels dropped per group when the ``removed`` lowest-ranked channels go."""
-        return np.bincount(self.ranked_groups[:removed], minlength=len(self.gg.groups))[self.ids]
+        """Channels dropped per unit when the ``removed`` lowest-ranked unit channels go."""
+        return np.bincount(self.ranked_units[:removed], minlength=len(self.units))
 
     def kept(self, dropped: np.ndarray) -> np.ndarray:
-        """Kept count per group with ``dropped`` of its channels removed: rounded up to its
+        """Kept count per unit with ``dropped`` of its channels removed: rounded up to its
         ``round_to`` (at most its size), within its floor and ceiling."""
         return np.minimum(self._ceiling, np.maximum(self._floor, round_up(self.sizes - dropped, self._round, self.sizes)))
 
     def by_id(self, kept: np.ndarray) -> dict[int, int]:
-        return dict(zip(self.ids.tolist(), kept.tolist()))
+        """Per-unit counts as {group id: kept count}."""
+        return dict(zip(self.ids.tolist(), kept[self.unit_of].tolist()))
 
     def ratios(self, kept: np.ndarray) -> np.ndarray:
         """Keep ratios in the budget model's order (groups not allocated here stay whole)."""
         out = np.ones(len(self.gg.budget.groups))
-        out[self.slot] = kept / self.sizes
+        out[self.slot] = (kept / self.sizes)[self.unit_of]
         return out
+
+    def per_unit(self, values: np.ndarray) -> np.ndarray:
+        """Sums over each unit's groups of per-group ``values`` (rows of ``groups``)."""
+        return np.bincount(self.unit_of, weights=values, minlength=len(self.units))
+
+    def block_sums(self, matrix: np.ndarray) -> np.ndarray:
+        """Per unit, the sum of a budget-order matrix over its slots x its slots (a lone group: its diagonal entry)."""
+        sums = self.per_unit(np.diag(matrix)[self.slot]) if len(self.slot) else np.zeros(len(self.units))
+        for u, gids in enumerate(self.units):
+            if len(gids) > 1:
+                slots = self.slot[self.unit_of == u]
+                sums[u] = matrix[np.ix_(slots, slots)].sum()
+        return sums
 
     def counts(self, removed: int) -> dict[int, int]:
         return self.by_id(self.kept(self.dropped(removed)))
@@ -91,6 +144,19 @@ class Allocation:
         """Keep each group's highest-scoring channels."""
         keep = {gid: np.sort(np.argsort(-self.scores[gid], kind="stable")[:n]).tolist() for gid, n in counts.items()}
         return Plan.from_counts(self.gg, keep)
+
+
+def tie(gids: Sequence[int], roles: Roles | None) -> list[list[int]]:
+    """``gids`` partitioned by ``roles`` into the units allocated together (a group in no role alone),
+    in order of each unit's first group."""
+    role_of: dict[int, int] = {}
+    for r, role in enumerate(roles or ()):
+        for gid in role:
+            role_of[int(gid)] = r
+    units: dict[object, list[int]] = {}
+    for gid in gids:
+        units.setdefault(role_of.get(gid, ("alone", gid)), []).append(gid)
+    return list(units.values())
 
 
 def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]) -> float:
@@ -134,10 +200,12 @@ def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan]
 
 
 def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Budget, min_channels: int = 1, min_ratio: float = 0.0,
-                      floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None) -> Plan:
-    """Remove the globally lowest-scoring channels until ``budget`` is met (as few as possible)."""
-    alloc = Allocation(gg, scores, min_channels, min_ratio, floors, ceilings)
-    total = len(alloc.ranked_groups)
+                      floors: Mapping[int, int] | None = None, ceilings: Mapping[int, int] | None = None,
+                      roles: Roles | None = None) -> Plan:
+    """Remove the globally lowest-scoring channels until ``budget`` is met (as few as possible);
+    the groups of a role (``roles``) keep one count (see :class:`Allocation`)."""
+    alloc = Allocation(gg, scores, min_channels, min_ratio, floors, ceilings, roles)
+    total = len(alloc.ranked_units)
     target = check_reachable(gg, budget, alloc.counts(total))
     lo, hi = 0, total  # cost falls as more channels are removed: find the fewest removals that fit
     while lo < hi:
@@ -152,7 +220,7 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     def fits(d: np.ndarray) -> bool:
         return float(gg.budget.evaluate(budget.metric, alloc.ratios(alloc.kept(d)))) <= target - margin
 
-    order = alloc.row[alloc.ranked_groups[:lo][::-1]]  # give back, most important first (as rows of alloc.groups)
+    order = alloc.ranked_units[:lo][::-1]  # give back, most important first
     try:
         quadratic = gg.budget.quadratic(budget.metric)
     except BudgetError:  # not quadratic: try every channel on the full evaluator
@@ -174,18 +242,18 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
 def _give_back(alloc: Allocation, dropped: np.ndarray, order: np.ndarray, quadratic, limit: float, fits) -> np.ndarray:
     """The give-back walk of ``allocate_by_score`` without evaluating the budget once per channel.
 
-    Walking ``order`` (rows of ``alloc.groups``), a channel goes back to its group when that
-    changes the group's kept count and the cost still fits (``fits``). Between two accepted
-    channels nothing changes, so each group's answer is fixed: it is computed for all groups at
-    once from the quadratic form (moving ratio i by d changes the cost by
-    ``d * (b_i + 2 (F a)_i + F_ii d)``) and the walk jumps to the next channel of a group that
-    fits. Answers within a tolerance of the limit, where float rounding could decide, are asked of
+    Walking ``order`` (units of ``alloc``), a channel goes back to its unit when that changes the
+    unit's kept count and the cost still fits (``fits``). Between two accepted channels nothing
+    changes, so each unit's answer is fixed: it is computed for all units at once from the
+    quadratic form (moving the ratios of a unit's slots S by d changes the cost by
+    ``d * (sum_{i in S} (b_i + 2 (F a)_i) + d sum_{i, j in S} F_ij)``) and the walk jumps to the
+    next channel of a unit that fits. Answers within a tolerance of the limit, where float rounding could decide, are asked of
     ``fits`` itself: every decision is the per-channel walk's.
     """
     fa, fb, c = quadratic
     slot = alloc.slot
     sizes = alloc.sizes.astype(np.float64)
-    diagonal = np.diag(fa)[slot] if len(slot) else np.zeros(0)
+    block = alloc.block_sums(fa)
     at = 0
     while at < len(order):
         kept = alloc.kept(dropped)
@@ -193,14 +261,14 @@ def _give_back(alloc: Allocation, dropped: np.ndarray, order: np.ndarray, quadra
         trial = alloc.kept(dropped - 1)
         step = (trial - kept) / sizes
         cost = float(ratios @ fa @ ratios + fb @ ratios + c)
-        estimate = cost + step * (fb[slot] + 2 * (fa[slot] @ ratios) + diagonal * step)
+        estimate = cost + step * (alloc.per_unit(fb[slot] + 2 * (fa[slot] @ ratios)) + block * step)
         tolerance = 1e-9 * max(abs(cost), abs(limit), 1.0)
         changes = trial != kept
         sure = changes & (estimate <= limit - tolerance)
         unsure = changes & ~sure & (estimate <= limit + tolerance)
         later = order[at:]
         nxt, rejected = None, set()
-        for offset in np.nonzero((sure | unsure)[later])[0].tolist():  # the first channel whose group fits
+        for offset in np.nonzero((sure | unsure)[later])[0].tolist():  # the first channel whose unit fits
             k = int(later[offset])
             if k in rejected:
                 continue
@@ -221,18 +289,22 @@ def _give_back(alloc: Allocation, dropped: np.ndarray, order: np.ndarray, quadra
     return dropped
 
 
-def fill_up(gg: GroupGraph, metric: str, counts: dict[int, int], target: float, order: list[int]) -> dict[int, int]:
-    """Step groups up (in ``order``, one ``round_to`` at a time) while the budget still allows.
+def fill_up(alloc: Allocation, metric: str, counts: dict[int, int], target: float, order: list[int]) -> dict[int, int]:
+    """Step units up (in the order of their groups in ``order``, one ``round_to`` at a time) while the budget still allows.
 
     Allocations that scale all groups together stop short of the budget by up to one step of
-    every group at once; this closes that gap. Checks run in floats, the result is confirmed exactly.
+    every group at once; this closes that gap. A role's groups step together. Checks run in
+    floats, the result is confirmed exactly.
     """
+    gg = alloc.gg
     margin = 1e-9 * gg.budget.exact(metric)
+    row = {gid: i for i, gid in enumerate(alloc.ids.tolist())}
+    units = list(dict.fromkeys(int(alloc.unit_of[row[gid]]) for gid in order if gid in row))
     current = dict(counts)
-    for gid in order:
-        g = gg.groups[gid]
-        while current[gid] < g.size:
-            trial = {**current, gid: min(g.size, current[gid] + g.round_to)}
+    for u in units:
+        gids, size, step = alloc.units[u], int(alloc.sizes[u]), int(alloc._round[u])
+        while current[gids[0]] < size:
+            trial = {**current, **dict.fromkeys(gids, min(size, current[gids[0]] + step))}
             if float(gg.budget.evaluate(metric, gg.budget.ratios(trial))) > target - margin:
                 break
             current = trial
@@ -241,17 +313,20 @@ def fill_up(gg: GroupGraph, metric: str, counts: dict[int, int], target: float, 
 
 def allocate_by_ratios(gg: GroupGraph, alloc: Allocation, weights: dict[int, float], budget: Budget, order: list[int]) -> Plan:
     """Group k keeps ``scale * weights[k]`` of its channels, the largest scale that meets the budget,
-    then ``fill_up`` in ``order``; within a group the highest-scoring channels stay.
+    then ``fill_up`` in ``order``; within a group the highest-scoring channels stay. A unit of
+    ``alloc`` (a role) takes the mean of its groups' weights, so its groups keep one count.
 
     Uniform width is all weights 1; DSA passes its learned keep ratios.
     """
+    unit_weights = np.array([np.mean([weights[gid] for gid in gids]) for gids in alloc.units])
+
     def counts(scale: float) -> dict[int, int]:
-        return {g.id: max(alloc.floors[g.id], round_up(math.ceil(min(1.0, scale * weights[g.id]) * g.size), g.round_to, g.size))
-                for g in alloc.groups}
+        wanted = np.ceil(np.minimum(1.0, scale * unit_weights) * alloc.sizes).astype(np.int64)
+        return alloc.by_id(np.maximum(alloc._floor, round_up(wanted, alloc._round, alloc.sizes)))
 
     target = check_reachable(gg, budget, counts(0.0))
     lo, hi = 0.0, 1.0 / max(min(weights.values()), 1e-6)  # cost grows with the scale
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if gg.budget.exact(budget.metric, counts(mid)) <= target else (lo, mid)
-    return alloc.plan(fill_up(gg, budget.metric, counts(lo), target, order))
+    return alloc.plan(fill_up(alloc, budget.metric, counts(lo), target, order))

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import time
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -14,9 +15,10 @@ import torch.fx as fx
 from .budget_target import Budget
 from .data import hold_out
 from .distributed import broadcast_object, is_main
-from .errors import BudgetError, GraphPruneError, NotReadyError, OptionError
+from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
 from .groups import GroupGraph, analyze
 from .plan import Plan
+from .rebuild import uncarried_groups, user_class_model
 from .slim import slim
 from .train import EpochRecord, fit, sgd
 
@@ -74,11 +76,18 @@ class PruneReport:
 
 @dataclasses.dataclass
 class PruneResult:
-    model: fx.GraphModule
+    model: torch.nn.Module  # the user's own class, or the slim graph (output="graph", or where the report says why)
     plan: Plan
     report: PruneReport
     groups: GroupGraph
     method: Any = None  # the method pass, for what it learned (e.g. DSA's budget trajectory)
+
+    def save(self, path: str) -> None:
+        """The plan, how the model was analyzed and the pruned weights, in one file that
+        ``torch.load(path, weights_only=True)`` reads; :func:`graphprune.load` rebuilds the model."""
+        from .checkpoint import save
+
+        save(path, self.model, self.plan, self.groups)
 
 
 def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds: float,
@@ -97,8 +106,11 @@ def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds:
 class Session:
     """A method pass attached to a model. Call the hooks from any training loop, then ``finish``."""
 
-    def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget, started: float):
+    def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget, started: float,
+                 output: str | None = None, inplace: bool = False):
         self.model, self.gg, self.method, self.budget = model, gg, method_pass, budget
+        self.output, self.inplace = output, inplace
+        self.notes: list[str] = []  # for the report (groups kept whole for the model's own class)
         self._start = started
         self.total_steps: int | None = None
         self.steps = 0  # optimizer steps seen, however many fit calls or loops they came from
@@ -147,12 +159,37 @@ class Session:
                 f"loss_fn=, epochs=) do it; session.finish(force=True) slims the model from what the method has now")
         plan = broadcast_object(self.method.plan())
         self.method.detach()
-        small, planned_on = self.method.build(plan), self.method.planned_on()
+        planned_on = self.method.planned_on()
         report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)
         report = self.method.refine_report(report)
         if unready:
             report.notes.append(f"forced before the method was ready: {unready}")
+        report.notes.extend(self.notes)
+        small = self._deliver(plan, report)
+        report.seconds = time.perf_counter() - self._start
         return PruneResult(small, plan, report, planned_on, self.method)
+
+    def _deliver(self, plan: Plan, report: PruneReport) -> torch.nn.Module:
+        """The model the user asked for (see :func:`prepare`'s ``output``); a fallback's reason goes to the report."""
+        if self.output == "graph":
+            return self.method.build(plan)
+        cls = type(self.model).__name__
+        if self.method.planned_on() is not self.gg:
+            reason = (f"{self.method.name} builds its architecture from a widened graph of the model, which holds no "
+                      f"{cls}; the result is that graph (a GraphModule)")
+            if self.output == "module":
+                raise ModelRebuildError(reason + ": take output='graph'")
+            report.notes.append(reason)
+            return self.method.build(plan)
+        try:
+            model, _, notes = user_class_model(self.gg, plan, None if self.inplace else self.method.build(plan), inplace=self.inplace)
+        except ModelRebuildError as exc:
+            if self.output == "module" or self.inplace:
+                raise
+            report.notes.append(f"the result is the slim graph (a GraphModule), not a {cls}: {exc}")
+            return self.method.build(plan)
+        report.notes.extend(notes)
+        return model
 
 
 def prepare(
@@ -170,6 +207,8 @@ def prepare(
     min_ratio: float = 0.0,
     analysis: GroupGraph | None = None,
     total_steps: int | None = None,
+    output: str | None = None,
+    inplace: bool = False,
     **method_options: Any,
 ) -> Session:
     """Analyze ``model`` and attach ``method``; for methods that train before deciding.
@@ -184,7 +223,14 @@ def prepare(
     analyzing again. ``total_steps``: the optimizer steps the whole training will take (epochs x
     steps per epoch), for methods whose search is a phase of it (dsa, dhp); ``fit`` supplies it
     when it runs the whole schedule. ``leaf_modules``, ``specialize_submodules``, ``attention``,
-    ``concrete_args``: as for :func:`graphprune.analyze`. Other keywords are the method's options.
+    ``concrete_args``: as for :func:`graphprune.analyze`. Other keywords are the method's options;
+    every built-in method takes ``uniform_layers=True``: the groups that play one part in each layer
+    of a repeated stack keep one count (a Hugging Face config states one width per role).
+    ``output``: what ``finish`` returns. None (default): a model of the user's own class (a copy;
+    ``inplace=True``: the model itself, resized, for models that barely fit in memory), verified
+    against the slim graph, or the slim graph with the reason in the report where the model's code
+    fixes a size the plan changes; ``"module"``: the user's class or ``ModelRebuildError``;
+    ``"graph"``: the slim graph (a ``torch.fx.GraphModule``), for export and code that runs traced.
     """
     from . import passes
 
@@ -193,6 +239,7 @@ def prepare(
     pass_cls = passes.get(method)
     _check_model(model)
     _check_bounds(round_to, min_channels, min_ratio)
+    _check_output(output, inplace, pass_cls)
     analysis_options = dict(leaf_modules=leaf_modules, specialize_submodules=specialize_submodules,
                             attention=attention, concrete_args=concrete_args)
     if analysis is not None:
@@ -201,8 +248,10 @@ def prepare(
             raise OptionError(f"analysis= is an analysis made already, so {', '.join(given)} would not act: pass them to "
                               "graphprune.analyze, or drop analysis= and pass them here")
     gg = analysis or analyze(model, example_inputs, **analysis_options)
+    kept_whole = _keep_uncarried_whole(gg) if output == "module" and pass_cls.planned_on is _default_planned_on() else []
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, round_to=round_to, **method_options)
-    session = Session(model, gg, method_pass, budget, started)
+    session = Session(model, gg, method_pass, budget, started, output, inplace)
+    session.notes.extend(kept_whole)
     if total_steps is not None:
         session.bind_schedule(total_steps)
     return session
@@ -217,6 +266,38 @@ def _check_model(model: Any) -> None:
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise GraphPruneError("the model's tensors are on the meta device: they hold no values to rank or slice. "
                               "Materialize it first (model.to_empty(device='cpu'), then load_state_dict(checkpoint))")
+
+
+def _default_planned_on() -> Callable:
+    from .passes.base import MethodPass
+
+    return MethodPass.planned_on
+
+
+def _keep_uncarried_whole(gg: GroupGraph) -> list[str]:
+    """output="module": groups whose sizes the model's class cannot take are frozen before the
+    method plans (the budget model follows), so the budget is met on the others; one note each."""
+    from .budget import BudgetModel
+
+    found = uncarried_groups(gg)
+    for gid, why in found.items():
+        gg.groups[gid].reason = f"kept whole for {type(gg.traced.model).__name__}: {why}"
+    if found:
+        gg.budget = BudgetModel(gg)
+    return [f"group {gid} kept whole for {type(gg.traced.model).__name__} (output='module'): {why}" for gid, why in found.items()]
+
+
+def _check_output(output: str | None, inplace: bool, pass_cls: type) -> None:
+    from .passes.base import MethodPass
+
+    if output not in (None, "module", "graph"):
+        raise OptionError(f"output is None (the model's own class where it can be, else the slim graph), 'module' or 'graph', got {output!r}")
+    if not isinstance(inplace, bool):
+        raise OptionError(f"inplace is True or False, got {inplace!r}")
+    if inplace and output == "graph":
+        raise OptionError("inplace=True resizes the model itself, output='graph' returns a new graph: choose one")
+    if inplace and (pass_cls.build is not MethodPass.build or pass_cls.planned_on is not MethodPass.planned_on):
+        raise OptionError(f"method {pass_cls.name!r} builds its own slim model, so it cannot resize the model in place: drop inplace=True")
 
 
 def _check_bounds(round_to: int | str | None, min_channels: int, min_ratio: float) -> None:
@@ -349,6 +430,21 @@ def _cosine(optimizer: torch.optim.Optimizer, lr: float, epoch: int, epochs: int
         group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
-def apply_plan(model: torch.nn.Module, plan: Plan, example_inputs: Any, **analyze_options: Any) -> fx.GraphModule:
-    """Re-apply a saved plan to a fresh instance of the same architecture."""
-    return slim(analyze(model, example_inputs, **analyze_options), plan)
+def apply_plan(model: torch.nn.Module, plan: Plan, example_inputs: Any, *, output: str | None = None,
+               inplace: bool = False, **analyze_options: Any) -> torch.nn.Module:
+    """Re-apply a saved plan to a fresh instance of the same architecture; ``output`` and
+    ``inplace`` as for :func:`prepare` (a fallback to the slim graph warns, as there is no report)."""
+    from .passes.base import MethodPass
+
+    _check_output(output, inplace, MethodPass)
+    gg = analyze(model, example_inputs, **analyze_options)
+    if output == "graph":
+        return slim(gg, plan)
+    graph = None if inplace else slim(gg, plan)
+    try:
+        return user_class_model(gg, plan, graph, inplace=inplace)[0]
+    except ModelRebuildError as exc:
+        if output == "module" or inplace:
+            raise
+        warnings.warn(f"apply_plan returns the slim graph (a GraphModule), not a {type(model).__name__}: {exc}", stacklevel=2)
+        return graph

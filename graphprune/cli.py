@@ -46,6 +46,8 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
     x = torch.randn(*shape)
     budget = Budget.parse(args.budget, args.metric)
     options = dict(_option(o) for o in args.set or [])
+    if args.uniform_layers:  # only when asked: a third-party method need not know the option
+        options["uniform_layers"] = True
     if not passes.get(args.method).completes_untrained:
         raise GraphPruneError(untrained_message(args.method, "the command line has no training data, so prune with it from Python "
                                                 f"(graphprune.apply(model, {args.method!r}, budget, x, train_data=..., "
@@ -62,9 +64,9 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
             f.write(result.plan.to_json())
         console.print(f"wrote plan {args.plan}")
     if args.save:
-        torch.save(result.model, args.save)
-        console.print(f"wrote slim model {args.save} (a pickled module: torch.load({args.save!r}, weights_only=False) in "
-                      "Python, which runs code from the file: load only files you trust)")
+        result.save(args.save)
+        console.print(f"wrote {args.save}: the plan and the pruned weights (torch.load(..., weights_only=True) reads it); "
+                      f"graphprune.load({args.save!r}, <a fresh {type(model).__name__}>) rebuilds the pruned model")
     if args.onnx:
         with console.status("exporting ONNX and checking it in onnxruntime"):
             rep = export_onnx(result.model, args.onnx, x)
@@ -130,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep channel counts multiples of this; auto (default): 8, or less in groups under 64 channels")
     p.add_argument("--min-channels", type=int, default=1, help="fewest channels any group keeps")
     p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
+    p.add_argument("--uniform-layers", action="store_true",
+                   help="every layer of a repeated stack keeps the same width per role (as a config with one "
+                        "intermediate_size, head count, ... describes), each layer its own best channels")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable (e.g. --method nap --metric params --set granularity=weight)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")
     p.add_argument("--plan", metavar="F", help="write the pruning plan as JSON")
-    p.add_argument("--save", metavar="F", help="torch.save the slim model")
+    p.add_argument("--save", metavar="F", help="write the plan and the pruned weights (graphprune.load reads them)")
     args = parser.parse_args(argv)
     console = Console(stderr=args.command == "inspect" and getattr(args, "json", False))
     try:

@@ -39,3 +39,7 @@ class OptionError(GraphPruneError, TypeError):
 
 class NotReadyError(GraphPruneError):
     """A method was asked for its plan before it could decide one (a search that never ran)."""
+
+
+class ModelRebuildError(GraphPruneError):
+    """The plan cannot be carried over to the user's own model class (its code fixes a size the plan changes)."""

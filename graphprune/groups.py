@@ -28,6 +28,7 @@ quadratic F_A/F_B/c of passes/dsa.py) rely on quadratic costs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -219,6 +220,30 @@ class GroupGraph:
         return f"GroupGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
 
 
+def layer_pattern(module: str) -> str:
+    """A module path with its layer indices abstracted (``model.layers.3.mlp`` -> ``model.layers.*.mlp``):
+    every numeric component, nested ones too, indexes a ModuleList or Sequential."""
+    return ".".join("*" if part.isdigit() else part for part in module.split("."))
+
+
+def layer_roles(gg: GroupGraph) -> list[list[int]]:
+    """The prunable groups that play one part in every layer of a repeated stack: one list of group
+    ids per role, in group order.
+
+    A config describes a stack with one width per role (Hugging Face's intermediate_size,
+    num_key_value_heads), so ``uniform_layers`` ties the kept counts of a role's groups. Groups share
+    a role when they have the same size and the same members (parameter, dim, role, and positions)
+    once the layer index in each module path is abstracted (:func:`layer_pattern`): each layer's MLP
+    hidden dim, or each of a stage's blocks (torchvision's ``layer1.0`` / ``layer1.1``). A group
+    not repeated (a stem conv, the residual stream all layers share) is a role of its own.
+    """
+    roles: dict[tuple, list[int]] = {}
+    for g in gg.prunable_groups:
+        members = collections.Counter((layer_pattern(m.module), m.param, m.dim, m.role, m.positions.tobytes()) for m in g.members)
+        roles.setdefault((g.size, tuple(sorted(members.items()))), []).append(g.id)
+    return list(roles.values())
+
+
 def auto_round_to(size: int, cap: int = 8) -> int:
     """The default channel multiple of a group of ``size`` channels: 8 (at most ``cap``), or less in small groups.
 
@@ -374,7 +399,12 @@ def analyze(
         traced = trace(model, example_inputs, leaf_modules, concrete_args, specialize_submodules)
         analysis = Analysis(traced, attention).run()
         groups, atom_group, atom_channel = build_groups(analysis, round_to)
-        return GroupGraph(traced, analysis, groups, atom_group, atom_channel)
+        gg = GroupGraph(traced, analysis, groups, atom_group, atom_channel)
+    # what re-analyzing the model needs (a checkpoint re-applies its plan to a fresh instance)
+    gg.example_inputs = example_inputs
+    gg.options = dict(leaf_modules=tuple(leaf_modules), concrete_args=concrete_args, attention=attention,
+                      specialize_submodules=specialize_submodules)
+    return gg
 
 
 @contextlib.contextmanager

@@ -100,7 +100,9 @@ class _Resizer:
         return resize(self.values[old], self.maps.get(old))
 
     # ------------------------------------------------------------- the pass
-    def run(self) -> fx.GraphModule:
+    def slices(self) -> dict[tuple[str, str], list[tuple[int, torch.Tensor]]]:
+        """{(module path, tensor name): [(dim, the positions it keeps, repeated by their counts)]}
+        for every member tensor whose channels change."""
         slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
         # one index per channel map: members along one map (a conv's outputs, its norm's scales) share it
         indices: dict[int, torch.Tensor | None] = {}
@@ -111,28 +113,43 @@ class _Resizer:
             index = indices[id(rec.labels)]
             if index is not None:
                 slices.setdefault((module, name), []).append((dim, index))
-        modules = dict(self.gg.gm.named_modules(remove_duplicate=False))  # a shared module under each of its names
-        distinct = list({id(m): m for m in modules.values()}.values())
-        held = _HeldTensors(distinct)
-        presliced = _presliced(modules, slices, held)  # copied already sliced, not whole and then sliced
-        # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
+        return slices
+
+    def fix_modules(self, modules: dict[str, nn.Module]) -> None:
+        """Set the attributes of the called modules (conv ``groups``, norm sizes, ...) to their new
+        channel counts: ``modules`` by their paths in the analyzed model, already sliced."""
+        for old in self.gg.gm.graph.nodes:
+            if old.op == "call_module":
+                m = modules[old.target]
+                fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
+                if fix is not None:
+                    fix(self, old, m)
+
+    def rewritten_graph(self) -> fx.Graph:
+        """A copy of the analyzed graph whose constants (split sizes, view sizes, ...) follow the
+        new counts; its nodes keep their names."""
         graph = copy.deepcopy(self.gg.gm.graph)
         new_nodes = {n.name: n for n in graph.nodes}
         for old in self.gg.gm.graph.nodes:
             rewrite = GRAPH_REWRITES.get(old.target) if old.op in ("call_function", "call_method") else None
             if rewrite is not None:
                 rewrite(self, old, new_nodes[old.name])
+        return graph
+
+    def run(self) -> fx.GraphModule:
+        slices = self.slices()
+        modules = dict(self.gg.gm.named_modules(remove_duplicate=False))  # a shared module under each of its names
+        distinct = list({id(m): m for m in modules.values()}.values())
+        held = _HeldTensors(distinct)
+        presliced = _presliced(modules, slices, held)  # copied already sliced, not whole and then sliced
+        # constants are rewritten in a copy of the graph before the module copy compiles it: one compile
+        graph = self.rewritten_graph()
         memo = {id(t): new for t, new in presliced.values()}
         memo[id(self.gg.gm.graph)] = graph
         gm = _compiled(_deepcopy(self.gg.gm, memo, held, distinct))
         copied = dict(gm.named_modules(remove_duplicate=False))
         _slice_in_place(copied, {key: dims for key, dims in slices.items() if key not in presliced})
-        for old in self.gg.gm.graph.nodes:
-            if old.op == "call_module":
-                m = copied[old.target]
-                fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
-                if fix is not None:
-                    fix(self, old, m)
+        self.fix_modules(copied)
         _keep_unused_modules(self.gg.traced.model, gm, copied)
         return gm
 
@@ -140,7 +157,7 @@ class _Resizer:
         """Run the new graph on the example inputs; every node must have the shape the counts imply."""
         _ShapeCheck(self, gm).check(self.gg.traced.placeholder_values)
 
-    def groups_at(self, old: fx.Node) -> str:
+    def group_ids_at(self, old: fx.Node) -> list[int]:
         """The changed groups whose channels flow through ``old`` (its inputs and its output)."""
         found: dict[int, None] = {}
         for n in [*old.all_input_nodes, old]:
@@ -148,6 +165,11 @@ class _Resizer:
                 for g in self.gg.groups_of(cmap.labels).tolist():
                     if g in self.changed:
                         found[g] = None
+        return list(found)
+
+    def groups_at(self, old: fx.Node) -> str:
+        """The changed groups at ``old``, as messages name them."""
+        found = self.group_ids_at(old)
         if not found:
             return f"no {self.verb} group flows through it"
         return "groups " + ", ".join(f"{g} ({self.changed[g]})" for g in found)
@@ -246,14 +268,19 @@ def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
 
     Copying the model makes many long-lived objects, as analysis does: the cyclic collector
     pauses meanwhile (see ``groups._no_cyclic_gc``)."""
-    plan.validate(gg)
-    keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
     with _no_cyclic_gc():
-        slimmer = _Resizer(gg, gg.kept_atoms(keep), {g: f"keeps {len(k)} of {gg.groups[g].size}" for g, k in keep.items()})
+        slimmer = plan_resizer(gg, plan)
         gm = slimmer.run()
         if verify:
             slimmer.verify(gm)
     return gm
+
+
+def plan_resizer(gg: GroupGraph, plan: Plan) -> _Resizer:
+    """The resizer that keeps ``plan``'s channels (validated against ``gg``)."""
+    plan.validate(gg)
+    keep = {g: k for g, k in plan.keep.items() if len(k) < gg.groups[g].size}
+    return _Resizer(gg, gg.kept_atoms(keep), {g: f"keeps {len(k)} of {gg.groups[g].size}" for g, k in keep.items()})
 
 
 def _tensor_shapes(value: Any) -> Any:
@@ -429,19 +456,25 @@ def _sliced(t: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tens
 
 
 def _slice_in_place(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]]) -> None:
-    """Slice the copy's tensors. A tensor held in several places (GPT-2's lm_head weight is its
-    token embedding) is sliced once and the slice shared, so the tie survives and parameters are
-    counted once, as in the original."""
-    done: dict[int, tuple[torch.Tensor, list[tuple[int, torch.Tensor]], torch.Tensor]] = {}
+    """Slice the model's tensors where they are. A tensor held in several places (GPT-2's lm_head
+    weight is its token embedding) is sliced once and the slice shared, so the tie survives and
+    parameters are counted once, as in the original. No reference to a tensor outlives its
+    slicing, so resizing a model in place frees each original as its slice replaces it."""
+    first: dict[int, tuple[str, str]] = {}  # ids are taken while every tensor is alive: no id is reused
+    for key in slices:
+        first.setdefault(id(getattr(modules[key[0]], key[1])), key)
+    tie = {key: first[id(getattr(modules[key[0]], key[1]))] for key in slices}
+    done: dict[tuple[str, str], torch.Tensor] = {}
     for (module, name), dims in slices.items():
         owner = modules[module]
-        t = getattr(owner, name)
-        prior = done.get(id(t))
-        if prior is not None and _same_slices(prior[1], dims):
-            _set_tensor(owner, name, prior[2])
+        source = tie[module, name]
+        if source in done and _same_slices(slices[source], dims):
+            _set_tensor(owner, name, done[source])
             continue
-        _set_tensor(owner, name, _sliced(t, dims))
-        done[id(t)] = (t, dims, getattr(owner, name))
+        sliced = _sliced(getattr(owner, name), dims)
+        _set_tensor(owner, name, sliced)
+        if source == (module, name):
+            done[source] = sliced
 
 
 def _same_slices(a: list[tuple[int, torch.Tensor]], b: list[tuple[int, torch.Tensor]]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, ClassVar
 
@@ -10,7 +11,7 @@ import torch
 from graphprune.allocate import fitted_rounding
 from graphprune.budget_target import Budget
 from graphprune.errors import OptionError
-from graphprune.groups import GroupGraph, set_round_to
+from graphprune.groups import GroupGraph, layer_roles, set_round_to
 from graphprune.plan import Plan
 from graphprune.slim import slim
 
@@ -29,9 +30,14 @@ class MethodPass:
     reads_data: ClassVar[bool] = False  # decides from a few batches without training (apply passes train_data, loss_fn)
     completes_untrained: ClassVar[bool] = True  # gives a meaningful plan without a training loop (dsa, dhp: no)
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
+    ties_layers: ClassVar[bool] = False  # takes uniform_layers=True: ties its counts per role where it decides them
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
-                 round_to: int | str | None = None, **options: Any):
+                 round_to: int | str | None = None, uniform_layers: bool = False, **options: Any):
+        """``uniform_layers``: every layer of a repeated stack keeps the same count per role
+        (``groups.layer_roles``), so a config with one width per role (Hugging Face's
+        intermediate_size, num_key_value_heads, ...) describes the pruned model; each layer still
+        keeps its own best channels. Methods that cannot tie their counts refuse it."""
         self.gg, self.budget, self.model = gg, budget, model
         self.min_channels, self.min_ratio = min_channels, min_ratio
         self.round_to = self.default_round_to if round_to is None else round_to
@@ -39,6 +45,15 @@ class MethodPass:
         if options:
             raise OptionError(f"method {self.name!r} got unknown options: {', '.join(sorted(options))}; it takes "
                               f"{', '.join(self.options())} (see help(graphprune.passes.get({self.name!r})))")
+        if not isinstance(uniform_layers, bool):
+            raise OptionError(f"uniform_layers is True or False, got {uniform_layers!r}")
+        if uniform_layers and not self.ties_layers:
+            from . import get, names
+
+            raise OptionError(f"method {self.name!r} cannot give every layer of a repeated stack the same width: drop "
+                              f"uniform_layers=True, or use one of the methods that take it: "
+                              f"{', '.join(n for n in names() if get(n).ties_layers)}")
+        self.uniform_layers = uniform_layers
 
     @classmethod
     def options(cls) -> list[str]:
@@ -49,7 +64,12 @@ class MethodPass:
             if init is not None:
                 names.update(p.name for p in inspect.signature(init).parameters.values()
                              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        return sorted(names - {"self", "gg", "budget", "model"})
+        return sorted(names - {"self", "gg", "budget", "model"} - (set() if cls.ties_layers else {"uniform_layers"}))
+
+    @functools.cached_property
+    def roles(self) -> list[list[int]] | None:
+        """The groups whose kept counts are tied (``uniform_layers``) in the analysis the plan is on; None: none."""
+        return layer_roles(self.planned_on()) if self.uniform_layers else None
 
     def attach(self) -> None:
         """Instrument the model (masks, hooks, parametrizations) before training."""

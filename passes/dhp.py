@@ -47,6 +47,12 @@ by the same threshold, the mask is one global threshold), so the plan meets the 
 ``detach`` removes the hypernetworks leaving the generated weights in place; the slim pass then
 keeps the planned channels.
 
+``uniform_layers``: the groups of a repeated layer (a role) keep one count. The proximal steps stay
+per latent; where counts are decided (the mask, the distance to go, the plan's cut) a role's k-th
+channel is its groups' k-th smallest latents together, its magnitude (and exit time) their mean,
+so the mask of a role drops a channel in every layer at once and each layer keeps its own largest
+latents.
+
 Under torchrun the hypernetworks and latents are parameters, so DDP keeps them identical on every
 rank and the proximal step, a function of them, is identical too; whether the search stops is rank
 0's decision (``graphprune.distributed.agree``), so no rank stops a step early on a rounding tie.
@@ -103,6 +109,7 @@ class DHPPass(ScheduledSearch):
 
     name = "dhp"
     trains = True
+    ties_layers = True  # the mask, the distance and the cut count a role's channels together (module docstring)
     window = (0.05, 0.2)
     unready_source = ("latent vectors the search has not sparsified, and the slim model's weights would be what "
                       "untrained hypernetworks generate, not the model's own")
@@ -132,9 +139,9 @@ class DHPPass(ScheduledSearch):
 
     def _check_reachable(self) -> None:
         """BudgetError now rather than a search that can never end."""
-        floors = Allocation(self.gg, {gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids}, self.min_channels, self.min_ratio)
+        floors = self._allocation({gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids})
         try:
-            check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_groups)))
+            check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_units)))
         except BudgetError as exc:
             if not self.latents.kept_whole:
                 raise
@@ -187,15 +194,15 @@ class DHPPass(ScheduledSearch):
         ``tau``, the ones with the earliest exit times. tau / 2 more takes the last one clearly below.
         """
         scores = self.magnitudes()
-        alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
+        alloc = self._allocation(scores)
         limit = self._target + self.tolerance * self._full
-        lo, hi = 0, len(alloc.ranked_groups)
+        lo, hi = 0, len(alloc.ranked_units)
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if self.gg.budget.exact(self.budget.metric, alloc.counts(mid)) <= limit else (mid + 1, hi)
         if lo == 0:
             return 0.0
-        exits = np.partition(np.concatenate([self.exit_times(s) for s in scores.values()]), lo - 1)
+        exits = np.partition(np.concatenate(alloc.combine({gid: self.exit_times(s) for gid, s in scores.items()})), lo - 1)
         return max(0.0, float(exits[lo - 1]) + self.tau / 2)
 
     def exit_times(self, magnitudes: np.ndarray) -> np.ndarray:
@@ -221,10 +228,15 @@ class DHPPass(ScheduledSearch):
         """|latent| of every sparsified group."""
         return self.latents.per_group(self.latents.bank.values.abs())
 
+    def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
+        """The allocation over ``scores`` (|latent|s), a role's groups as one unit under ``uniform_layers``."""
+        return Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
+
     def _masked(self, scores: dict[int, np.ndarray]) -> tuple[Allocation, dict[int, int]]:
-        """Kept counts when every latent below tau goes (floors and round_to applied)."""
-        alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
-        return alloc, alloc.counts(sum(int((s < self.tau).sum()) for s in scores.values()))
+        """Kept counts when every latent below tau goes (floors and round_to applied; a role's channel
+        goes when the mean of its groups' latents at that rank is below tau)."""
+        alloc = self._allocation(scores)
+        return alloc, alloc.counts(alloc.below(self.tau))
 
     def _record(self) -> None:
         scores = self.magnitudes()
@@ -243,7 +255,7 @@ class DHPPass(ScheduledSearch):
         alloc, counts = self._masked(scores)
         if self._target - self.tolerance * self._full <= self.gg.budget.exact(self.budget.metric, counts) <= self._target:
             return alloc.plan(counts)
-        return allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio)
+        return allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles)
 
     def report_png(self, path: str) -> None:
         """Budget trajectory over the search steps and the plan's kept channels per layer."""

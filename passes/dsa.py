@@ -59,6 +59,12 @@ budget in a 3200-step search), so it is left out.
 ``plan`` keeps the top channels by b_i in each group with counts alpha_k C_k, scaled together so the
 plan meets the budget exactly (<= target, within half a point).
 
+``uniform_layers``: the groups of a repeated layer (a role) share one alpha, so their masks keep one
+count throughout the search and in the plan, each group its own most important channels. The ADMM
+runs on the per-group problem restricted to tied ratios: a role's Eq. 6 gradient is the mean of its
+groups' (the alpha step's closed form under the tie), the z-projection weighs a role's distance by
+its number of groups, and the budget's quadratic form is taken over the roles.
+
 While the BN scales are DSA's importance they get no weight decay (``bind_optimizer`` moves them
 into a param group without it): decay would shrink the importance it reads. ``apply`` holds out a
 seeded 10% of the training data for the allocation steps unless ``val_data`` is given, and gives
@@ -75,7 +81,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from graphprune.allocate import Allocation, allocate_by_ratios
+from graphprune.allocate import Allocation, allocate_by_ratios, tie
 from graphprune.distributed import all_reduce_mean
 from graphprune.errors import GraphPruneError
 from graphprune.plan import Plan
@@ -144,6 +150,7 @@ class DSAPass(ScheduledSearch):
 
     name = "dsa"
     trains = True
+    ties_layers = True  # one keep ratio per role (module docstring)
     holds_out = 0.1
     window = (0.07, 0.5)
     unready_source = "BatchNorm scales the search has not trained, with keep ratios it has not allocated"
@@ -165,9 +172,14 @@ class DSAPass(ScheduledSearch):
         self.initial_beta2, self.final_beta2, self.beta2 = beta2, final_beta2, beta2
         self.rho2, self.travel, self.momentum, self.pace = rho2, travel, momentum, pace
         self.group_ids = [g.id for g in self.gg.prunable_groups if g.size > 1]
+        # alpha, z, u2 hold one keep ratio per role (a group alone without uniform_layers); _role_of expands them per group
+        role = {gid: r for r, gids in enumerate(tie(self.group_ids, self.roles)) for gid in gids}
+        self._role_of = torch.tensor([role[gid] for gid in self.group_ids], dtype=torch.long)
+        self._role_size = torch.bincount(self._role_of).double()
         sizes = torch.tensor([self.gg.groups[gid].size for gid in self.group_ids], dtype=torch.float64)
-        self.floor = torch.clamp(torch.maximum(torch.full_like(sizes, self.min_ratio), max(1, self.min_channels) / sizes), max=1.0)
-        self.alpha = torch.full((len(self.group_ids),), initial_keep, dtype=torch.float64).maximum(self.floor)
+        floor = torch.clamp(torch.maximum(torch.full_like(sizes, self.min_ratio), max(1, self.min_channels) / sizes), max=1.0)
+        self.floor = torch.zeros_like(self._role_size).scatter_reduce(0, self._role_of, floor, "amax")
+        self.alpha = torch.full((len(self._role_size),), initial_keep, dtype=torch.float64).maximum(self.floor)
         self.z = self.alpha.clone()
         self.u2 = torch.zeros_like(self.alpha)
         self._loss_grad = torch.zeros_like(self.alpha)  # moving average of dL_v/dalpha
@@ -210,7 +222,8 @@ class DSAPass(ScheduledSearch):
         return {gid: t.clamp_min(1e-12) for gid, t in totals.items()}
 
     def alphas(self) -> torch.Tensor:
-        return self.alpha
+        """The keep ratio of every group (its role's)."""
+        return self.alpha[self._role_of]
 
     def _log_importance(self) -> torch.Tensor:
         """log b_i, one row per group, padded with -inf."""
@@ -226,9 +239,9 @@ class DSAPass(ScheduledSearch):
         return {gid: p[i, : self.gg.groups[gid].size] for i, gid in enumerate(self.group_ids)}
 
     def resample(self, alpha: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
-        """Fresh masks for every group (differentiable w.r.t. ``alpha`` if it requires grad)."""
+        """Fresh masks for every group (differentiable w.r.t. ``alpha``, one ratio per role, if it requires grad)."""
         alpha = self.alpha if alpha is None else alpha
-        masks = sample_masks(ExpectedKeep.apply(alpha, self._log_importance(), self.beta2), self.generator)
+        masks = sample_masks(ExpectedKeep.apply(alpha[self._role_of], self._log_importance(), self.beta2), self.generator)
         self.masks = {gid: masks[i, : self.gg.groups[gid].size].float() for i, gid in enumerate(self.group_ids)}
         self._stale = False
         return self.masks
@@ -278,15 +291,17 @@ class DSAPass(ScheduledSearch):
     # ------------------------------------------------------------- ADMM allocation (Eq. 7-8)
     def project(self, v: torch.Tensor, bound: float) -> torch.Tensor:
         """z = argmin ||z - v|| s.t. F(z) <= bound, floor <= z <= 1: the z-step of Eq. 8 solved exactly
-        (to 1e-12 by SLSQP on the budget model's quadratic form; Eq. 9's inner loop approximates it)."""
+        (to 1e-12 by SLSQP on the budget model's quadratic form; Eq. 9's inner loop approximates it).
+        Over roles the distance counts each role once per group (the per-group problem with tied ratios)."""
         quadratic, linear, constant = self._cost_form
         cost = lambda z: float(z @ quadratic @ z + linear @ z + constant)  # noqa: E731
         box = np.stack([self.floor.numpy(), np.ones(len(self.floor))], 1)
         start = np.clip(v.numpy(), box[:, 0], box[:, 1])
         if cost(start) <= bound:
             return torch.from_numpy(start)
+        weight = self._role_size.numpy()
         found = scipy.optimize.minimize(
-            lambda z: 0.5 * float((z - v.numpy()) @ (z - v.numpy())), start, jac=lambda z: z - v.numpy(),
+            lambda z: 0.5 * float(((z - v.numpy()) * weight) @ (z - v.numpy())), start, jac=lambda z: weight * (z - v.numpy()),
             method="SLSQP", bounds=box, options={"ftol": 1e-12, "maxiter": 500},
             constraints=[{"type": "ineq", "fun": lambda z: bound - cost(z), "jac": lambda z: -(2 * quadratic @ z + linear)}])
         z = np.clip(found.x, box[:, 0], box[:, 1])
@@ -297,7 +312,7 @@ class DSAPass(ScheduledSearch):
 
     @functools.cached_property
     def _cost_form(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """F(alpha) in percent = alpha^T Q alpha + q^T alpha + c over this pass's groups (the others kept whole)."""
+        """F(alpha) in percent = alpha^T Q alpha + q^T alpha + c over this pass's roles (the other groups kept whole)."""
         full_a, full_b, c = self.gg.budget.quadratic(self.budget.metric)
         mine = self._budget_index.numpy()
         rest = np.setdiff1d(np.arange(len(full_b)), mine)
@@ -305,10 +320,14 @@ class DSAPass(ScheduledSearch):
         quadratic = full_a[np.ix_(mine, mine)]
         linear = full_b[mine] + 2 * full_a[np.ix_(mine, rest)].sum(1)
         constant = c + full_a[np.ix_(rest, rest)].sum() + full_b[rest].sum()
+        if len(self._role_size) < len(mine):  # alpha per role: alpha_groups = M alpha, M the membership matrix
+            member = np.eye(len(self._role_size))[self._role_of.numpy()]
+            quadratic, linear = member.T @ quadratic @ member, member.T @ linear
         return scale * quadratic, scale * linear, scale * constant
 
     def loss_gradient(self) -> torch.Tensor:
-        """dL_v/dalpha on ``val_batches`` validation batches, fresh masks for each (Eq. 6)."""
+        """dL_v/dalpha on ``val_batches`` validation batches, fresh masks for each (Eq. 6); per role, the
+        mean over its groups (the alpha step of the per-group problem with tied ratios)."""
         device = next(self.model.parameters()).device
         total = torch.zeros_like(self.alpha)
         was_training = self.model.training
@@ -320,7 +339,7 @@ class DSAPass(ScheduledSearch):
             loss = self.loss_fn(self.model(x.to(device)), y.to(device))
             (grad,) = torch.autograd.grad(loss, alpha, allow_unused=True)
             if grad is not None:
-                total += grad.double()
+                total += grad.double() / self._role_size
         self.model.train(was_training)
         return all_reduce_mean(total / self.val_batches)  # each rank's validation batches: alpha, z, u2 agree everywhere
 
@@ -390,14 +409,15 @@ class DSAPass(ScheduledSearch):
     def plan(self) -> Plan:
         """Top channels by b_i with counts alpha_k * C_k, scaled together to meet the budget exactly."""
         b = self.importance()
-        alloc = Allocation(self.gg, {gid: b[gid].numpy() for gid in self.group_ids}, self.min_channels, self.min_ratio)
+        alloc = Allocation(self.gg, {gid: b[gid].numpy() for gid in self.group_ids}, self.min_channels, self.min_ratio,
+                           roles=self.roles)
         alphas = {gid: float(a) for gid, a in zip(self.group_ids, self.alphas())}
         order = sorted(self.group_ids, key=lambda g: -alphas[g])  # most-kept groups first
         return allocate_by_ratios(self.gg, alloc, alphas, self.budget, order)
 
     def report_png(self, path: str) -> None:
         """The budget trajectory beside the final kept channels per layer and each layer's sensitivity (Fig. 6)."""
-        sensitivity = dict(zip(self.group_ids, self.sensitivity().tolist()))
+        sensitivity = dict(zip(self.group_ids, self.sensitivity()[self._role_of].tolist()))
         by_layer = {m.module: sensitivity[gid] for gid in self.group_ids for m in self.gg.groups[gid].members
                     if m.role == "out" and m.param == "weight"}
         plot_search(path, self.trajectory, self.plan().kept_per_layer(self.gg), self._target, f"DSA: {self.budget.metric} allocation",

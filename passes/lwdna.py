@@ -15,7 +15,8 @@ matches or beats the hand-designed uniform widths, and one mini-batch finds it. 
 4. the cut: channels go in increasing score across all groups, binary-searched to the budget on the
    exact budget model of the widened network (``allocate_by_score``), within the floors of Eq. 11:
    each group keeps at least ``conv_floor`` (rho, 0.4) of its *original* channels, and a group
-   feeding the final classifier at least ``linear_floor`` (tau, 0.45);
+   feeding the final classifier at least ``linear_floor`` (tau, 0.45); with ``uniform_layers``, a
+   repeated layer's groups are cut as one role (one count, the strictest floor);
 5. the result: the plan on the widened model, and ``result.model`` the LW-DNA architecture as a
    slim, re-initialized model, to be trained from scratch with the baseline's protocol
    (``graphprune.apply(..., epochs=N)`` does it).
@@ -62,6 +63,7 @@ class LWDNAPass(MethodPass):
 
     name = "lwdna"
     reads_data = True
+    ties_layers = True  # the cut (step 4) ranks a role's channels together; roles of the widened model
 
     def __init__(
         self, *args: Any, train_data: Iterable | None = None, loss_fn: Callable | None = None, beta: float = 2.0,
@@ -95,14 +97,14 @@ class LWDNAPass(MethodPass):
         self.budget = Budget(**{metric: math.floor(self.budget.target(reference.budget.exact(metric)))})
         lowest = self._allocation({gid: np.zeros(self.wide_gg.groups[gid].size) for gid in self.group_ids})
         try:
-            check_reachable(self.wide_gg, self.budget, lowest.counts(len(lowest.ranked_groups)))
+            check_reachable(self.wide_gg, self.budget, lowest.counts(len(lowest.ranked_units)))
         except BudgetError as exc:
             raise BudgetError(f"{exc} lwdna keeps at least conv_floor={conv_floor} (linear_floor={linear_floor} before the "
                               "classifier) of each group's original channels: lower them for this budget") from None
         self.scores: dict[int, np.ndarray] | None = None
 
     def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
-        return Allocation(self.wide_gg, scores, self.min_channels, self.min_ratio, floors=self.floors)
+        return Allocation(self.wide_gg, scores, self.min_channels, self.min_ratio, floors=self.floors, roles=self.roles)
 
     # ------------------------------------------------------------- instrumentation
     def attach(self) -> None:
@@ -161,7 +163,8 @@ class LWDNAPass(MethodPass):
         """The lowest-scoring channels go until the budget is met (binary search), floors kept."""
         if self.scores is None:
             self.scores = self.score()
-        return allocate_by_score(self.wide_gg, self.scores, self.budget, self.min_channels, self.min_ratio, floors=self.floors)
+        return allocate_by_score(self.wide_gg, self.scores, self.budget, self.min_channels, self.min_ratio, floors=self.floors,
+                                 roles=self.roles)
 
     # ------------------------------------------------------------- the result
     def planned_on(self) -> GroupGraph:

@@ -4,7 +4,8 @@ A channel's importance is the norm of its slices summed over *all* members of it
 producer's filters, the consumers' input columns, norm scales): what removing the channel takes
 away. Scores are divided by their group's mean, so groups of different scales rank on one list
 (each group's average channel scores 1); the budget model then decides how many of the globally
-lowest channels go.
+lowest channels go. With ``uniform_layers`` a repeated layer's groups are ranked as one role (the
+mean of their k-th scores, see ``allocate.Allocation``) and keep one count.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
         for (module, param), dims in wanted.items():
             owner = modules[module] if module in modules else model.get_submodule(module)
             t = getattr(owner, param).detach().float()
-            powered = t.abs() if p == 1 else t.abs().pow(p)  # x ** 1 is x: the same values either way
             for dim in sorted(dims):
                 others = [d for d in range(t.ndim) if d != dim]
-                sums.append((powered.sum(others) if others else powered).numpy())
+                # a reduction, not |t| ** p materialized: a weight-sized temporary per tensor fragments the heap
+                # (pruning a 1.2 GB Llama in place peaked 0.6x of the model higher, bench/results/prune_memory.md)
+                summed = torch.linalg.vector_norm(t, p, dim=others) ** p if others else t.abs() ** p
+                sums.append(summed.numpy())
                 offsets[module, param, dim] = at
                 at += t.shape[dim]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
@@ -63,13 +66,14 @@ def normalized(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 class _ScorePass(MethodPass):
     default_round_to = "auto"  # a data-free prune is for deployment: widths the kernels run fast
+    ties_layers = True
 
     def scores(self) -> dict[int, np.ndarray]:
         raise NotImplementedError
 
     def plan(self) -> Plan:
         scores = normalized(self.scores())
-        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio))
+        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles))
 
 
 @register

@@ -77,6 +77,12 @@ sampled loss (no weight gradients are kept); each iteration inverts every factor
 Memory: the factors (``factor_bytes()``; torchvision ResNet-50, 10 classes: 583 MiB in float32,
 three 4608² A factors of layer4's 3x3 convs the largest), listed when the pass attaches.
 
+``uniform_layers``: the groups of a repeated layer (a role) keep one count. Importances stay per
+channel; every cut (the p-steps, the exact final one, the fill) ranks a role's k-th channel as the
+mean of its groups' k-th lowest importances and removes it from every layer at once, each layer losing
+its own least important channel. Fine-grained pruning keeps every shape, so every layer keeps its
+width already.
+
 Options: ``granularity``, ``fraction`` (p), ``interval``/``min_interval`` (steps between iterations),
 ``decay`` (0.95), ``damping`` (λ = 1e-3 of each factor's mean eigenvalue: π-damping, see kfac.py),
 ``fisher`` ("true": sampled labels; "empirical": the training labels), ``likelihood``
@@ -84,7 +90,7 @@ Options: ``granularity``, ``fraction`` (p), ``interval``/``min_interval`` (steps
 which a factor is block-diagonal), ``compensate`` (which OBS update: "inputs", "outputs", "both",
 "none"; True means "inputs", False "none"), ``rounds``,
 ``train_data`` (batches for the statistics without training), ``verbose``, ``seed``,
-``warmup``/``search_end``.
+``warmup``/``search_end``, ``uniform_layers``.
 """
 
 from __future__ import annotations
@@ -130,6 +136,7 @@ class NAPPass(ScheduledSearch):
     name = "nap"
     starts_trained = True
     trains = True
+    ties_layers = True  # every iteration's cut and the final one count a role's channels together
     completes_untrained = True  # statistics rounds and OBS updates, said in its report
     window = (0.0, 0.2)
 
@@ -201,9 +208,12 @@ class NAPPass(ScheduledSearch):
 
     # ------------------------------------------------------------- setup
     def _reachable(self) -> float:
-        zeros = {gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids}
-        floors = Allocation(self.gg, zeros, self.min_channels, self.min_ratio)
-        return check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_groups)))
+        floors = self._allocation({gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids})
+        return check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_units)))
+
+    def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
+        """The allocation over channel importances, a role's groups as one unit under ``uniform_layers``."""
+        return Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
 
     def _weight_floor(self, n: int) -> int:
         return min(n, max(1, math.ceil(self.min_ratio * n)))
@@ -283,9 +293,9 @@ class NAPPass(ScheduledSearch):
                 cut = max(1, math.ceil(fraction * alive))
                 alive, nonzero, n = alive - cut, nonzero - cut, n + 1
             return max(n, 1)
-        alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
-        removed = sum(int((~a).sum()) for a in self.alive.values())
-        total, n = len(alloc.ranked_groups), 0
+        alloc = self._allocation(scores)
+        removed = alloc.below(-np.inf, inclusive=True)  # removed for good: scored -inf
+        total, n = len(alloc.ranked_units), 0
         while n < 100_000:
             n += 1
             removed = min(total, removed + max(1, math.ceil(fraction * (total - removed))))
@@ -457,10 +467,10 @@ class NAPPass(ScheduledSearch):
             _console().print(line, soft_wrap=True)
 
     def _iterate_channels(self, scores: dict[int, np.ndarray], inverses, final: bool, fraction: float) -> tuple[int, bool]:
-        alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
+        alloc = self._allocation(scores)
         current = self._counts()
-        removed = sum(int((~a).sum()) for a in self.alive.values())
-        total = len(alloc.ranked_groups)
+        removed = alloc.below(-np.inf, inclusive=True)  # removed for good: scored -inf
+        total = len(alloc.ranked_units)
         n = max(1, math.ceil(fraction * (total - removed)))
         counts = alloc.counts(min(total, removed + n))
         while counts == current and removed + n < total:  # rounding (round_to) or floors swallowed the step
@@ -486,7 +496,7 @@ class NAPPass(ScheduledSearch):
         on a dead channel)."""
         live = {gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids}
         ceilings = {gid: int(self.alive[gid].sum()) for gid in self.group_ids}
-        plan = allocate_by_score(self.gg, live, self.budget, self.min_channels, self.min_ratio, ceilings=ceilings)
+        plan = allocate_by_score(self.gg, live, self.budget, self.min_channels, self.min_ratio, ceilings=ceilings, roles=self.roles)
         keep = {gid: list(plan.keep.get(gid, range(self.gg.groups[gid].size))) for gid in self.group_ids}
         cost = self.gg.budget.exact(self.metric, {g: len(k) for g, k in keep.items()})
         if self._target - cost > 0.005 * self._full:  # a coarse channel overshot: fill the cut with finer ones
@@ -496,28 +506,27 @@ class NAPPass(ScheduledSearch):
         return keep
 
     def _fill(self, scores: dict[int, np.ndarray], tolerance: float) -> dict[int, list[int]] | None:
-        """The live channels in increasing importance, each removed unless that would take the cost more than
-        ``tolerance`` under the target, until the target is met; None where ``round_to`` forbids single steps."""
+        """The live channels (of a role: its groups' channels of one rank) in increasing importance, each
+        removed unless that would take the cost more than ``tolerance`` under the target, until the target is
+        met; None where ``round_to`` forbids single steps."""
         if any(self.gg.groups[gid].round_to > 1 for gid in self.group_ids):
             return None
-        alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
-        counts = self._counts()
-        gone: dict[int, set[int]] = {gid: set() for gid in self.group_ids}
-        order = sorted((float(scores[gid][c]), gid, c) for gid in self.group_ids for c in np.flatnonzero(self.alive[gid]).tolist())
-        cost = self.gg.budget.exact(self.metric, counts)
-        for _, gid, c in order:
+        alloc = self._allocation({gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids})
+        kept = np.array([min(int(self.alive[gid].sum()) for gid in gids) for gids in alloc.units], dtype=np.int64)
+        cost = self.gg.budget.exact(self.metric, alloc.by_id(kept))
+        for u in alloc.ranked_units[alloc.below(-np.inf, inclusive=True):].tolist():
             if cost <= self._target:
                 break
-            if counts[gid] - 1 < alloc.floors[gid]:
+            if kept[u] - 1 < alloc.floors[alloc.units[u][0]]:
                 continue
-            trial = {**counts, gid: counts[gid] - 1}
-            after = self.gg.budget.exact(self.metric, trial)
+            trial = kept.copy()
+            trial[u] -= 1
+            after = self.gg.budget.exact(self.metric, alloc.by_id(trial))
             if after >= self._target - tolerance:
-                counts, cost = trial, after
-                gone[gid].add(c)
+                kept, cost = trial, after
         if cost > self._target:
             return None
-        return {gid: sorted(set(np.flatnonzero(self.alive[gid]).tolist()) - gone[gid]) for gid in self.group_ids}
+        return alloc.plan(alloc.by_id(kept)).keep
 
     def remove_channels(self, removal: dict[int, np.ndarray], inverses: dict[str, tuple[Inverse, Inverse]] | None = None) -> None:
         """Zero the channels' slices in every member, keep them zero, and apply the OBS update to each affected layer."""

@@ -20,13 +20,14 @@ from .magnitude import member_norms
 class UniformPass(MethodPass):
     name = "uniform"
     default_round_to = "auto"  # as the score methods: widths the kernels run fast
+    ties_layers = True  # equal sizes keep equal counts already; fill_up steps a role's groups together
 
     def plan(self) -> Plan:
         scores = member_norms(self.model, self.gg, 1)
         order = sorted((g.id for g in self.gg.prunable_groups), key=lambda g: -self.gg.groups[g].size)
 
         def allocate() -> Plan:
-            alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio)
+            alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
             return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
 
         return self.rounded(allocate)

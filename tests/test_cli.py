@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import graphprune
 from graphprune.cli import main
 from graphprune.errors import ModelSpecError
 from graphprune.modelspec import build_model, parse_shape
@@ -91,7 +93,11 @@ def test_prune_writes_plan_model_and_verified_onnx(tmp_path):
     assert "achieved" in out.stdout and "onnxruntime max |diff|" in out.stdout
     data = json.loads(plan.read_text())
     assert data["format"] == "graphprune.plan/1" and data["groups"]
-    assert onnx.stat().st_size > 0 and saved.stat().st_size > 0
+    assert onnx.stat().st_size > 0
+    stored = torch.load(saved, weights_only=True)
+    pruned = graphprune.load(str(saved), build_model("graphprune.models:digits_cnn")[0])  # the plan re-applied to a fresh instance, the weights loaded
+    assert type(pruned).__name__ == stored["class"].rpartition(".")[2] and pruned.state_dict().keys() == stored["state_dict"].keys()
+    assert all(torch.equal(v, stored["state_dict"][k]) for k, v in pruned.state_dict().items())
 
 
 def test_prune_reports_unreachable_budgets():

@@ -56,7 +56,7 @@ def test_export_takes_a_hugging_face_models_keyword_inputs(tmp_path):
         report = graphprune.export_onnx(m, str(path), dict(input_ids=ids, attention_mask=mask))
         assert report.dynamic_batch_checked and report.relative_diff < 1e-5
         session, (hidden, *_) = _onnx_run(path, input_ids=fresh_ids, attention_mask=fresh_mask)
-        assert [(i.name, i.shape) for i in session.get_inputs()] == [("input_ids", ["batch", 8]), ("attention_mask", ["batch", 8])]
+        assert [(i.name, i.shape) for i in session.get_inputs()] == [("input_ids", ["batch", "length"]), ("attention_mask", ["batch", "length"])]
         with torch.no_grad():
             want = m(input_ids=fresh_ids, attention_mask=fresh_mask)["last_hidden_state"]
         assert np.abs(hidden - want.numpy()).max() < 1e-4
@@ -173,18 +173,20 @@ def test_fit_dict_batches_with_a_loss_fn_of_output_and_batch():
 
 
 def test_fit_trains_a_pruned_llama_on_dict_batches():
-    """The slim model takes the keys of its example inputs: pruned with labels, it trains on dict batches
-    with its loss; pruned without, fit says why the batch's labels do not fit."""
+    """The pruned model is a LlamaForCausalLM: it trains on dict batches with its loss. The slim graph
+    (output="graph") takes the keys of its example inputs only: pruned without labels, fit says why
+    the batch's labels do not fit."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
     model = transformers.LlamaForCausalLM(config)
     batches = list(DataLoader(Tokens(), batch_size=8))
     ids = batches[0]["input_ids"]
-    without = graphprune.apply(model, "l1", 0.5, dict(input_ids=ids, attention_mask=batches[0]["attention_mask"])).model
+    without = graphprune.apply(model, "l1", 0.5, dict(input_ids=ids, attention_mask=batches[0]["attention_mask"]), output="graph").model
     with pytest.raises(graphprune.GraphPruneError, match=r"cannot be called with its keys \['input_ids', 'attention_mask', 'labels'\].*labels.*keys of its example inputs"):
         graphprune.fit(without, batches, None, 1, progress=False, device="cpu")
-    slim = graphprune.apply(model, "l1", 0.5, batches[0]).model
+    slim = graphprune.apply(model, "l1", 0.5, dict(input_ids=ids, attention_mask=batches[0]["attention_mask"])).model
+    assert type(slim) is transformers.LlamaForCausalLM
     before = _eval_loss(slim, batches[0])
     graphprune.fit(slim, batches, None, 3, optimizer=torch.optim.Adam(slim.parameters(), 1e-2), progress=False, device="cpu")
     assert _eval_loss(slim, batches[0]) < 0.7 * before

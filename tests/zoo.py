@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from graphprune.exactness import exactness_error
 from graphprune.flops import flop_counter
+from graphprune.rebuild import uncarried_groups, user_class_model
 
 import graphprune
 from helpers import leak_check, random_keep
@@ -67,4 +70,21 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
     slim = slim_at_budget(gg, plan, x)
     report = graphprune.export_onnx(slim, onnx_path, x)
     assert report.relative_diff <= 1e-4 and report.dynamic_batch_checked
+    # the model of the user's class, pruned in every group its code can carry (see bench/results/own_class.md)
+    carried = graphprune.Plan({g: k for g, k in plan.keep.items() if g not in uncarried_groups(gg)}, plan.sizes)
+    if any(s.guarded and s.conversion == "mode" for s in gg.traced.specializations):
+        # a forward that branches on self.training (googlenet's aux heads): its training path was never checked
+        with pytest.raises(graphprune.ModelRebuildError, match="forward branches at .*mode False"):
+            user_class_model(gg, carried)
+        assert slim_error(model, gg, plan, (x,)) <= EXACT
+        return
+    own, _, _ = user_class_model(gg, carried)
+    assert type(own) is type(model)
+    for inputs in ((x,), (other_batch(x),)):  # exact at the example's batch and another (zeroing a subset of plan's channels)
+        assert exactness_error(model, gg, carried, inputs, own) <= EXACT
     assert slim_error(model, gg, plan, (x,)) <= EXACT
+
+
+def other_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x`` at another batch size: its first row alone, or its rows twice."""
+    return x[:1] if x.shape[0] > 1 else torch.cat([x, x])
