@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from rich.progress import track
 
+import provenance
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import graphprune  # noqa: E402
@@ -92,7 +94,7 @@ def main() -> None:
         done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         rows[name] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"own_class": False, "error": done.stderr.strip().splitlines()[-1:]}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.commit()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "own_class.json").write_text(json.dumps({"commit": commit, "models": rows}, indent=1))
     own = sum(r.get("own_class", False) for r in rows.values())

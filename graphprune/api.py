@@ -10,7 +10,6 @@ import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.fx as fx
 
 from .budget_target import Budget
 from .data import hold_out
