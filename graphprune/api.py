@@ -321,7 +321,8 @@ def apply(
     optimizer: Callable[[Iterable[torch.nn.Parameter], float], torch.optim.Optimizer] | None = None,
     **options: Any,
 ) -> PruneResult:
-    """Prune ``model`` to ``budget`` with ``method``; returns the slim model, the plan and a report.
+    """Prune ``model`` to ``budget`` with ``method``; returns the pruned model (of the user's class, see
+    :func:`prepare`'s ``output``), the plan and a report.
 
     Data-free methods ("l1", "l2", "uniform", "random") need nothing else; given ``train_data``,
     ``loss_fn`` and ``epochs`` they prune, then fine-tune the slim model for those epochs (the same

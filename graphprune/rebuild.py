@@ -42,7 +42,7 @@ from .checkpoint import record
 from .hf_config import UNSTATED, describe_pruned_config
 from .locations import FRAME, describe_node, qualified_name, user_location
 from .plan import Plan
-from .slim import _deepcopy, _layer_norm_compensation, _Resizer, _slice_in_place, plan_resizer
+from .slim import _deepcopy, _layer_norm_compensation, _Resizer, _set_tensor, _slice_in_place, plan_resizer
 from .trace import InputSizes, Specialization, guard, split_inputs
 
 #: how far the user's model may be from the slim graph, relative to the largest output (float32 rounding)
@@ -118,8 +118,7 @@ def user_class_model(gg: GroupGraph, plan: Plan, graph: fx.GraphModule | None = 
             rule(m)
     for (path, name), factor in carried.scales.items():
         owner = result.get_submodule(path)
-        with torch.no_grad():
-            _set_tensor_value(owner, name, getattr(owner, name) * factor)
+        _set_tensor(owner, name, _scaled(getattr(owner, name), factor))
     unchecked = [spec.location for spec in gg.traced.specializations if spec.guarded and spec not in branches]
     notes = [f"checked on the path the example inputs take at {'; '.join(unchecked)}: other values there run code of the "
              "model's that graphprune did not check"] if unchecked else []
@@ -454,14 +453,10 @@ def _attribute(owner: Any, target: str) -> Any:
     return owner
 
 
-def _set_tensor_value(owner: nn.Module, name: str, value: torch.Tensor) -> None:
-    current = getattr(owner, name)
-    if isinstance(current, nn.Parameter):
-        setattr(owner, name, nn.Parameter(value, requires_grad=current.requires_grad))
-    elif name in owner._buffers:
-        owner._buffers[name] = value
-    else:
-        setattr(owner, name, value)
+def _scaled(current: torch.Tensor, factor: float) -> torch.Tensor:
+    """``current * factor``, a parameter again where it was one (a new tensor: the slim graph keeps its own)."""
+    value = current.detach() * factor
+    return nn.Parameter(value, requires_grad=current.requires_grad) if isinstance(current, nn.Parameter) else value
 
 
 # ------------------------------------------------------------------ proving it

@@ -174,12 +174,14 @@ def test_hugging_face_model_keeps_its_class_outputs_and_arguments(name):
         cases = [(x[:1],), (torch.cat([x, x[:1]]),)]
     else:
         cases = [(torch.randint(0, VOCAB, (b, t)),) for b, t in ((1, 5), (3, 37))]
-        mask = torch.ones(3, 37, dtype=torch.long)
-        mask[0, :4] = 0
-        got, want = slim(cases[1][0], attention_mask=mask), None
-        assert got[0].shape[:2] == (3, 37)
     for inputs in cases:
         assert exactness_error(model, gg, plan, inputs, slim) <= EXACT
+    if name != "vit":  # a keyword the graph never saw: the model's own code takes it (model is zeroed by now)
+        mask = torch.ones(3, 37, dtype=torch.long)
+        mask[0, :4] = 0
+        with torch.no_grad():
+            want, got = model(cases[1][0], attention_mask=mask)[0], slim(cases[1][0], attention_mask=mask)[0]
+        assert got.shape[:2] == (3, 37) and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max())
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2"])
