@@ -39,6 +39,7 @@ import torch
 
 from .analysis import Analysis, MacTerm
 from .channels import ChannelMap
+from .heap import release_freed_memory
 from .trace import Fallback, TracedModel, trace
 
 
@@ -397,6 +398,7 @@ def analyze(
     """
     with _no_cyclic_gc():
         traced = trace(model, example_inputs, leaf_modules, concrete_args, specialize_submodules)
+        release_freed_memory()  # what tracing freed, for the slices of an in-place resize (see heap.py)
         analysis = Analysis(traced, attention).run()
         groups, atom_group, atom_channel = build_groups(analysis, round_to)
         gg = GroupGraph(traced, analysis, groups, atom_group, atom_channel)

@@ -10,7 +10,7 @@ import traceback
 import torch
 import torch.fx as fx
 
-_OURS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+_OURS = (os.path.dirname(torch.__file__) + os.sep, os.path.dirname(__file__) + os.sep)  # torchvision is not torch
 
 #: ``node.meta`` key of the user's (file, line) that made a node while tracing (see :func:`user_frame`)
 FRAME = "user_frame"

@@ -450,7 +450,8 @@ def _presliced(modules: dict[str, nn.Module], slices: dict[tuple[str, str], list
 def _sliced(t: torch.Tensor, dims: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     """``t`` at the given indices of each dim, detached; a parameter stays one, trainable as it was."""
     out = t.detach()
-    for dim, index in dims:
+    # the dim that keeps the smallest share first: the intermediate copy is as small as it can be
+    for dim, index in sorted(dims, key=lambda d: len(d[1]) / t.shape[d[0]]):
         out = out.index_select(dim, index)
     return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
 
@@ -460,6 +461,8 @@ def _slice_in_place(modules: dict[str, nn.Module], slices: dict[tuple[str, str],
     weight is its token embedding) is sliced once and the slice shared, so the tie survives and
     parameters are counted once, as in the original. No reference to a tensor outlives its
     slicing, so resizing a model in place frees each original as its slice replaces it."""
+    # smallest first: the largest tensors (embeddings) are copied last, once the rest has shrunk
+    slices = dict(sorted(slices.items(), key=lambda item: getattr(modules[item[0][0]], item[0][1]).numel()))
     first: dict[int, tuple[str, str]] = {}  # ids are taken while every tensor is alive: no id is reused
     for key in slices:
         first.setdefault(id(getattr(modules[key[0]], key[1])), key)

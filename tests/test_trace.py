@@ -615,3 +615,16 @@ def test_analysis_graph_module_is_the_graph_module_fx_builds():
     assert tree(ours) == tree(theirs) and ours.graph is graph and ours._tracer_cls is theirs._tracer_cls
     x = torch.randn(2, 3, 5, 5)
     assert torch.equal(ours(x), model(x))
+
+
+def test_nodes_made_in_a_library_beside_torch_name_its_line():
+    """torchvision's directory starts with torch's: its lines are the user's code, not torch's."""
+    import torchvision
+
+    from graphprune.locations import FRAME, describe_node
+
+    gg = graphprune.analyze(torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 32, 32))
+    add = next(n for n in gg.gm.graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add))
+    filename, lineno = add.meta[FRAME]
+    assert filename.endswith("torchvision/models/resnet.py")
+    assert describe_node(add).endswith(f'resnet.py:{lineno} "out += identity" in module \'layer1.0\' (fx node \'{add.name}\')')
