@@ -12,6 +12,7 @@ from .errors import (BudgetError, DistributedError, ExampleInputError, ExportErr
                      ModelSpecError, NotReadyError, OptionError, TraceError)
 from .groups import ChannelGroup, GroupGraph, Member, analyze
 from .export import ExportReport, export_onnx
+from .ops import register_op, unregister_op
 from .plan import Plan, PlanError
 from .slim import SlimError, slim
 from .trace import trace
@@ -24,6 +25,8 @@ __all__ = [
     "apply_plan",
     "load",
     "prepare",
+    "register_op",
+    "unregister_op",
     "Session",
     "PruneResult",
     "PruneReport",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -30,6 +31,7 @@ import torch.fx as fx
 
 from .distributed import main_only
 from .errors import ExampleInputError, ExportError, GuardError
+from .ops import declaration_of, declared_functions
 from .trace import InputSizes, guard, mismatched_inputs, named_tensors, split_inputs
 
 
@@ -127,6 +129,30 @@ def _silenced() -> Iterator[None]:
         if saved is not None:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def _declared_forms(model: torch.nn.Module) -> Iterator[list[str]]:
+    """Ops declared with an ``onnx_form`` (ops.py) run it while the exporters trace: modules through
+    their instance's ``forward``, functions where the modules' code looks them up (their forward's
+    globals). onnxruntime is then checked against the model's own ops, so a wrong form is an error."""
+    modules = [(m, d.onnx_form) for m in model.modules() for d in [declaration_of(m)] if d is not None and d.onnx_form]
+    forms = {id(f): declaration_of(f).onnx_form for f in declared_functions() if declaration_of(f).onnx_form}
+    patched: list[tuple[dict, str, Any]] = []
+    for namespace in {id(g): g for m in model.modules() for g in [getattr(type(m).forward, "__globals__", None)] if g}.values():
+        for name, value in list(namespace.items()):
+            if callable(value) and id(value) in forms:
+                patched.append((namespace, name, value))
+                namespace[name] = forms[id(value)]
+    for m, form in modules:
+        m.forward = functools.partial(form, m)
+    try:
+        yield sorted({type(m).__qualname__ for m, _ in modules} | {value.__qualname__ for _, _, value in patched})
+    finally:
+        for m, _ in modules:
+            del m.forward
+        for namespace, name, value in patched:
+            namespace[name] = value
 
 
 _TRY = "another opset (opset=18 or newer), or replace the operation named above with ones ONNX supports"
@@ -261,7 +287,8 @@ def export_onnx(
         dynamic_batch = dynamic_batch and sizes is not None  # no tensor with a batch dim: nothing to make dynamic
         dynamic_length = dynamic_length and sizes is not None and sizes.length is not None  # not a sequence model
         axes = _dynamic_axes(tensors, sizes, dynamic_batch, dynamic_length)
-        used = _export(exported, tensors, output_count, path, exporter, opset, axes)
+        with _declared_forms(exported) as forms:
+            used = _export(exported, tensors, output_count, path, exporter, opset, axes)
         opset_used = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), 0)
         size = os.path.getsize(path) + (os.path.getsize(path + ".data") if os.path.exists(path + ".data") else 0)
         report = ExportReport(path, used, opset_used, size, _providers()[0], 0.0, 0.0, False, _unchecked_guards(model))
@@ -307,7 +334,9 @@ def export_onnx(
             raise ExportError(
                 f"onnxruntime disagrees with PyTorch: max |diff| {report.max_abs_diff:.3g} "
                 f"({report.relative_diff:.3g} of the output scale, tolerance {tolerance:g}). "
-                "Try exporter='dynamo' or a newer opset."
+                + (f"The ONNX file runs the onnx_form declared with register_op for {', '.join(forms)}: check that it "
+                   "computes what the op computes. " if forms else "")
+                + "Try exporter='dynamo' or a newer opset."
             )
         return report
     finally:

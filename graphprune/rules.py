@@ -18,9 +18,10 @@ Rule kinds:
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import equivalents
+from . import equivalents, ops
 from .locations import qualified_name
 from .channels import ChannelMap
 from .trace import TensorSpec
@@ -661,6 +662,68 @@ def attention_mask(ctx: "Analysis", node: fx.Node) -> None:
     unknown(ctx, node, "builds an attention mask, which holds no channels")
 
 
+# ---------------------------------------------------------------------------- declared ops
+
+def declared(ctx: "Analysis", node: fx.Node) -> None:
+    """An op the user declared with :func:`graphprune.register_op` (see ops.py)."""
+    m = ctx.module(node) if node.op == "call_module" else None
+    d = ops.declaration_of(m if m is not None else node.target)
+    out_spec = ctx.spec(node)
+    if not isinstance(out_spec, TensorSpec):
+        return unknown(ctx, node, "is declared with register_op but does not return one tensor")
+    if m is not None:
+        refs = {name: (".".join([node.target, *name.split(".")[:-1]]), name.rpartition(".")[2])
+                for name in d.params if isinstance(_dotted(m, name), torch.Tensor)}
+        inputs = ctx.tensor_inputs(node)
+    else:
+        bound = _declared_arguments(node)
+        refs = {name: ctx.param_ref(bound.get(name)) for name in d.params if bound.get(name) is not None}
+        missing = [name for name, ref in refs.items() if ref is None]
+        if missing:
+            return unknown(ctx, node, f"is declared with register_op, but its argument '{missing[0]}' is computed in "
+                                      "forward, so graphprune cannot slice it")
+        held = {bound[name] for name in refs}
+        inputs = [a for a in ctx.tensor_inputs(node) if a not in held]
+    if not inputs:
+        return unknown(ctx, node, "is declared with register_op but has no tensor input besides its declared params")
+    dim = d.channel_dim % out_spec.ndim
+    if d.flow == "channelwise":
+        channels = ctx.demand(inputs[0], dim, node)
+        for a in inputs[1:]:
+            ctx.atoms.link(channels.labels, ctx.demand(a, d.channel_dim % ctx.spec(a).ndim, node).labels)
+        for name, ref in refs.items():
+            for param_dim in d.params[name]["channel"]:
+                ctx.member(ref, param_dim, channels.labels, "channelwise")
+        # MACs scale with the channels once per dim of one tensor that holds them (a square projection: twice)
+        ctx.macs(node, [channels] * max([len(d.params[name]["channel"]) for name in refs] or [1]))
+        return ctx.set(node, ChannelMap(dim, channels.labels))
+    if len(inputs) != 1:
+        return unknown(ctx, node, "is declared a producer with register_op but takes several tensor inputs")
+    x = inputs[0]
+    in_map = ctx.demand(x, d.channel_dim % ctx.spec(x).ndim, node)
+    out_map = ChannelMap(dim, ctx.atoms.new(out_spec.shape[dim]))
+    for name, ref in refs.items():
+        for role, labels in (("out", out_map.labels), ("in", in_map.labels)):
+            for param_dim in d.params[name].get(role, ()):
+                ctx.member(ref, param_dim, labels, role)
+    ctx.macs(node, [in_map, out_map])
+    ctx.set(node, out_map)
+
+
+def _dotted(owner: Any, name: str) -> Any:
+    for part in name.split("."):
+        owner = getattr(owner, part, None)
+    return owner
+
+
+def _declared_arguments(node: fx.Node) -> dict[str, Any]:
+    """A declared function's arguments by name (its signature binds the positional ones)."""
+    try:
+        return dict(inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments)
+    except (TypeError, ValueError):
+        return dict(node.kwargs)
+
+
 # ------------------------------------------------------------------------------------- unknown
 
 def unknown(ctx: "Analysis", node: fx.Node, why: str | None = None) -> None:
@@ -835,6 +898,8 @@ def label_callable(node: fx.Node, m: nn.Module | None):
 
 
 def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
+    if node.op in ("call_module", "call_function") and ops.declaration_of(m if m is not None else node.target):
+        return declared
     if node.op == "call_module":
         return module_rule(m)
     if node.op == "call_function":

@@ -34,6 +34,7 @@ from .channels import ChannelMap
 from .errors import GraphPruneError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph, _no_cyclic_gc
+from .ops import OpDeclaration, declaration_of
 from .plan import Plan
 from .trace import AnalysisGraphModule, GraphRunner, TensorSpec
 
@@ -121,7 +122,9 @@ class _Resizer:
         for old in self.gg.gm.graph.nodes:
             if old.op == "call_module":
                 m = modules[old.target]
-                fix = next((f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
+                declared = declaration_of(m)
+                fix = _fix_declared(declared) if declared is not None else next(
+                    (f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
                 if fix is not None:
                     fix(self, old, m)
 
@@ -543,6 +546,18 @@ def _fix_prelu(s: _Resizer, old: fx.Node, m: nn.PReLU) -> None:
 
 def _fix_embedding(s: _Resizer, old: fx.Node, m: nn.Embedding) -> None:
     m.embedding_dim = m.weight.shape[1]
+
+
+def _fix_declared(d: OpDeclaration) -> Callable[[_Resizer, fx.Node, nn.Module], None]:
+    """Set the attributes a register_op declaration names to the counts they follow."""
+    def fix(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
+        x = next(a for a in old.all_input_nodes if isinstance(s.values.get(a), TensorSpec))
+        counts = {"in": s.size_after(x, d.channel_dim), "out": s.size_after(old, d.channel_dim)}
+        counts["channels"] = counts["out"]
+        for attribute, count in d.attributes.items():
+            *path, name = attribute.split(".")
+            setattr(m.get_submodule(".".join(path)), name, counts[count])
+    return fix
 
 
 MODULE_FIXUPS: dict[type, Callable[[_Resizer, fx.Node, nn.Module], None]] = {

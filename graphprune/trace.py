@@ -53,6 +53,7 @@ import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
 
 from .equivalents import function_form, module_form
+from .ops import declaration_of, declared_functions
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .locations import FRAME, caller_location, describe_node, user_frame, user_location
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
@@ -286,6 +287,7 @@ class _FallbackTracer(fx.Tracer):
 
     def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
         super().__init__()  # defaults: GraphModule unpickling builds a tracer with no arguments
+        self._autowrap_function_ids.update(id(f) for f in declared_functions())  # calls stay nodes (ops.py)
         self.leaf_names = leaf_names
         self.leaf_types = leaf_types
         self._stack: list[str] = []
@@ -361,6 +363,8 @@ class _FallbackTracer(fx.Tracer):
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types + (ModeGuard,)):
+            return True
+        if declaration_of(m) is not None:  # declared with register_op: its code is not traced (ops.py)
             return True
         if module_form(m) is not None:
             return False
