@@ -4,20 +4,21 @@
 derives the exact MACs/params model in the groups' keep ratios.
 """
 
+from . import op_table  # noqa: F401  (defines the built-in ops: every stage looks them up)
 from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
 from .budget import BudgetModel
 from .budget_target import Budget
 from .checkpoint import load
 from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelRebuildError,
-                     ModelSpecError, NotReadyError, OptionError, TraceError)
+                     ModelSpecError, NotReadyError, OptionError, PlanError, SlimError, TraceError, WidenError)
 from .groups import ChannelGroup, GroupGraph, Member, analyze
 from .export import ExportReport, export_onnx
 from .ops import register_op, unregister_op
-from .plan import Plan, PlanError
-from .slim import SlimError, slim
+from .plan import Plan
+from .slim import slim
 from .trace import trace
 from .train import EpochRecord, accuracy, fit, seed_everything
-from .widen import Widened, WidenError, widen
+from .widen import Widened, widen
 
 __all__ = [
     "analyze",

@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from . import rules
+from . import ops, rules
 from .channels import AtomGraph, ChannelMap, compress, label_tensor
 from .locations import describe_node
-from .trace import TensorSpec, TracedModel
+from .specs import TensorSpec
+
+if TYPE_CHECKING:
+    from .trace import TracedModel
 
 ParamRef = tuple[str, str]  # (module qualified name, attribute name)
 
@@ -341,7 +344,7 @@ class Analysis:
             out = run(contiguous=False)
         except Exception:  # an op that needs real memory (a view, an in-place op): as it always ran
             out = run(contiguous=True)
-        outer = self.attention == "heads" and node.target in _SIZE_TAKING | {"unflatten", torch.unflatten}
+        outer = self.attention == "heads" and ops.takes(node) in ("shape", "dim sizes")
         return _map_tensors(out, lambda t: compress(t, atom_of, atoms, self.describe(node), outer))
 
     def _evaluate_from(self, read: fx.Node, target: fx.Node, dim: int, count: int) -> Any:
@@ -448,7 +451,7 @@ class Analysis:
         kind = rules.rule_kind(use, self._modules.get(use.target) if use.op == "call_module" else None) if use.op != "output" else None
         if kind != rules.RuleKind.MOVEMENT:
             return "uses a value"
-        if use.target in _SPLITTING and _splits_channel_dim(self, use, via):
+        if ops.takes(use) in ("split sizes", "slice") and _splits_channel_dim(self, use, via):
             return None  # the slim pass writes the kept part sizes / bounds from the plan
         sizes = _size_args(use)
         out = self.map(use)
@@ -609,8 +612,6 @@ def _channel_count_sinks(node: fx.Node, reads: bool | None, dim: int, ndim: int,
             yield use, node
 
 
-_SIZE_TAKING = {"view", "reshape", "expand", torch.reshape}
-_SPLITTING = {"split", "tensor_split", "narrow", torch.split, torch.tensor_split, torch.narrow, operator.getitem}
 
 
 def _splits_channel_dim(ctx: Analysis, use: fx.Node, via: fx.Node) -> bool:
@@ -646,7 +647,7 @@ def _splits_channel_dim(ctx: Analysis, use: fx.Node, via: fx.Node) -> bool:
 
 def _size_args(node: fx.Node) -> list | None:
     """The target sizes of a view/reshape/expand, one per output dim (None for other ops)."""
-    if node.target not in _SIZE_TAKING:
+    if ops.takes(node) != "shape":
         return None
     if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
         return list(node.args[1])

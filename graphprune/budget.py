@@ -105,7 +105,7 @@ class BudgetModel:
         model = self._gg.traced.model  # the user's model: modules the graph never calls count too
         modules = dict(self._gg.gm.named_modules())
         by_tensor: dict[int, dict[int, np.ndarray]] = {}
-        for rec in self._gg._analysis.members.values():
+        for rec in self._gg.member_records.values():
             owner = modules[rec.module] if rec.module in modules else self._gg.gm.get_submodule(rec.module)
             t = getattr(owner, rec.param)
             if isinstance(t, torch.nn.Parameter):

@@ -15,38 +15,15 @@ import os
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn as nn
 
 from .errors import GraphPruneError
 from .groups import GroupGraph, analyze
 from .locations import qualified_name
 from .plan import Plan
-from .trace import split_inputs
-
-FORMAT = "graphprune.checkpoint/1"
-
-
-def record(plan: Plan, gg: GroupGraph, model: nn.Module, tensors: bool = True) -> dict[str, Any]:
-    """What re-applying ``plan`` needs; ``tensors=False``: the example inputs as shapes and dtypes
-    (JSON, for a config), else as they are."""
-    options = gg.options
-    leaves = [x if isinstance(x, str) else qualified_name(x) for x in options["leaf_modules"]]
-    if options["concrete_args"]:
-        raise GraphPruneError("the model was analyzed with concrete_args, which a checkpoint cannot hold: save "
-                              "result.plan.to_json() and the state dict, and re-apply with graphprune.apply_plan")
-    args, kwargs = split_inputs(gg.example_inputs)
-    describe = (lambda x: x) if tensors else _spec
-    return {
-        "format": FORMAT,
-        "class": qualified_name(type(gg.traced.model)),
-        "output": "graph" if isinstance(model, fx.GraphModule) and not isinstance(gg.traced.model, fx.GraphModule) else "module",
-        "plan": plan.to_json(),
-        "analysis": {"attention": options["attention"], "specialize_submodules": options["specialize_submodules"],
-                     "leaf_modules": leaves},
-        "inputs": {"args": [describe(x) for x in args], "kwargs": {k: describe(x) for k, x in kwargs.items()}},
-    }
-
+from .rebuild import user_class_model
+from .records import FORMAT, record
+from .slim import slim
 
 def save(path: str, model: nn.Module, plan: Plan, gg: GroupGraph) -> None:
     torch.save({**record(plan, gg, model), "state_dict": model.state_dict()}, path)
@@ -57,9 +34,6 @@ def load(path: str, model: nn.Module, example_inputs: Any = None) -> nn.Module:
     ``path`` re-applied (in place) and its weights loaded; ``path`` is a file ``PruneResult.save``
     wrote or a directory a pruned Hugging Face model's ``save_pretrained`` wrote.
     ``example_inputs``: inputs to analyze with instead of the stored ones."""
-    from .rebuild import user_class_model
-    from .slim import slim
-
     saved, state = _read(path)
     if saved.get("format") != FORMAT:
         raise GraphPruneError(f"{path} is no graphprune checkpoint (format {saved.get('format')!r}): save one with result.save(path)")
@@ -105,12 +79,6 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     return saved, {k: v for f in files for k, v in load_file(os.path.join(path, f)).items()}
-
-
-def _spec(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-    return x
 
 
 def _inputs(stored: dict[str, Any]) -> Any:

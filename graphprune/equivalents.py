@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function
 
-from .locations import qualified_name
+from .ops import OWN_CODE, function_op, module_op
 
 
 # ------------------------------------------------------------------ graph nodes of the forms
@@ -263,30 +263,18 @@ def swin_patch_merging_pad(x: Any) -> Any:
     return torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
 
 
-#: module types (by qualified name, exact type: a subclass may compute something else) ->
-#: form(module, its qualified name in the model, *forward's args, **forward's kwargs)
-MODULE_FORMS: dict[str, Callable[..., Any]] = {
-    "torch.nn.modules.activation.MultiheadAttention": multihead_attention,
-    "torchvision.models.swin_transformer.ShiftedWindowAttention": swin_window_attention,
-}
-
-#: torch.fx.wrap'ed functions (by qualified name) -> what to trace instead of keeping them a leaf;
-#: None: the function's own code traces as it is
-FUNCTION_FORMS: dict[str, Callable[..., Any] | None] = {
-    "torchvision.models.swin_transformer._patch_merging_pad": swin_patch_merging_pad,
-    "torchvision.models.swin_transformer._get_relative_position_bias": None,
-}
-
-
-
 def module_form(m: nn.Module) -> Callable[..., Any] | None:
-    """The plain-op form to trace instead of ``m``'s forward, or None."""
-    return MODULE_FORMS.get(qualified_name(type(m)))
+    """The plain-op form to trace instead of ``m``'s forward (exact type: a subclass may compute
+    something else), or None. Forms are called as form(module, its qualified name in the model,
+    *forward's args, **forward's kwargs); which module has which: op_table.py."""
+    entry = module_op(type(m))
+    return entry.form if entry is not None else None
 
 
 def function_form(fn: Any) -> Callable[..., Any] | None:
-    """What to trace instead of keeping the wrapped function ``fn`` a leaf, or None."""
-    name = qualified_name(fn)
-    if name not in FUNCTION_FORMS:
+    """What to trace instead of keeping the torch.fx.wrap'ed library function ``fn`` a leaf (its
+    form, or ``fn`` itself where its own code traces as it is), or None."""
+    entry = function_op(fn)
+    if entry is None or entry.form is None:
         return None
-    return FUNCTION_FORMS[name] or fn
+    return fn if entry.form == OWN_CODE else entry.form

@@ -43,3 +43,15 @@ class NotReadyError(GraphPruneError):
 
 class ModelRebuildError(GraphPruneError):
     """The plan cannot be carried over to the user's own model class (its code fixes a size the plan changes)."""
+
+
+class PlanError(GraphPruneError):
+    """A plan does not fit the model it is applied to."""
+
+
+class SlimError(GraphPruneError):
+    """The slim graph does not have the shapes the plan implies."""
+
+
+class WidenError(GraphPruneError):
+    """A model cannot be widened as asked: a bad factor, or a wide graph without the shapes the widened groups imply."""

@@ -41,8 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .locations import qualified_name
-from .errors import GraphPruneError
+from .ops import module_op, node_op
 
 
 def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -74,65 +73,6 @@ CONTRACTIONS = frozenset({
     "aten._efficient_attention_forward", "aten._efficient_attention_backward",
     "aten._flash_attention_forward", "aten._flash_attention_backward",
     "flex_attention", "flex_attention_backward",
-})
-
-#: leaf modules (exact types: a subclass may override forward) whose forward runs no contraction
-FREE_MODULES: frozenset[type] = frozenset({
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-    nn.GroupNorm, nn.LayerNorm,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-    nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
-    nn.Threshold, nn.PReLU, nn.Softmax, nn.LogSoftmax, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d,
-    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
-})
-
-#: functions that run no contraction on plain tensors
-FREE_FUNCTIONS: frozenset[Callable] = frozenset({
-    getattr, len, math.sqrt, math.prod,
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.neg,
-    operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.getitem,
-    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide, torch.neg,
-    torch.abs, torch.exp, torch.sqrt, torch.rsqrt, torch.pow, torch.relu, torch.sigmoid, torch.tanh,
-    torch.erf, torch.square, torch.reciprocal, torch.log, torch.sin, torch.cos, torch.where,
-    torch.maximum, torch.minimum, torch.clamp, torch.clip,
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims,
-    torch.movedim, torch.moveaxis, torch.squeeze, torch.unsqueeze, torch.cat, torch.concat,
-    torch.concatenate, torch.stack, torch.split, torch.chunk, torch.unbind, torch.tensor_split,
-    torch.narrow, torch.flip, torch.roll, torch.t, torch.unflatten,
-    torch.pixel_shuffle, torch.pixel_unshuffle, torch.channel_shuffle,
-    torch.sum, torch.mean, torch.amax, torch.amin, torch.softmax, torch.log_softmax,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.softsign, F.logsigmoid, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm, F.softmax, F.log_softmax, F.pad,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.pixel_shuffle, F.pixel_unshuffle, F.channel_shuffle,
-})
-
-#: functions outside torch that run no contraction and whose output shape needs no values, by
-#: qualified name (their libraries need not be installed)
-FREE_NAMED = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
-
-#: tensor methods that run no contraction
-FREE_METHODS: frozenset[str] = frozenset({
-    "size", "dim", "numel", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as",
-    "detach", "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose",
-    "t", "movedim", "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "split", "chunk", "unbind",
-    "tensor_split", "narrow", "flip", "roll", "swapaxes", "swapdims",
-    "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "neg", "abs", "exp", "sqrt", "rsqrt", "pow",
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "square", "reciprocal",
-    "masked_fill", "where", "maximum", "minimum", "erf",
-    "sum", "mean", "amax", "amin", "softmax", "log_softmax",
 })
 
 _PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
@@ -189,17 +129,11 @@ class NodeFlops:
             return False
         if n.op == "call_module":
             m = self._modules.get(n.target)
-            if not self._skip_modules or type(m) not in FREE_MODULES or any(getattr(m, h, None) for h in _MODULE_HOOKS):
+            if not self._skip_modules or _cost(n, m) != "free" or any(getattr(m, h, None) for h in _MODULE_HOOKS):
                 return False
             if not all(type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None):
                 return False
-        elif n.op == "call_function":
-            if n.target not in FREE_FUNCTIONS and qualified_name(n.target) not in FREE_NAMED:
-                return False
-        elif n.op == "call_method":
-            if n.target not in FREE_METHODS:
-                return False
-        else:
+        elif n.op not in ("call_function", "call_method") or _cost(n) != "free":
             return False
         return _args_plain(n.args, env) and _args_plain(n.kwargs, env)
 
@@ -223,36 +157,6 @@ class NodeFlops:
 
 # ------------------------------------------------------------------ shape-only runs
 
-#: leaf modules (exact types) computing a contraction whose output shape needs no values
-CONTRACTION_MODULES: frozenset[type] = frozenset({
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
-})
-#: contraction functions and methods whose output shape needs no values. Not attention: its CPU
-#: kernel is not one FlopCounterMode has a formula for, the meta one decomposes into bmm.
-CONTRACTION_FUNCTIONS: frozenset[Callable] = frozenset({
-    F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
-    torch.matmul, operator.matmul, torch.bmm, torch.mm,
-})
-CONTRACTION_METHODS: frozenset[str] = frozenset({"matmul", "bmm", "mm"})
-
-#: pooling modules whose shape-only runs go to meta tensors (no FLOPs: they are free)
-POOL_MODULES: frozenset[type] = frozenset({
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-})
-#: modules returning a tensor of their (floating point) input's shape, dtype and layout
-SAME_AS_INPUT_MODULES: frozenset[type] = frozenset({
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Threshold, nn.Dropout,
-})
-#: elementwise binary ops: the result has the broadcast shape and ``torch.result_type``
-BINARY_FUNCTIONS: frozenset[Callable] = frozenset({
-    operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
-})
-BINARY_METHODS: frozenset[str] = frozenset({"add", "sub", "mul", "div"})
-
 #: a meta run of a pool costs about as much as pooling this many elements for real; smaller pools
 #: run for real unless their configuration is cached. (Contractions always run on meta tensors:
 #: counting a small one for real costs as much, and their configurations repeat.) Only speed
@@ -260,9 +164,11 @@ BINARY_METHODS: frozenset[str] = frozenset({"add", "sub", "mul", "div"})
 SUBSTITUTE_ELEMENTS = 200_000
 
 
-class Restart(GraphPruneError):
+class Restart(Exception):
     """A node downstream of a shape-only result reads values or fails: run the graph again for
-    real (raised and caught inside :func:`graphprune.trace.propagate`)."""
+    real. Control flow, never a user's error (so no :class:`GraphPruneError`): raised by
+    :class:`ShapeOnlyRuns` and caught by whoever runs the graph with it
+    (:func:`graphprune.trace.propagate`, the slim pass's shape check), which then runs it for real."""
 
 
 
@@ -300,11 +206,9 @@ class ShapeOnlyRuns:
                 self._kind[n] = self._classify(n)
 
     # ---------------------------------------------------------------- classification
-    def _module_ok(self, n: fx.Node, types: frozenset) -> bool:
-        """Whether ``n`` calls a module of one of ``types`` with no hooks and plain tensors."""
+    def _module_ok(self, n: fx.Node) -> bool:
+        """Whether ``n`` calls a module with no hooks and plain tensors."""
         m = self._modules.get(n.target)
-        if type(m) not in types:
-            return False
         if n.target not in self._unhooked:
             self._unhooked[n.target] = not any(getattr(m, h, None) for h in _MODULE_HOOKS) and all(
                 type(t) in _PLAIN_TENSORS for t in (*m._parameters.values(), *m._buffers.values()) if t is not None)
@@ -314,22 +218,16 @@ class ShapeOnlyRuns:
         """Whether ``n`` never looks at its inputs' values to decide its output's shape."""
         if n.op == "output":
             return True
-        if n.op == "call_module":
-            return self._module_ok(n, FREE_MODULES) or self._module_ok(n, CONTRACTION_MODULES)
-        if n.op == "call_function":
-            return n.target in FREE_FUNCTIONS or n.target in CONTRACTION_FUNCTIONS or qualified_name(n.target) in FREE_NAMED
-        if n.op == "call_method":
-            return n.target in FREE_METHODS or n.target in CONTRACTION_METHODS
-        return False
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return False
+        return _cost(n, self._modules.get(n.target)) in ("free", "contraction") and (n.op != "call_module" or self._module_ok(n))
 
     def _classify(self, n: fx.Node) -> str | None:
+        entry = node_op(n, self._modules.get(n.target))
+        kind = entry.stand_in if entry is not None else None
         if n.op == "call_module":
-            return next((kind for kind, types in _MODULE_KINDS if self._module_ok(n, types)), None)
-        if (n.op == "call_function" and n.target in BINARY_FUNCTIONS) or (n.op == "call_method" and n.target in BINARY_METHODS):
-            return "binary"
-        if (n.op == "call_function" and n.target in CONTRACTION_FUNCTIONS) or (n.op == "call_method" and n.target in CONTRACTION_METHODS):
-            return "contraction"
-        return None
+            return kind if kind is not None and self._module_ok(n) else None
+        return kind if kind in ("binary", "contraction") else None
 
     # ---------------------------------------------------------------- running
     def check(self, n: fx.Node, args: tuple, kwargs: dict) -> None:
@@ -404,12 +302,13 @@ class ShapeOnlyRuns:
         if len(devices) != 1:
             return None
         (device,) = devices
-        if type(m) in _CONV_MODULES:
+        formula = node_op(n, m).formula if m is not None else None
+        if formula == "conv":
             found = self._conv_by_formula(m, args, kwargs, count)
-        elif type(m) is nn.Linear:
+        elif formula == "linear":
             found = self._linear_by_formula(m, args, kwargs, count)
         else:
-            found = _adaptive_pool_by_formula(m, args, kwargs) if type(m) in _ADAPTIVE_POOLS else None
+            found = _adaptive_pool_by_formula(m, args, kwargs) if formula == "adaptive_pool" else None
         key = self._config_key(n, m, args, kwargs, count) if found is None else None
         found = self._cache.get(key) if key is not None else found
         if found is None:
@@ -448,11 +347,12 @@ class ShapeOnlyRuns:
         margs, mkwargs = fx.node.map_aggregate(args, meta), fx.node.map_aggregate(kwargs, meta)
         if m is not None:
             weight, bias = meta(getattr(m, "weight", None)), meta(getattr(m, "bias", None))
-            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) and not _conv_checks(weight, bias, m.groups):
+            formula = module_op(type(m)).formula if module_op(type(m)) is not None else None
+            if formula in ("conv", "conv_transpose") and not _conv_checks(weight, bias, m.groups):
                 return None
-            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and len(margs) == 1 and not mkwargs:
+            if formula == "conv" and len(margs) == 1 and not mkwargs:
                 call = lambda: m._conv_forward(margs[0], weight, bias)  # noqa: E731  (their forward, verbatim)
-            elif type(m) is nn.Linear and len(margs) == 1 and not mkwargs:
+            elif formula == "linear" and len(margs) == 1 and not mkwargs:
                 call = lambda: F.linear(margs[0], weight, bias)  # noqa: E731
             elif not any(v is not None for v in (*m._parameters.values(), *m._buffers.values())):  # pools
                 call = lambda: m.forward(*margs, **mkwargs)  # noqa: E731  (no state to swap, no hooks)
@@ -460,7 +360,7 @@ class ShapeOnlyRuns:
                 state = {k: meta(v) for k, v in (*m._parameters.items(), *m._buffers.items()) if v is not None}
                 call = lambda: torch.func.functional_call(m, state, margs, mkwargs)  # noqa: E731
         elif n.op == "call_function":
-            if n.target in _CONV_FUNCTIONS:
+            if node_op(n, None) is not None and node_op(n, None).formula == "conv":
                 bound = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), margs), **mkwargs)
                 if not _conv_checks(bound.get("weight"), bound.get("bias"), bound.get("groups", 1)):
                     return None
@@ -528,20 +428,13 @@ class ShapeOnlyRuns:
         return shape, x.dtype, _contiguous_strides(shape), flops
 
 
-_CONV_MODULES = frozenset({nn.Conv1d, nn.Conv2d, nn.Conv3d})
-_ADAPTIVE_POOLS = {
-    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
-    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
-}
-
-
 def _adaptive_pool_by_formula(m: nn.Module, args: tuple, kwargs: dict):
     """An adaptive pool of a contiguous float input (no indices returned), without a meta run:
     the input's leading dims, then the output size (None: the input's size there), contiguous
     as the CPU kernel makes it for such an input, 0 FLOPs (the 1d pools take no None sizes).
     None: the meta run decides."""
     x = args[0] if len(args) == 1 and not kwargs else None
-    dims = _ADAPTIVE_POOLS[type(m)]
+    dims = module_op(type(m)).spatial_dims
     if (
         not isinstance(x, torch.Tensor) or x.ndim not in (dims + 1, dims + 2) or x.dtype not in (torch.float32, torch.float64)
         or not x.is_contiguous() or getattr(m, "return_indices", False)
@@ -562,7 +455,6 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(stride)
 
 
-_CONV_FUNCTIONS = frozenset({F.conv1d, F.conv2d, F.conv3d})
 
 try:
     from torch.utils.flop_counter import shape_wrapper
@@ -624,8 +516,10 @@ def _conv_checks(weight: Any, bias: Any, groups: Any) -> bool:
     return bias is None or (isinstance(bias, torch.Tensor) and bias.ndim == 1 and bias.shape[0] == weight.shape[0])
 
 
-_NORMS: frozenset[type] = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm})
-_MODULE_KINDS = (("alias", SAME_AS_INPUT_MODULES | {nn.Identity}), ("norm", _NORMS), ("contraction", CONTRACTION_MODULES), ("pool", POOL_MODULES))
+def _cost(n: fx.Node, m: nn.Module | None = None) -> str | None:
+    """"free" or "contraction" (ops.Op.cost), by the op table."""
+    entry = node_op(n, m)
+    return entry.cost if entry is not None else None
 
 
 def _single_input(args: tuple, kwargs: dict) -> torch.Tensor | None:

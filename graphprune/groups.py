@@ -114,6 +114,30 @@ class GroupGraph:
     def mac_terms(self) -> list[MacTerm]:
         return self._analysis.mac_terms
 
+    @property
+    def channel_maps(self) -> dict[Any, Any]:
+        """fx node -> its channel map(s) (``ChannelMap``, a tuple of them, or None): what slimming resizes."""
+        return self._analysis.maps
+
+    @property
+    def member_records(self) -> dict[tuple[str, str, int], Any]:
+        """(module, parameter, dim) -> the atoms along that dim of every sliced tensor."""
+        return self._analysis.members
+
+    @property
+    def channel_means(self) -> set:
+        """Means over a channel dim kept exact by keeping their divisor (RMS norms, see rules.mean)."""
+        return self._analysis.channel_means
+
+    @property
+    def literal_sizes(self) -> dict:
+        """fx node -> the channel counts its constant arguments hold (see slim.rewrite_sizes)."""
+        return self._analysis.literal_sizes
+
+    def channels_of(self, labels: np.ndarray) -> np.ndarray:
+        """The index within its group of each atom in ``labels``."""
+        return self._atom_channel[labels]
+
     def spaces(self) -> list[tuple[Any, ChannelMap]]:
         """Every (fx node, channel map) found, in graph order."""
         return list(self._analysis.spaces)
@@ -196,24 +220,24 @@ class GroupGraph:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
         return self.budget.prunable_share("macs")
 
-    # rendering lives in inspect.py; these are the entry points users look for
+    # rendering lives in group_views.py; these are the entry points users look for
     def summary(self, console=None) -> None:
-        from .inspect import print_summary
+        from .group_views import print_summary
 
         print_summary(self, console)
 
     def to_json(self) -> dict:
-        from .inspect import to_json
+        from .group_views import to_json
 
         return to_json(self)
 
     def to_dot(self) -> str:
-        from .inspect import to_dot
+        from .group_views import to_dot
 
         return to_dot(self)
 
     def draw(self, path: str) -> None:
-        from .inspect import draw
+        from .group_views import draw
 
         draw(self, path)
 

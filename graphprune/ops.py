@@ -1,8 +1,17 @@
-"""Declaring how a module class or a function that graphprune cannot see into treats channels.
+"""The op table: everything graphprune knows about each op, in one entry per op.
 
-A custom layer whose ``forward`` is a ``torch.autograd.Function``, a CUDA extension or a fused
-block is opaque to tracing: every channel it touches is frozen. :func:`register_op` declares it
-once, and every stage reads that one declaration:
+An op is a module class, a function, a tensor method (by name) or a function of another library
+(by qualified name, so that the library need not be installed). Its :class:`Op` entry holds what
+each stage needs: analysis its channel rule, FLOP counting whether it runs a contraction and how a
+shape-only run stands in for it, slimming its module fix-up and graph-constant rewrite, tracing
+its plain-op form. ``graphprune/op_table.py`` defines the built-in ops; each stage looks its
+field up here, so someone adding an op edits that one entry. :func:`define` refuses to set what
+an entry already says: no op is described twice.
+
+A module class or function graphprune cannot see into (a custom layer whose ``forward`` is a
+``torch.autograd.Function``, a CUDA extension, a fused block) is opaque to tracing: every
+channel it touches is frozen. :func:`register_op` declares it once, and every stage reads that
+one declaration:
 
 * tracing keeps it a leaf: a ``call_module`` or ``call_function`` node whose code is not traced;
 * analysis links its channels as ``flow`` says and records the tensors ``params`` names as
@@ -30,7 +39,7 @@ masked one on the example inputs, so a wrong declaration is an error, never a wr
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -57,12 +66,115 @@ class OpDeclaration:
     #: (module, *inputs) or (*inputs) -> output in plain PyTorch ops, for ONNX export
     onnx_form: Callable | None
 
-    @property
-    def is_module(self) -> bool:
-        return isinstance(self.target, type)
+
+#: the trace function for a wrapped library function whose own code traces as it is (``Op.form``)
+OWN_CODE = "own code"
 
 
-_DECLARED: dict[Any, OpDeclaration] = {}
+@dataclasses.dataclass
+class Op:
+    """What graphprune knows about one op; each stage reads its own fields (None: nothing)."""
+
+    #: analysis (rules.py): how channels flow through it; an op without one is opaque
+    rule: Callable | None = None
+    #: FLOP counting (flops.py): "free", it runs nothing ``FlopCounterMode`` counts; "contraction",
+    #: it runs one whose output shape needs no values
+    cost: str | None = None
+    #: how a shape-only run stands in for it (flops.ShapeOnlyRuns): "alias" (its input), "norm",
+    #: "pool", "binary" (broadcast), "contraction" (a meta run)
+    stand_in: str | None = None
+    #: shape and FLOPs by formula, or checks before a meta run (flops.py): "conv", "conv_transpose",
+    #: "linear", "adaptive_pool"
+    formula: str | None = None
+    #: spatial dims of a formula's op (an adaptive pool's output size)
+    spatial_dims: int | None = None
+    #: slimming (slim.py): sets a module's attributes to its new channel counts
+    fixup: Callable | None = None
+    #: slimming (slim.py): moves a graph node's constants (split sizes, view shapes) to the new counts
+    rewrite: Callable | None = None
+    #: tracing (equivalents.py): what is traced instead of the library code, or OWN_CODE
+    form: Callable | str | None = None
+    #: analysis: how a movement op runs on label tensors when calling it as is would be wrong
+    on_labels: Callable | None = None
+    #: analysis: the position of an argument that passes only a shape or dtype
+    shape_only_arg: int | None = None
+    #: what its constant arguments give, which pruning must rewrite: "shape" (view, reshape,
+    #: expand), "dim sizes" (unflatten), "split sizes", "chunks", "slice" (narrow, indexing)
+    takes: str | None = None
+    #: analysis' RMS-norm pattern (rules.mean): "power" (x ** k, a square with k = 2), "rescale" (a product or quotient)
+    arithmetic: str | None = None
+    #: methods: NAP's K-FAC factors its weight (passes/kfac.py); DHP's hypernetworks generate its
+    #: weight (passes/reparam.py). Both read a module class and its subclasses.
+    kfac: bool | None = None
+    generated: bool | None = None
+    #: the user's register_op declaration
+    declaration: "OpDeclaration | None" = None
+
+
+_TABLE: dict[tuple[str, Any], Op] = {}
+
+
+def define(kind: str, targets: Any, **fields: Any) -> None:
+    """Set ``fields`` of the entries of ``targets`` (one or a tuple of them) of ``kind``: "module"
+    (a class, or a qualified name), "function", "method" (a name) or "named" (a function's
+    qualified name). Setting a field an entry already has is an error: each op is described once."""
+    for target in dict.fromkeys(targets if isinstance(targets, tuple) else (targets,)):  # aliases (F.pad is torch's) once
+        entry = _TABLE.setdefault((kind, target), Op())
+        for field, value in fields.items():
+            if getattr(entry, field) is not None:
+                raise ValueError(f"op table: {kind} {target!r} already has {field} = {getattr(entry, field)!r}")
+            setattr(entry, field, value)
+
+
+def module_op(cls: type) -> Op | None:
+    """The entry of a module class itself (not of its bases), by class or qualified name."""
+    return _TABLE.get(("module", cls)) or _TABLE.get(("module", f"{cls.__module__}.{cls.__qualname__}"))
+
+
+def module_ops(cls: type) -> Iterator[tuple[type, Op]]:
+    """The entries of ``cls`` and its bases, nearest first."""
+    for base in cls.__mro__:
+        entry = module_op(base)
+        if entry is not None:
+            yield base, entry
+
+
+def module_is(module: torch.nn.Module, field: str) -> bool:
+    """Whether ``module``'s class or a base of it has ``field`` set (isinstance semantics)."""
+    return any(getattr(e, field) for _, e in module_ops(type(module)))
+
+
+def function_op(fn: Any) -> Op | None:
+    try:
+        found = _TABLE.get(("function", fn))
+    except TypeError:  # unhashable: never an op
+        return None
+    if found is None:
+        name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
+        found = _TABLE.get(("named", name))
+    return found
+
+
+def method_op(name: str) -> Op | None:
+    return _TABLE.get(("method", name))
+
+
+def node_op(node: Any, module: torch.nn.Module | None) -> Op | None:
+    """The entry of an fx node's op: its module's class (exactly), function or method."""
+    if node.op == "call_module":
+        return module_op(type(module)) if module is not None else None
+    if node.op == "call_function":
+        return function_op(node.target)
+    if node.op == "call_method":
+        return method_op(node.target)
+    return None
+
+
+
+def takes(node: Any) -> str | None:
+    """What a function or method node's constant arguments give (``Op.takes``), or None."""
+    entry = node_op(node, None) if node.op in ("call_function", "call_method") else None
+    return entry.takes if entry is not None else None
 
 
 def register_op(
@@ -93,37 +205,36 @@ def register_op(
     declaration = OpDeclaration(target, flow, channel_dim, _checked_params(target, flow, params or {}),
                                 dict(attributes or {}), onnx_form)
     _check(declaration)
-    _DECLARED[target] = declaration
+    _TABLE.setdefault(_key(target), Op()).declaration = declaration
     return declaration
 
 
 def unregister_op(target: type[torch.nn.Module] | Callable) -> None:
     """Forget ``target``'s declaration: it is opaque again."""
-    if _DECLARED.pop(target, None) is None:
+    entry = _TABLE.get(_key(target))
+    if entry is None or entry.declaration is None:
         raise OptionError(f"{_name(target)} was not registered with graphprune.register_op")
+    entry.declaration = None
 
 
 def declaration_of(target: Any) -> OpDeclaration | None:
     """The declaration of a module (by its class, or a declared base class it does not override
-    ``forward`` of) or of a function, or None."""
+    ``forward`` of), of a module class, or of a function; or None."""
     if isinstance(target, torch.nn.Module):
-        for cls in type(target).__mro__:
-            found = _DECLARED.get(cls)
-            if found is not None and (cls is type(target) or type(target).forward is cls.forward):
-                return found
-        return None
-    try:
-        return _DECLARED.get(target)
-    except TypeError:  # unhashable targets are never declared
-        return None
-
-
-def declared_module_types() -> tuple[type, ...]:
-    return tuple(t for t in _DECLARED if isinstance(t, type))
+        cls = type(target)
+        return next((e.declaration for base, e in module_ops(cls)
+                     if e.declaration is not None and (base is cls or cls.forward is base.forward)), None)
+    entry = module_op(target) if isinstance(target, type) else function_op(target)
+    return entry.declaration if entry is not None else None
 
 
 def declared_functions() -> tuple[Callable, ...]:
-    return tuple(t for t in _DECLARED if not isinstance(t, type))
+    """The functions declared with register_op: tracing keeps their calls as nodes."""
+    return tuple(target for (kind, target), e in _TABLE.items() if kind == "function" and e.declaration is not None)
+
+
+def _key(target: Any) -> tuple[str, Any]:
+    return ("module", target) if isinstance(target, type) else ("function", target)
 
 
 def _checked_params(target: Any, flow: str, params: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -6,14 +6,10 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING
 
-from .errors import GraphPruneError
+from .errors import PlanError
 
 if TYPE_CHECKING:
     from .groups import GroupGraph
-
-
-class PlanError(GraphPruneError):
-    """A plan does not fit the model it is applied to."""
 
 
 @dataclasses.dataclass

@@ -38,7 +38,8 @@ from .equivalents import module_form
 from .errors import GuardError, ModelRebuildError
 from .exactness import flat_outputs
 from .groups import GroupGraph, _no_cyclic_gc
-from .checkpoint import record
+from .ops import takes
+from .records import record
 from .hf_config import UNSTATED, describe_pruned_config
 from .locations import FRAME, describe_node, qualified_name, user_location
 from .plan import Plan
@@ -209,11 +210,11 @@ def _carried(s: _Resizer, rewritten: fx.Graph, model: nn.Module) -> _Carried:
         if old.op not in ("call_function", "call_method"):
             continue
         new = new_nodes[old.name]
-        if old.target in _SPLITS:
+        if takes(old) in ("split sizes", "chunks"):
             _carry_split(carried, model, old, new)
         else:
             _carry_constants(s, carried, model, old, new)
-        if old in s.gg._analysis.channel_means:
+        if old in s.gg.channel_means:
             _carry_channel_mean(s, carried, model, old)
     _shared_sizes(carried)
     _library_forms(s, carried, model)
@@ -246,8 +247,6 @@ def _library_forms(s: _Resizer, carried: _Carried, model: nn.Module) -> None:
                                   "input width in its own code: its pruned sizes exist only in the slim graph")
 
 
-_SIZED = ("view", "reshape", "expand", torch.reshape)
-_SPLITS = ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)
 
 
 def _carry_split(carried: _Carried, model: nn.Module, old: fx.Node, new: fx.Node) -> None:
@@ -272,7 +271,7 @@ def _carry_split(carried: _Carried, model: nn.Module, old: fx.Node, new: fx.Node
 
 def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.Node, new: fx.Node) -> None:
     before, after = dict(_leaves((old.args, old.kwargs))), dict(_leaves((new.args, new.kwargs)))
-    if old.target in _SIZED and before.keys() != after.keys():  # a computed size tuple became literals (slim._rewrite_sizes)
+    if takes(old) == "shape" and before.keys() != after.keys():  # a computed size tuple became literals (slim.rewrite_sizes)
         was, now = s.values[old].shape, s.expected(old).shape
         for size, new_size in zip(was, now):
             if size != new_size:
@@ -292,9 +291,9 @@ def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.N
             else:
                 carried.problem(old, f"{describe_node(old)} has the constant {value} where the plan needs a computed value")
         elif isinstance(value, fx.Node) and isinstance(now, fx.Node) and now.name != value.name:
-            if value in s.gg._analysis.channel_means:
+            if value in s.gg.channel_means:
                 continue  # the rescaled mean: _carry_channel_mean compensates it
-            if old.target is F.layer_norm and value.op == "get_attr":  # the weight's sqrt(C/C') (slim._rewrite_layer_norm)
+            if old.target is F.layer_norm and value.op == "get_attr":  # the weight's sqrt(C/C') (slim.rewrite_layer_norm)
                 module, _, name = value.target.rpartition(".")
                 carried.scales[module, name] = math.sqrt(_layer_norm_compensation(s, old.args[0]))
             else:
@@ -322,7 +321,7 @@ def _carry_channel_mean(s: _Resizer, carried: _Carried, model: nn.Module, mean: 
     path = _module_path(mean)
     owner = model.get_submodule(path)
     weights = [name for name, p in owner.named_parameters(recurse=False)
-               if p.ndim == 1 and (path, name, 0) in s.gg._analysis.members]
+               if p.ndim == 1 and (path, name, 0) in s.gg.member_records]
     if len(eps) != 1 or len(weights) != 1:
         carried.problem(mean, f"{describe_node(mean)} averages over pruned channels, and graphprune finds no single eps "
                                 "and weight in its module to compensate")

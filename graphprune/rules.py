@@ -1,10 +1,12 @@
-"""The rule table: how channels flow through each op kind.
+"""The rules: how channels flow through each op kind.
 
-Every fx node is handled by exactly one rule, looked up by module type, function or method name.
+Every fx node is handled by exactly one rule, looked up in the op table (op_table.py) by module
+type, function or method name.
 A rule reads the channel maps of its inputs from the :class:`~graphprune.groups.Analysis` context,
 links atoms that must be pruned together, registers the parameters that must be sliced (members),
 the MACs it performs, and sets the channel map of its output. An op without a rule is *unknown*:
-every channel it touches is frozen with a reason. To support a new op, add a rule here.
+every channel it touches is frozen with a reason. To support a new op, give its op_table.py entry
+one of these rules, or write a new one here.
 
 Rule kinds:
   producer    conv / conv-transpose / linear / embedding: output channels are new atoms
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -29,10 +30,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import equivalents, ops
-from .locations import qualified_name
+from . import ops
 from .channels import ChannelMap
-from .trace import TensorSpec
+from .specs import TensorSpec
 
 if TYPE_CHECKING:
     from .groups import Analysis
@@ -59,9 +59,6 @@ def _kind(kind: str):
 
 
 # ----------------------------------------------------------------------------------------- producers
-
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _producer(
@@ -119,7 +116,7 @@ class ParamSlots:
 @_kind(RuleKind.PRODUCER)
 def conv_module(ctx: "Analysis", node: fx.Node) -> None:
     m = ctx.module(node)
-    transposed = isinstance(m, _CONV_T_TYPES)
+    transposed = m.transposed
     slots = ParamSlots(
         (node.target, "weight"),
         (node.target, "bias") if m.bias is not None else None,
@@ -385,10 +382,6 @@ pool = _mixing(_spatial)
 softmax = _mixing(_softmax_dim)
 reduce = _mixing(_dim_arg("dim"), reduces=True)
 
-_SQUARES = {operator.pow, torch.pow, "pow", torch.square, "square"}
-_RESCALES = {operator.mul, torch.mul, "mul", operator.truediv, torch.div, "div"}
-
-
 @_kind(RuleKind.MIXING)
 def mean(ctx: "Analysis", node: fx.Node) -> None:
     """A mean across the channels is frozen like any reduction, except RMS normalization written
@@ -405,7 +398,7 @@ def _rms_normalized(ctx: "Analysis", node: fx.Node) -> ChannelMap | None:
     its value reaches nothing but (through elementwise ops of it alone) a product or quotient with ``x``."""
     args = ctx.bound_args(node, ("input", "dim", "keepdim"))
     square, dims = args.get("input"), args.get("dim")
-    if not (isinstance(square, fx.Node) and square.target in _SQUARES and args.get("keepdim")):
+    if not (isinstance(square, fx.Node) and _arithmetic(square) == "power" and args.get("keepdim")):
         return None
     exponent = square.args[1] if len(square.args) > 1 else 2
     x = square.args[0]
@@ -423,9 +416,14 @@ def _rms_normalized(ctx: "Analysis", node: fx.Node) -> ChannelMap | None:
             todo.extend(use.users)  # + eps, rsqrt, sqrt, reciprocal, .to(dtype)
             continue
         others = [a for a in inputs if a not in (node,) and ctx.map(a) is not None]
-        if use.target not in _RESCALES or len(inputs) != 2 or len(others) != 1 or not np.array_equal(ctx.map(others[0]).labels, m.labels):
+        if _arithmetic(use) != "rescale" or len(inputs) != 2 or len(others) != 1 or not np.array_equal(ctx.map(others[0]).labels, m.labels):
             return None
     return m
+
+
+def _arithmetic(node: fx.Node) -> str | None:
+    entry = ops.node_op(node, None) if node.op in ("call_function", "call_method") else None
+    return entry.arithmetic if entry is not None else None
 
 
 # ----------------------------------------------------------------------------------- movement
@@ -434,7 +432,7 @@ def _rms_normalized(ctx: "Analysis", node: fx.Node) -> ChannelMap | None:
 def movement(ctx: "Analysis", node: fx.Node) -> None:
     """Pure data movement: run the op on label tensors, read the channel map off the result."""
     out = ctx.execute_on_labels(node)
-    if node.op == "call_method" and node.target in SHAPE_ONLY_ARGS and node.target != "type_as":
+    if node.op == "call_method" and shape_only_arg(node) is not None:  # expand_as, view_as, reshape_as
         _tie_to_shape_source(ctx, node, out)
     ctx.set(node, out)
 
@@ -739,153 +737,24 @@ def unknown(ctx: "Analysis", node: fx.Node, why: str | None = None) -> None:
 unknown.kind = None
 
 
-# --------------------------------------------------------------------------------- the table
+# --------------------------------------------------------------------------------- lookup
+# which op gets which rule: op_table.py
 
-_ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Threshold, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.AlphaDropout, nn.FeatureAlphaDropout,
-)
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-)
-_MOVEMENT_MODULES = (
-    nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
-    nn.ReplicationPad2d, nn.ReplicationPad3d,
-)
-
-MODULE_RULES: dict[type | str, Rule] = {
-    **{t: conv_module for t in _CONV_TYPES + _CONV_T_TYPES},
-    nn.Linear: linear_module,
-    nn.Embedding: embedding_module,
-    **{t: batchnorm_module for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-                                      nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
-    nn.GroupNorm: groupnorm_module,
-    nn.LayerNorm: layernorm_module,
-    nn.PReLU: prelu_module,
-    **{t: elementwise for t in _ACTIVATION_MODULES},
-    **{t: pool for t in _POOL_MODULES},
-    nn.Softmax: softmax,
-    nn.LogSoftmax: softmax,
-    nn.Softmin: softmax,
-    **{t: movement for t in _MOVEMENT_MODULES},
-    # subclasses whose forward differs from their base only in ways that keep channel semantics
-    "timm.layers.conv2d_same.Conv2dSame": conv_module,
-}
-
-_ELEMENTWISE_FUNCTIONS = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
-    operator.imul, operator.isub, operator.itruediv, operator.pow,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
-    torch.where, torch.maximum, torch.minimum, torch.clamp, torch.clip, torch.neg, torch.abs,
-    torch.exp, torch.sqrt, torch.rsqrt, torch.pow, torch.relu, torch.sigmoid, torch.tanh,
-    torch.erf, torch.square, torch.reciprocal, torch.log, torch.sin, torch.cos,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.softplus, F.softsign, F.logsigmoid, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-)
-_MOVEMENT_FUNCTIONS = (
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.swapdims,
-    torch.movedim, torch.moveaxis, torch.squeeze, torch.unsqueeze, torch.cat, torch.concat,
-    torch.concatenate, torch.stack, torch.split, torch.chunk, torch.unbind, torch.tensor_split,
-    torch.narrow, torch.flip, torch.roll, torch.t, torch.unflatten, operator.getitem,
-    F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
-    torch.channel_shuffle, F.channel_shuffle, torch.repeat_interleave,
-)
-_POOL_FUNCTIONS = (
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample, F.lp_pool2d,
-    torch.max_pool2d, torch.avg_pool1d,
-)
-
-FUNCTION_RULES: dict[Callable, Rule] = {
-    F.conv1d: conv_function, F.conv2d: conv_function, F.conv3d: conv_function,
-    F.linear: linear_function, torch.addmm: addmm_function,
-    F.batch_norm: batchnorm_function, F.instance_norm: batchnorm_function,
-    F.group_norm: groupnorm_function, F.layer_norm: layernorm_function,
-    **{f: elementwise for f in _ELEMENTWISE_FUNCTIONS},
-    **{f: movement for f in _MOVEMENT_FUNCTIONS},
-    F.pad: movement,
-    **{f: pool for f in _POOL_FUNCTIONS},
-    F.softmax: softmax, F.log_softmax: softmax, F.softmin: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
-    **{f: reduce for f in (torch.sum, torch.amax, torch.amin, torch.std, torch.var)}, torch.mean: mean,
-    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, torch.mm: matmul,
-    F.scaled_dot_product_attention: scaled_dot_product_attention,
-    torch.einsum: einsum,
-    getattr: shape_read,
-    equivalents.linear_rows: linear_rows,
-    equivalents.batched: elementwise,
-    equivalents.merged_attention_mask: attention_mask,
-    equivalents.shifted_window_mask: attention_mask,
-}
-
-#: functions of other libraries, by qualified name (importing those libraries is not required)
-NAMED_FUNCTION_RULES: dict[str, Rule] = {
-    # drops whole samples or elements with a mask broadcast over channels
-    "torchvision.ops.stochastic_depth.stochastic_depth": elementwise,
-    "timm.layers.attention.maybe_add_mask": elementwise,  # scores + mask, or the scores
-    # its output is built from the mask argument (see SHAPE_ONLY_NAMED_ARGS); a mask with channels freezes
-    "timm.layers.attention.resolve_self_attn_mask": lambda ctx, node: unknown(ctx, node, "builds an attention mask from it"),
-}
-
-METHOD_RULES: dict[str, Rule] = {
-    **{n: elementwise for n in (
-        "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "neg", "abs", "exp", "sqrt",
-        "rsqrt", "pow", "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip",
-        "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type_as", "detach",
-        "square", "reciprocal", "masked_fill", "where", "maximum", "minimum", "erf",
-    )},
-    **{n: movement for n in (
-        "view", "reshape", "flatten", "permute", "transpose", "t", "movedim", "squeeze",
-        "unsqueeze", "expand", "expand_as", "view_as", "reshape_as", "repeat", "split", "chunk",
-        "unbind", "tensor_split", "narrow", "flip", "roll", "unflatten", "swapaxes", "swapdims",
-        "repeat_interleave",
-    )},
-    "softmax": softmax, "log_softmax": softmax,
-    **{n: reduce for n in ("sum", "amax", "amin", "std", "var")}, "mean": mean,
-    "matmul": matmul, "bmm": matmul, "mm": matmul,
-    "size": shape_read, "dim": shape_read, "numel": shape_read,
-}
-
-#: tensor arguments that only pass a shape or dtype: they carry no data into the result
-SHAPE_ONLY_ARGS = {"expand_as": 1, "view_as": 1, "reshape_as": 1, "type_as": 1}
-#: the same for functions of other libraries, by qualified name
-SHAPE_ONLY_NAMED_ARGS = {
-    # builds an additive mask from the mask argument, reading only the scores' dtype and device
-    "timm.layers.attention.resolve_self_attn_mask": 1,
-}
+def builds_attention_mask(ctx: "Analysis", node: fx.Node) -> None:
+    """A library function building an attention mask from its argument: a mask with channels freezes them."""
+    unknown(ctx, node, "builds an attention mask from it")
 
 
 def shape_only_arg(node: fx.Node) -> int | None:
     """Position of ``node``'s argument that passes only a shape or dtype, if any."""
-    if node.op == "call_method":
-        return SHAPE_ONLY_ARGS.get(node.target)
-    if node.op == "call_function":
-        return SHAPE_ONLY_NAMED_ARGS.get(qualified_name(node.target))
-    return None
-
-
-#: how a movement op runs on label tensors when calling it as-is would be wrong
-LABEL_OVERRIDES: dict = {F.pad: pad_function}
+    entry = ops.node_op(node, None) if node.op != "call_module" else None
+    return entry.shape_only_arg if entry is not None else None
 
 
 def module_rule(m: nn.Module) -> Rule | None:
-    """Rule for a leaf module: its type, or a registered base whose forward it does not override."""
+    """Rule for a leaf module: its type's, or a base's whose forward it does not override."""
     t = type(m)
-    name = f"{t.__module__}.{t.__qualname__}"
-    if t in MODULE_RULES or name in MODULE_RULES:
-        return MODULE_RULES.get(t) or MODULE_RULES[name]
-    for base in t.__mro__[1:]:
-        if base in MODULE_RULES and t.forward is base.forward:
-            return MODULE_RULES[base]
-    return None
+    return next((e.rule for base, e in ops.module_ops(t) if e.rule is not None and (base is t or t.forward is base.forward)), None)
 
 
 def label_callable(node: fx.Node, m: nn.Module | None):
@@ -894,7 +763,8 @@ def label_callable(node: fx.Node, m: nn.Module | None):
         return _pad_module_as_function(m)
     if node.op == "call_method":
         return lambda self, *a, **k: getattr(self, node.target)(*a, **k)
-    return LABEL_OVERRIDES.get(node.target, node.target)
+    entry = ops.function_op(node.target)
+    return entry.on_labels if entry is not None and entry.on_labels is not None else node.target
 
 
 def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
@@ -902,11 +772,8 @@ def node_rule(node: fx.Node, m: nn.Module | None) -> Rule | None:
         return declared
     if node.op == "call_module":
         return module_rule(m)
-    if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target) or NAMED_FUNCTION_RULES.get(qualified_name(node.target))
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target)
-    return None
+    entry = ops.node_op(node, m)
+    return entry.rule if entry is not None else None
 
 
 def rule_kind(node: fx.Node, m: nn.Module | None) -> str | None:

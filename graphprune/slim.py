@@ -27,20 +27,14 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import equivalents
 from .channels import ChannelMap
-from .errors import GraphPruneError
+from .errors import GraphPruneError, SlimError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph, _no_cyclic_gc
-from .ops import OpDeclaration, declaration_of
+from .ops import OpDeclaration, declaration_of, module_ops, node_op
 from .plan import Plan
 from .trace import AnalysisGraphModule, GraphRunner, TensorSpec
-
-
-class SlimError(GraphPruneError):
-    """The slim graph does not have the shapes the plan implies."""
 
 
 class _Resizer:
@@ -63,7 +57,7 @@ class _Resizer:
         happens to it} for the groups whose counts are not all 1, as messages show it."""
         self.gg = gg
         self.changed = changed
-        self.maps = gg._analysis.maps
+        self.maps = gg.channel_maps
         self.values = gg.traced.values
         self._counts = counts
         self._sizes: dict[int, int] = {}  # per labels array (maps share them): its new size
@@ -107,7 +101,7 @@ class _Resizer:
         slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
         # one index per channel map: members along one map (a conv's outputs, its norm's scales) share it
         indices: dict[int, torch.Tensor | None] = {}
-        for (module, name, dim), rec in self.gg._analysis.members.items():
+        for (module, name, dim), rec in self.gg.member_records.items():
             if id(rec.labels) not in indices:
                 counts = self._counts[rec.labels]
                 indices[id(rec.labels)] = None if (counts == 1).all() else torch.from_numpy(_repeat_index(counts))
@@ -124,7 +118,7 @@ class _Resizer:
                 m = modules[old.target]
                 declared = declaration_of(m)
                 fix = _fix_declared(declared) if declared is not None else next(
-                    (f for t, f in MODULE_FIXUPS.items() if isinstance(m, t)), None)
+                    (e.fixup for _, e in module_ops(type(m)) if e.fixup is not None), None)
                 if fix is not None:
                     fix(self, old, m)
 
@@ -134,7 +128,8 @@ class _Resizer:
         graph = copy.deepcopy(self.gg.gm.graph)
         new_nodes = {n.name: n for n in graph.nodes}
         for old in self.gg.gm.graph.nodes:
-            rewrite = GRAPH_REWRITES.get(old.target) if old.op in ("call_function", "call_method") else None
+            entry = node_op(old, None) if old.op in ("call_function", "call_method") else None
+            rewrite = entry.rewrite if entry is not None else None
             if rewrite is not None:
                 rewrite(self, old, new_nodes[old.name])
         return graph
@@ -496,22 +491,22 @@ def _set_tensor(owner: nn.Module, name: str, value: torch.Tensor) -> None:
 
 # ------------------------------------------------------------------ module attribute fixups
 
-def _fix_conv(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
+def fix_conv(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
     new_in, new_out = s.size_after(old.args[0], 1), s.size_after(old, 1)
     if m.groups > 1:  # whole conv groups were pruned (or copied): the group count follows the channels
         m.groups = m.groups * new_out // m.out_channels
     m.in_channels, m.out_channels = new_in, new_out
 
 
-def _fix_linear(s: _Resizer, old: fx.Node, m: nn.Linear) -> None:
+def fix_linear(s: _Resizer, old: fx.Node, m: nn.Linear) -> None:
     m.in_features, m.out_features = m.weight.shape[1], m.weight.shape[0]
 
 
-def _fix_batchnorm(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
+def fix_batchnorm(s: _Resizer, old: fx.Node, m: nn.Module) -> None:
     m.num_features = s.size_after(old.args[0], 1)
 
 
-def _fix_groupnorm(s: _Resizer, old: fx.Node, m: nn.GroupNorm) -> None:
+def fix_groupnorm(s: _Resizer, old: fx.Node, m: nn.GroupNorm) -> None:
     new = s.size_after(old.args[0], 1)
     m.num_groups, m.num_channels = m.num_groups * new // m.num_channels, new
 
@@ -529,7 +524,7 @@ def _layer_norm_compensation(s: _Resizer, x: fx.Node) -> float:
     return s.values[x].shape[-1] / s.size_after(x, -1)
 
 
-def _fix_layernorm(s: _Resizer, old: fx.Node, m: nn.LayerNorm) -> None:
+def fix_layernorm(s: _Resizer, old: fx.Node, m: nn.LayerNorm) -> None:
     if len(m.normalized_shape) == 1:
         m.normalized_shape = (s.size_after(old.args[0], -1),)
         ratio = _layer_norm_compensation(s, old.args[0])
@@ -540,11 +535,11 @@ def _fix_layernorm(s: _Resizer, old: fx.Node, m: nn.LayerNorm) -> None:
                     m.weight.mul_(math.sqrt(ratio))
 
 
-def _fix_prelu(s: _Resizer, old: fx.Node, m: nn.PReLU) -> None:
+def fix_prelu(s: _Resizer, old: fx.Node, m: nn.PReLU) -> None:
     m.num_parameters = m.weight.numel()
 
 
-def _fix_embedding(s: _Resizer, old: fx.Node, m: nn.Embedding) -> None:
+def fix_embedding(s: _Resizer, old: fx.Node, m: nn.Embedding) -> None:
     m.embedding_dim = m.weight.shape[1]
 
 
@@ -560,15 +555,6 @@ def _fix_declared(d: OpDeclaration) -> Callable[[_Resizer, fx.Node, nn.Module], 
     return fix
 
 
-MODULE_FIXUPS: dict[type, Callable[[_Resizer, fx.Node, nn.Module], None]] = {
-    nn.modules.conv._ConvNd: _fix_conv,
-    nn.Linear: _fix_linear,
-    nn.modules.batchnorm._NormBase: _fix_batchnorm,
-    nn.GroupNorm: _fix_groupnorm,
-    nn.LayerNorm: _fix_layernorm,
-    nn.PReLU: _fix_prelu,
-    nn.Embedding: _fix_embedding,
-}
 
 
 # ------------------------------------------------------------------ graph constant rewrites
@@ -601,7 +587,7 @@ def _split_sizes(s: _Resizer, old: fx.Node) -> tuple[list[int], int] | None:
     return sizes, dim
 
 
-def _rewrite_split(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_split(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """split/chunk/tensor_split along the channel dim become split with the new part sizes."""
     found = _split_sizes(s, old)
     if found is None:
@@ -619,7 +605,7 @@ def _concrete(s: _Resizer, value: Any) -> Any:
     return fx.node.map_arg(value, lambda n: s.values[n])
 
 
-def _rewrite_getitem(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_getitem(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """A slice of the channel dim takes the new positions of the channels inside its bounds
     (computed bounds included): a bound moves to the count of the positions before it."""
     x, index = old.args[0], old.args[1]
@@ -650,7 +636,7 @@ def _rewrite_getitem(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         dim += 1
 
 
-def _rewrite_narrow(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_narrow(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     x = old.args[0]
     m = s.maps.get(x)
     dim, start, length = _concrete(s, old.args[1:4])
@@ -659,12 +645,12 @@ def _rewrite_narrow(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         new.args = (new.args[0], dim, int(counts[:start].sum()), int(counts[start : start + length].sum()))
 
 
-def _rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """view/reshape/expand: the channel dim's literal becomes the new count. Sizes the analysis
     found computed from channel counts alone (``literal_sizes``) become literals: the new count
     at the channel dim, the original value at any other dim (it has no channels: it keeps its size)."""
     out = s.maps.get(old)
-    literal = s.gg._analysis.literal_sizes.get(old, set())
+    literal = s.gg.literal_sizes.get(old, set())
     if not isinstance(out, ChannelMap) and not literal:
         return
     packed = len(new.args) == 2 and isinstance(new.args[1], (tuple, list))
@@ -684,14 +670,14 @@ def _rewrite_sizes(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     new.args = (new.args[0], tuple(sizes)) if packed else (new.args[0], *sizes)
 
 
-def _rewrite_attention_scale(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_attention_scale(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """scaled_dot_product_attention's default scale is 1/sqrt(q.size(-1)): pruned head dims would
     change it, so the slim call passes the original value."""
     if _arg(new, 6, "scale") is None:
         _set_arg(new, 6, "scale", 1.0 / math.sqrt(s.values[_arg(old, 0, "query")].shape[-1]))
 
 
-def _rewrite_pad(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_pad(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     out = s.maps.get(old)
     pad = list(_arg(new, 1, "pad"))
     ndim = s.values[old].ndim
@@ -703,25 +689,25 @@ def _rewrite_pad(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         _set_arg(new, 1, "pad", pad)
 
 
-def _rewrite_conv_groups(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_conv_groups(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     groups = _arg(new, 6, "groups", 1)
     if isinstance(groups, int) and groups > 1:
         _set_arg(new, 6, "groups", groups * s.size_after(old, 1) // s.values[old].shape[1])
 
 
-def _rewrite_group_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_group_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     x = old.args[0]
     groups = _arg(new, 1, "num_groups")
     _set_arg(new, 1, "num_groups", groups * s.size_after(x, 1) // s.values[x].shape[1])
 
 
-def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     shape = tuple(_arg(new, 1, "normalized_shape"))
     if len(shape) != 1:
         return
     _set_arg(new, 1, "normalized_shape", (s.size_after(old.args[0], -1),))
     ratio = _layer_norm_compensation(s, old.args[0])
-    if ratio != 1:  # as _fix_layernorm does for the module
+    if ratio != 1:  # as fix_layernorm does for the module
         _set_arg(new, 4, "eps", _arg(new, 4, "eps", 1e-5) * ratio)
         weight = _arg(new, 2, "weight")
         if isinstance(weight, fx.Node):
@@ -729,10 +715,10 @@ def _rewrite_layer_norm(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
                 _set_arg(new, 2, "weight", new.graph.call_function(operator.mul, (weight, math.sqrt(ratio))))
 
 
-def _rewrite_channel_mean(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_channel_mean(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """A mean of squares over pruned channels (RMS normalization) keeps the original divisor: the
     zeroed channels it no longer sees added nothing, so the slim mean is the original's."""
-    if old not in s.gg._analysis.channel_means:
+    if old not in s.gg.channel_means:
         return
     x = _arg(old, 0, "input")
     before, after = s.values[x].shape[s.maps[x].dim], s.count(s.maps[x])
@@ -742,29 +728,14 @@ def _rewrite_channel_mean(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
         new.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
 
 
-def _rewrite_linear_rows(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
+def rewrite_linear_rows(s: _Resizer, old: fx.Node, new: fx.Node) -> None:
     """The parts of packed parameters a linear_rows reads move to their kept rows."""
     for pos, name, param in ((3, "weight_rows", 1), (4, "bias_rows", 2)):
         rows, ref = _arg(old, pos, name), _arg(old, param, ("weight", "bias")[param - 1])
         if rows is None or not isinstance(ref, fx.Node):
             continue
         module, _, attr = ref.target.rpartition(".")
-        counts = s._counts[s.gg._analysis.members[(module, attr, 0)].labels]
+        counts = s._counts[s.gg.member_records[(module, attr, 0)].labels]
         _set_arg(new, pos, name, (int(counts[: rows[0]].sum()), int(counts[: rows[1]].sum())))
 
 
-GRAPH_REWRITES: dict[Any, Callable[[_Resizer, fx.Node, fx.Node], None]] = {
-    **{t: _rewrite_split for t in ("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)},
-    operator.getitem: _rewrite_getitem,
-    "narrow": _rewrite_narrow,
-    torch.narrow: _rewrite_narrow,
-    **{t: _rewrite_sizes for t in ("view", "reshape", "expand", torch.reshape)},
-    F.pad: _rewrite_pad,
-    **{f: _rewrite_conv_groups for f in (F.conv1d, F.conv2d, F.conv3d)},
-    F.group_norm: _rewrite_group_norm,
-    F.layer_norm: _rewrite_layer_norm,
-    equivalents.linear_rows: _rewrite_linear_rows,
-    "mean": _rewrite_channel_mean,
-    torch.mean: _rewrite_channel_mean,
-    F.scaled_dot_product_attention: _rewrite_attention_scale,
-}

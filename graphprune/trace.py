@@ -52,11 +52,15 @@ import torch
 import torch.fx as fx
 from torch.overrides import handle_torch_function, has_torch_function
 
+from .analysis import Analysis
 from .equivalents import function_form, module_form
 from .ops import declaration_of, declared_functions
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
+from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .locations import FRAME, caller_location, describe_node, user_frame, user_location
+from .rules import module_rule
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
+from .specs import TensorSpec
 
 try:  # analysis only interprets its graph: its Python code is generated if it is ever called
     from torch.fx._lazy_graph_module import _LazyGraphModule as AnalysisGraphModule
@@ -97,18 +101,6 @@ def analysis_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: st
                 fx.graph_module._copy_attr(source, dest, field)
     gm.graph = graph
     return gm
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """Shape and dtype of a tensor an fx node produced on the example inputs."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
 
 @dataclasses.dataclass
@@ -552,8 +544,6 @@ class _ExamplePathTracer(_FallbackTracer):
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         """With ``specialize_submodules``, a module the rule table describes (timm's Conv2dSame) is a
         leaf its rule prunes: traced, its code would read its weight's shape, which freezes its channels."""
-        from .rules import module_rule  # rules reads traced values (TensorSpec): imported when first needed
-
         if self.specialize_submodules and module_rule(m) is not None:
             return True
         return super().is_leaf_module(m, module_qualified_name)
@@ -709,8 +699,6 @@ class _ShapeRecorder(GraphRunner):
     """
 
     def __init__(self, gm: fx.GraphModule, substitute: bool = True):
-        from .flops import NodeFlops, ShapeOnlyRuns
-
         super().__init__(gm)
         self.values: dict[fx.Node, Any] = {}
         self.flops: dict[fx.Node, int] = {}
@@ -724,7 +712,7 @@ class _ShapeRecorder(GraphRunner):
             done = None
             if self._shape_only is not None:
                 args, kwargs = self.fetch_args_kwargs_from_env(n)
-                self._shape_only.check(n, args, kwargs)  # raises Restart (a GraphPruneError) if it reads values
+                self._shape_only.check(n, args, kwargs)  # raises Restart if it reads values
                 if n in self._shape_only.closed:
                     done = self._shape_only.run(n, args, kwargs)
             if done is not None:
@@ -734,7 +722,7 @@ class _ShapeRecorder(GraphRunner):
             else:
                 out, flops = self._counter.count(lambda: fx.Interpreter.run_node(self, n))
             out = _detach(out)
-        except GraphPruneError:
+        except (GraphPruneError, Restart):  # Restart: propagate() runs the graph again for real
             raise
         except Exception as exc:
             if self._shape_only is not None and (n in self._shape_only.closed or n in self._shape_only.tainted):
@@ -1017,8 +1005,6 @@ def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specializati
     the channel count where pruning changes it, and the analysis would freeze those channels.
     Which dims hold channels is the analysis' answer: a dim with one parameter channel per position.
     """
-    from .analysis import Analysis  # analysis imports this module
-
     analysis = Analysis(traced).run()
 
     def holds_channels(t: fx.Node, dim: int | None) -> bool:
@@ -1266,8 +1252,6 @@ def propagate(gm: fx.GraphModule, placeholder_values: list[Any]) -> tuple[dict[f
 
     Modules run in eval mode (BatchNorm statistics are not updated) and get their mode back.
     """
-    from .flops import Restart
-
     recorder = _ShapeRecorder(gm)
     training = [m for m in recorder.submodules.values() if m.training]
     if any(type(m).train is not torch.nn.Module.train for m in recorder.submodules.values()):

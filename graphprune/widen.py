@@ -21,13 +21,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import GraphPruneError
+from .errors import WidenError
 from .groups import GroupGraph, analyze
 from .slim import _Resizer
-
-
-class WidenError(GraphPruneError):
-    """A model cannot be widened as asked: a bad factor, or a wide graph without the shapes the widened groups imply."""
 
 
 class _Widener(_Resizer):
@@ -118,7 +114,7 @@ def widen(gg: GroupGraph, beta: float = 2.0, round_to: int = 1, seed: int | None
             for g in gg.prunable_groups
         }
         gm, sources = _build(gg, copies)
-        wide_gg = analyze(gm, tuple(gg.traced.placeholder_values), attention=gg._analysis.attention)
+        wide_gg = analyze(gm, tuple(gg.traced.placeholder_values), attention=gg.options["attention"])
         mismatched = _mismatches(gg, wide_gg, copies, sources)
         if not mismatched:
             break
@@ -150,8 +146,8 @@ def _build(gg: GroupGraph, copies: dict[int, np.ndarray]) -> tuple[fx.GraphModul
     gm = widener.run()
     widener.verify(gm)
     sources = {
-        key: (np.repeat(gg.groups_of(rec.labels), counts[rec.labels]), np.repeat(gg._atom_channel[rec.labels], counts[rec.labels]))
-        for key, rec in gg._analysis.members.items()
+        key: (np.repeat(gg.groups_of(rec.labels), counts[rec.labels]), np.repeat(gg.channels_of(rec.labels), counts[rec.labels]))
+        for key, rec in gg.member_records.items()
     }
     return gm, sources
 

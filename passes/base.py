@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from graphprune.allocate import fitted_rounding
 from graphprune.budget_target import Budget
-from graphprune.errors import OptionError
+from graphprune.errors import GraphPruneError, OptionError
 from graphprune.groups import GroupGraph, layer_roles, set_round_to
 from graphprune.plan import Plan
 from graphprune.slim import slim
@@ -48,8 +49,6 @@ class MethodPass:
         if not isinstance(uniform_layers, bool):
             raise OptionError(f"uniform_layers is True or False, got {uniform_layers!r}")
         if uniform_layers and not self.ties_layers:
-            from . import get, names
-
             raise OptionError(f"method {self.name!r} cannot give every layer of a repeated stack the same width: drop "
                               f"uniform_layers=True, or use one of the methods that take it: "
                               f"{', '.join(n for n in names() if get(n).ties_layers)}")
@@ -122,3 +121,36 @@ class MethodPass:
 
     def detach(self) -> None:
         """Remove whatever :meth:`attach` added."""
+
+
+# ------------------------------------------------------------------ finding passes by name
+
+_REGISTRY: dict[str, type[MethodPass]] = {}
+
+
+def register(cls: type[MethodPass]) -> type[MethodPass]:
+    """Class decorator: make a pass available under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group="graphprune.methods"):
+        if ep.name not in _REGISTRY:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, MethodPass)):
+                raise GraphPruneError(f"entry point graphprune.methods:{ep.name} is not a MethodPass subclass")
+            _REGISTRY[ep.name] = cls
+
+
+def get(name: str) -> type[MethodPass]:
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise GraphPruneError(f"unknown pruning method {name!r}; available: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)

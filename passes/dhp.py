@@ -71,7 +71,7 @@ from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
-from . import register
+from .base import register
 from .reparam import Reparameterization
 from .search import ScheduledSearch, SearchSchedule, exempt_from_weight_decay
 

@@ -87,7 +87,7 @@ from graphprune.errors import GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
-from . import register
+from .base import register
 from .magnitude import member_norms
 from .masks import ChannelMasks
 from .search import ScheduledSearch, exempt_from_weight_decay

@@ -63,14 +63,14 @@ import torch.nn.functional as F
 
 from graphprune.distributed import all_reduce_mean, rank, world_size
 from graphprune.errors import GraphPruneError
+from graphprune.ops import module_is
 
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # what K-FAC factors; everything else gets a diagonal Fisher
 CHUNK = 1 << 24  # elements of unfolded patches processed at once
 
 
 def covered(module: nn.Module) -> bool:
     """Whether K-FAC factors this layer (Linear, Conv1d, Conv2d; transposed and 3-d convs are not)."""
-    return isinstance(module, LAYERS)
+    return module_is(module, "kfac")  # op_table.py; the rest get a diagonal Fisher
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,4 +509,4 @@ def _batch_size(output: Any) -> int:
 
 
 __all__ = ["KFAC", "Factor", "Inverse", "LayerShape", "FactorMemory", "covered", "patches", "weight_matrix",
-           "set_weight_matrix", "parameter_views", "LAYERS"]
+           "set_weight_matrix", "parameter_views"]

@@ -48,8 +48,7 @@ from graphprune.plots import plot_widths
 from graphprune.slim import slim
 from graphprune.widen import reinitialize, widen
 
-from . import register
-from .base import MethodPass
+from .base import MethodPass, register
 from .reparam import Reparameterization, classifier_inputs
 
 

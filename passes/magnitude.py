@@ -16,8 +16,7 @@ import torch
 from graphprune.allocate import allocate_by_score
 from graphprune.plan import Plan
 
-from . import register
-from .base import MethodPass
+from .base import MethodPass, register
 
 
 def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:

@@ -28,10 +28,9 @@ from torch.nn.utils import parametrize
 
 from graphprune.errors import GraphPruneError
 from graphprune.groups import GroupGraph
+from graphprune.ops import module_is
 
 from .hypernet import HyperNetwork, fan_in
-
-GENERATED = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 class LatentBank(nn.Module):
@@ -121,7 +120,7 @@ class Reparameterization:
         self.generator = torch.Generator().manual_seed(seed)
         analyzed = {m.module for g in gg.groups for m in g.members}
         shapes = {name: module.weight.shape for name, module in model.named_modules()
-                  if isinstance(module, GENERATED) and name in analyzed}
+                  if module_is(module, "generated") and name in analyzed}
         self.layers = list(shapes)
         self.offsets, self.indices, self.size = latent_layout(gg, shapes)
         self.kept_whole = classifier_inputs(gg, model, shapes) if keep_classifier_input else set()
@@ -166,4 +165,4 @@ class Reparameterization:
         return {gid: v[self.offsets[gid] : self.offsets[gid] + self.gg.groups[gid].size] for gid in self.group_ids}
 
 
-__all__ = ["GENERATED", "GeneratedWeight", "LatentBank", "Reparameterization", "classifier_inputs", "latent_layout"]
+__all__ = ["GeneratedWeight", "LatentBank", "Reparameterization", "classifier_inputs", "latent_layout"]

@@ -11,8 +11,7 @@ from __future__ import annotations
 from graphprune.allocate import Allocation, allocate_by_ratios
 from graphprune.plan import Plan
 
-from . import register
-from .base import MethodPass
+from .base import MethodPass, register
 from .magnitude import member_norms
 
 

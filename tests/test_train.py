@@ -90,7 +90,7 @@ class CountingPass(passes.MethodPass):
 def counting_pass():
     passes.register(CountingPass)
     yield
-    passes._REGISTRY.pop(CountingPass.name)
+    passes.base._REGISTRY.pop(CountingPass.name)
 
 
 def test_session_from_a_hand_written_loop(counting_pass):

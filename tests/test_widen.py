@@ -200,12 +200,11 @@ def test_the_wide_model_is_freshly_initialized_and_seeded():
 
 
 def test_a_constant_the_pass_misses_is_a_widen_error_naming_node_and_group(monkeypatch):
-    import importlib
+    from graphprune import ops
 
-    slim_module = importlib.import_module("graphprune.slim")
     gg = graphprune.analyze(LiteralView(), torch.randn(1, 3, 4, 4))
     g = group_with(gg, "conv")
-    monkeypatch.delitem(slim_module.GRAPH_REWRITES, "view")
+    monkeypatch.setattr(ops.method_op("view"), "rewrite", None)
     with pytest.raises(graphprune.WidenError, match=rf"(?s)node 'view'.*widened here: groups {g.id} \(6 -> 12 channels\)"):
         graphprune.widen(gg, 2.0)
 
