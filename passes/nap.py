@@ -83,6 +83,10 @@ mean of its groups' k-th lowest importances and removes it from every layer at o
 its own least important channel. Fine-grained pruning keeps every shape, so every layer keeps its
 width already.
 
+Code. The pass holds what both modes share (K-FAC statistics, masks, the criterion per entry, the
+schedule); each granularity is a strategy chosen once: ``nap_channel.ChannelPruning``,
+``nap_weight.WeightPruning`` (the ``Granularity`` protocol below lists what differs).
+
 Options: ``granularity``, ``fraction`` (p), ``interval``/``min_interval`` (steps between iterations),
 ``decay`` (0.95), ``damping`` (λ = 1e-3 of each factor's mean eigenvalue: π-damping, see kfac.py),
 ``fisher`` ("true": sampled labels; "empirical": the training labels), ``likelihood``
@@ -96,25 +100,23 @@ which a factor is block-diagonal), ``compensate`` (which OBS update: "inputs", "
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from graphprune.allocate import Allocation, allocate_by_score, check_reachable
-from graphprune.distributed import broadcast_module, broadcast_object, is_main
-from graphprune.errors import BudgetError, GraphPruneError
+from graphprune.distributed import broadcast_module, is_main
+from graphprune.errors import GraphPruneError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 from graphprune.slim import slim
 
-from . import register
-from .kfac import KFAC, Inverse, covered, parameter_views, set_weight_matrix, weight_matrix
+from .base import register
+from .kfac import KFAC, Inverse, parameter_views, weight_matrix
+from .nap_channel import ChannelPruning, obs_structured
+from .nap_weight import WeightPruning, _GradientMask, obs_weights  # noqa: F401  (_GradientMask: pickled models name it here)
 from .search import ScheduledSearch
-
-STATISTICS = ("running_mean", "running_var")
 
 
 @dataclasses.dataclass
@@ -127,6 +129,46 @@ class Iteration:
     cost: float  # % of the full model after the step (nonzero parameters in fine-grained mode)
     loss: float | None  # mean training loss since the previous iteration (sampled-label NLL without training)
     final: bool = False
+
+
+class Granularity(Protocol):
+    """What NAP prunes, chosen once from ``granularity``: the unit and what depends on it. The pass keeps the
+    rest (K-FAC statistics, masks, the criterion ΔL per entry, the schedule, the iterations' record)."""
+
+    unit: str  # what an iteration removes, in the progress lines
+    cost_name: str  # what ``cost`` measures, in the progress lines
+    default_fraction: float  # p where ``fraction`` is not given
+    layers: list[str]  # the conv/linear layers K-FAC factors
+    diagonal: list[tuple[str, str]]  # the other scored parameters (a diagonal Fisher)
+    full: float  # the budgeted metric of the full model
+    target: float  # and the budget's
+
+    def scores(self, inverses: dict[str, tuple[Inverse, Inverse]]) -> Any:
+        """This iteration's importances, rank 0's."""
+
+    def forecast(self, scores: Any = None) -> Any:
+        """What ``iterations_left`` counts on after an iteration with ``scores`` (None: before the first)."""
+
+    def iterations_left(self, forecast: Any, fraction: float) -> int:
+        """The p-steps still needed to meet the budget."""
+
+    def remove(self, scores: Any, inverses: dict[str, tuple[Inverse, Inverse]], final: bool, fraction: float) -> tuple[int, bool]:
+        """One cut with its OBS updates: the units removed and whether it met the budget."""
+
+    def build(self, model: nn.Module) -> nn.Module:
+        """The slim model as this granularity hands it over."""
+
+    # the pass's methods of the same names
+    def cost(self) -> float: ...
+
+    def plan(self) -> Plan: ...
+
+    def refine_report(self, report: Any) -> Any: ...
+
+    def kept_per_layer(self) -> dict[str, float]: ...
+
+
+GRANULARITIES = {"channel": ChannelPruning, "weight": WeightPruning}
 
 
 @register
@@ -147,10 +189,10 @@ class NAPPass(ScheduledSearch):
         train_data: Iterable | None = None, loss_fn: Callable | None = None, verbose: bool = True, seed: int = 0, **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)  # loss_fn: apply passes it to every trained method; NAP's loss is the loop's
-        if granularity not in ("channel", "weight"):
+        if granularity not in GRANULARITIES:
             raise GraphPruneError(f"nap: granularity must be 'channel' (structured) or 'weight' (fine-grained), got {granularity!r}")
         self.granularity = granularity
-        self.fraction = (0.01 if granularity == "channel" else 0.1) if fraction is None else float(fraction)
+        self.fraction = GRANULARITIES[granularity].default_fraction if fraction is None else float(fraction)
         if not 0 < self.fraction < 1:
             raise GraphPruneError(f"nap: fraction (p, removed per iteration) must be in (0, 1), got {self.fraction}")
         if (interval is not None and interval < 1) or min_interval < 1 or rounds < 1:
@@ -160,63 +202,20 @@ class NAPPass(ScheduledSearch):
         if compensate not in ("inputs", "outputs", "both", "none"):
             raise GraphPruneError(f"nap: compensate must be 'inputs', 'outputs', 'both' or 'none', got {compensate!r}")
         self.compensate, self.verbose, self.train_data = compensate, verbose, train_data
-        modules = dict(self.model.named_modules())
         self.metric = self.budget.metric
-        if granularity == "channel":
-            self.group_ids = [g.id for g in self.gg.prunable_groups if g.size > 1]
-            if not self.group_ids:
-                raise GraphPruneError("nap found no prunable group of two or more channels to prune (see graphprune inspect)")
-            members = [m for gid in self.group_ids for m in self.gg.groups[gid].members]
-            layers = _unique(m.module for m in members if m.param == "weight" and covered(modules[m.module]))
-            diagonal = _unique((m.module, m.param) for m in members if m.param not in STATISTICS
-                               and isinstance(getattr(modules[m.module], m.param), nn.Parameter)
-                               and not (m.module in layers and m.param in ("weight", "bias")))
-            self._full = self.gg.budget.exact(self.metric)
-            self._target = self._reachable()
-        else:
-            if self.metric != "params":
-                raise BudgetError("nap with granularity='weight' prunes individual weights, which removes no MACs: give a "
-                                  "parameter budget, Budget(params=0.1) (or --metric params on the command line)")
-            layers = _unique(m.module for g in self.gg.groups for m in g.members if m.param == "weight" and covered(modules[m.module]))
-            if not layers:
-                raise GraphPruneError("nap found no conv or linear layer to prune weights of (see graphprune inspect)")
-            diagonal = []
-            self.group_ids = []
-            self._full = sum(p.numel() for p in self.model.parameters())
-            self._target = self.budget.target(self._full)
-            floors = sum(self._weight_floor(modules[name].weight.numel()) for name in layers)
-            lowest = self._full - sum(modules[name].weight.numel() for name in layers) + floors
-            if lowest > self._target:
-                raise BudgetError(f"a params budget of {self._target / self._full:.4f} of the model is unreachable by pruning "
-                                  f"conv/linear weights: with every one of them pruned (but min_ratio and one per layer) "
-                                  f"{lowest / self._full:.4f} remains; give a larger budget or lower min_ratio")
-        self.layers = layers
-        self.kfac = KFAC(self.model, layers, diagonal, decay=decay, damping=damping, fisher=fisher, likelihood=likelihood,
-                         label_samples=label_samples, max_factor_elements=max_factor_elements, seed=seed)
-        self.alive = {gid: np.ones(self.gg.groups[gid].size, dtype=bool) for gid in self.group_ids}
+        self.strategy: Granularity = GRANULARITIES[granularity](self)  # checks the budget against what it can prune
+        self.layers = self.strategy.layers
+        self.kfac = KFAC(self.model, self.layers, self.strategy.diagonal, decay=decay, damping=damping, fisher=fisher,
+                         likelihood=likelihood, label_samples=label_samples, max_factor_elements=max_factor_elements, seed=seed)
         self.masks: dict[tuple[str, str], torch.Tensor] = {}  # False: pruned (zero, kept zero)
         self.iterations: list[Iteration] = []
         self.done = False
         self.completed_without_training: str | None = None  # the report says how, when it did
-        self.final_plan: Plan | None = None
         self.step = 0
         self._next: int | None = None
         self._fraction_now = self.fraction  # p of the next iteration (raised where the window is short)
-        self._last_scores: Any = None
+        self._forecast: Any = None  # what the last iteration left, for the next pace
         self._losses: list[float] = []
-        self._budget_index = {g.id: i for i, g in enumerate(self.gg.budget.groups)}
-
-    # ------------------------------------------------------------- setup
-    def _reachable(self) -> float:
-        floors = self._allocation({gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids})
-        return check_reachable(self.gg, self.budget, floors.counts(len(floors.ranked_units)))
-
-    def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
-        """The allocation over channel importances, a role's groups as one unit under ``uniform_layers``."""
-        return Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
-
-    def _weight_floor(self, n: int) -> int:
-        return min(n, max(1, math.ceil(self.min_ratio * n)))
 
     def attach(self) -> None:
         self.kfac.attach()
@@ -258,59 +257,32 @@ class NAPPass(ScheduledSearch):
             if loss is not None:
                 self._losses.append(float(loss))
             if self._next is None:
-                self._next = schedule.start_step + self._pace(schedule.start_step, self._proxy_scores())
+                self._next = schedule.start_step + self._pace(schedule.start_step, self.strategy.forecast())
             if self.step >= self._next or self.step >= schedule.end_step:
                 self._iterate(final=self.step >= schedule.end_step)
                 if not self.done:
-                    self._next = self.step + self._pace(self.step, self._last_scores)
+                    self._next = self.step + self._pace(self.step, self._forecast)
         self._set_collecting()
 
     def ready(self) -> bool:
         return self.done
 
     # ------------------------------------------------------------- pacing
-    def _pace(self, now: int, scores: Any) -> int:
+    def _pace(self, now: int, forecast: Any) -> int:
         """Steps until the next iteration: the time left over the iterations still needed (p raised if they do not fit)."""
         if self.interval is not None:
             self._fraction_now = self.fraction
             return self.interval
         left = max(1, self.require_schedule().end_step - now)
-        self._fraction_now = self._fit_fraction(scores, left // self.min_interval)
-        return max(self.min_interval, left // max(1, self._iterations_left(scores, self._fraction_now)))
+        self._fraction_now = self._fit_fraction(forecast, left // self.min_interval)
+        return max(self.min_interval, left // max(1, self.strategy.iterations_left(forecast, self._fraction_now)))
 
-    def _fit_fraction(self, scores: Any, slots: int) -> float:
+    def _fit_fraction(self, forecast: Any, slots: int) -> float:
         """The smallest p (from ``fraction``, growing by 25%) whose iterations fit in ``slots``."""
         f = self.fraction
-        while f < 0.99 and self._iterations_left(scores, f) > max(1, slots):
+        while f < 0.99 and self.strategy.iterations_left(forecast, f) > max(1, slots):
             f = min(0.99, f * 1.25)
         return f
-
-    def _iterations_left(self, scores: Any, fraction: float) -> int:
-        """Iterations of p-steps on fixed ``scores`` until the budget is met (the last one exact)."""
-        if self.granularity == "weight":
-            alive, nonzero, n = int(scores), self._nonzero(), 0
-            while nonzero > self._target and n < 100_000:
-                cut = max(1, math.ceil(fraction * alive))
-                alive, nonzero, n = alive - cut, nonzero - cut, n + 1
-            return max(n, 1)
-        alloc = self._allocation(scores)
-        removed = alloc.below(-np.inf, inclusive=True)  # removed for good: scored -inf
-        total, n = len(alloc.ranked_units), 0
-        while n < 100_000:
-            n += 1
-            removed = min(total, removed + max(1, math.ceil(fraction * (total - removed))))
-            if removed >= total or self.gg.budget.exact(self.metric, alloc.counts(removed)) <= self._target:
-                break
-        return n
-
-    def _proxy_scores(self) -> Any:
-        """For the first estimate of the iterations needed: NAP's channel importance with unit curvature
-        (w² / 2, normalized per layer, summed over the members, per unit of cost), no inversions.
-        (Plain l2 norms per unit of cost are no proxy: they rank the wide residual streams first, whose
-        channels NAP's sum over ~40 members ranks with the rest, and predict a handful of iterations.)"""
-        if self.granularity == "weight":
-            return sum(int(self._layer_mask(n)[..., : self._weight_cols(n)].sum()) for n in self.layers)
-        return self.channel_importance(self._inverses(curvature=False))
 
     # ------------------------------------------------------------- masks
     def _param(self, key: tuple[str, str]) -> torch.Tensor:
@@ -393,48 +365,12 @@ class NAPPass(ScheduledSearch):
             out.update({k: v / total if total > 0 else v for k, v in values.items()})
         return out
 
-    def channel_importance(self, inverses: dict[str, tuple[Inverse, Inverse]]) -> dict[int, np.ndarray]:
-        """Per group, each channel's ΔL (summed over its members) over what removing it saves; removed channels -inf."""
-        dl = self.parameter_importance(inverses)
-        per_pos: dict[tuple[str, str, int], np.ndarray] = {}
-        delta = self._marginal_costs()
-        scores = {}
-        for gid in self.group_ids:
-            g = self.gg.groups[gid]
-            total = np.zeros(g.size)
-            for m in g.members:
-                key = (m.module, m.param)
-                if key not in dl:
-                    continue
-                if (m.module, m.param, m.dim) not in per_pos:
-                    t = dl[key]
-                    per_pos[m.module, m.param, m.dim] = t.movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(1).numpy()
-                np.add.at(total, m.channels, per_pos[m.module, m.param, m.dim][m.positions])
-            saves = delta[gid]
-            score = total / saves if saves > 0 else np.full(g.size, np.inf)
-            scores[gid] = np.where(self.alive[gid], score, -np.inf)
-        return scores
-
-    def _counts(self) -> dict[int, int]:
-        return {gid: int(a.sum()) for gid, a in self.alive.items()}
-
-    def _marginal_costs(self) -> dict[int, float]:
-        """What removing one channel of each group saves on the budget model, at the current sizes."""
-        b = self.gg.budget
-        ratios = b.ratios(self._counts())
-        rows = np.repeat(ratios[None], len(self.group_ids), 0)
-        for r, gid in enumerate(self.group_ids):
-            rows[r, self._budget_index[gid]] -= 1.0 / self.gg.groups[gid].size
-        return dict(zip(self.group_ids, (float(b.evaluate(self.metric, ratios)) - b.evaluate(self.metric, rows)).tolist()))
-
     def cost(self) -> float:
         """The budgeted metric now, % of the full model (nonzero parameters in fine-grained mode)."""
-        if self.granularity == "weight":
-            return 100 * self._nonzero() / self._full
-        return 100 * self.gg.budget.exact(self.metric, self._counts()) / self._full
+        return self.strategy.cost()
 
     def _nonzero(self) -> int:
-        return self._full - sum(int((~m).sum()) for m in self.masks.values())
+        return self.strategy.full - sum(int((~m).sum()) for m in self.masks.values())
 
     # ------------------------------------------------------------- one iteration
     def _iterate(self, final: bool = False, slots: int | None = None, loss: float | None = None) -> None:
@@ -443,173 +379,21 @@ class NAPPass(ScheduledSearch):
         if loss is None and self._losses:
             loss = float(np.mean(self._losses))
         self._losses = []
-        fraction = self._fraction_now
-        if self.granularity == "weight":
-            removed, final, fraction = self._iterate_weights(inverses, final, slots, fraction)
-            self._last_scores = sum(int(self._layer_mask(n)[..., : self._weight_cols(n)].sum()) for n in self.layers)
-        else:
-            scores = broadcast_object(self.channel_importance(inverses))  # rank 0 decides what goes
-            if slots is not None:
-                fraction = self._fit_fraction(scores, slots)
-            removed, final = self._iterate_channels(scores, inverses, final, fraction)
-            self._last_scores = {gid: np.where(self.alive[gid], s, -np.inf) for gid, s in scores.items()}
+        scores = self.strategy.scores(inverses)  # rank 0's: every rank removes the same
+        fraction = self._fraction_now if slots is None else self._fit_fraction(self.strategy.forecast(scores), slots)
+        removed, final = self.strategy.remove(scores, inverses, final, fraction)
+        self._forecast = self.strategy.forecast(scores)
         broadcast_module(self.model)  # the OBS-updated weights, rank 0's on every rank
         record = Iteration(self.step, removed, fraction, self.cost(), loss, final)
         self.iterations.append(record)
         self.done = final
         if self.verbose:
             when = f"round {self.rounds - slots + 1}/{self.rounds}" if slots is not None else f"step {self.step}"
-            what = "nonzero params" if self.granularity == "weight" else "MACs" if self.metric == "macs" else "params"
-            unit = "weights" if self.granularity == "weight" else "channels"
-            line = (f"[bold]nap[/bold] {len(self.iterations)} ({when}): {what} {record.cost:.2f}% "
-                    f"(target {100 * self._target / self._full:.2f}), -{removed} {unit} (p {fraction:.3g})")
+            line = (f"[bold]nap[/bold] {len(self.iterations)} ({when}): {self.strategy.cost_name} {record.cost:.2f}% "
+                    f"(target {100 * self.strategy.target / self.strategy.full:.2f}), -{removed} {self.strategy.unit} "
+                    f"(p {fraction:.3g})")
             line += (f", loss {loss:.3f}" if loss is not None else "") + (" [green]budget met[/green]" if final else "")
             _console().print(line, soft_wrap=True)
-
-    def _iterate_channels(self, scores: dict[int, np.ndarray], inverses, final: bool, fraction: float) -> tuple[int, bool]:
-        alloc = self._allocation(scores)
-        current = self._counts()
-        removed = alloc.below(-np.inf, inclusive=True)  # removed for good: scored -inf
-        total = len(alloc.ranked_units)
-        n = max(1, math.ceil(fraction * (total - removed)))
-        counts = alloc.counts(min(total, removed + n))
-        while counts == current and removed + n < total:  # rounding (round_to) or floors swallowed the step
-            n *= 2
-            counts = alloc.counts(min(total, removed + n))
-        if final or counts == current or self.gg.budget.exact(self.metric, counts) <= self._target:
-            keep, final = self._final_keep(scores), True
-            self.final_plan = Plan.from_counts(self.gg, keep)
-        else:
-            keep = alloc.plan(counts).keep
-        removal = {}
-        for gid in self.group_ids:
-            alive = np.flatnonzero(self.alive[gid])
-            gone = np.setdiff1d(alive, np.asarray(keep.get(gid, range(self.gg.groups[gid].size)), dtype=np.int64))
-            if len(gone):
-                removal[gid] = gone
-        self.remove_channels(removal, inverses)
-        return sum(len(v) for v in removal.values()), final
-
-    def _final_keep(self, scores: dict[int, np.ndarray]) -> dict[int, list[int]]:
-        """What the budget needs exactly: ``allocate_by_score`` on the importances, the channels removed
-        before scored lowest and capped out (zero for good: a plan that gave one back would spend budget
-        on a dead channel)."""
-        live = {gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids}
-        ceilings = {gid: int(self.alive[gid].sum()) for gid in self.group_ids}
-        plan = allocate_by_score(self.gg, live, self.budget, self.min_channels, self.min_ratio, ceilings=ceilings, roles=self.roles)
-        keep = {gid: list(plan.keep.get(gid, range(self.gg.groups[gid].size))) for gid in self.group_ids}
-        cost = self.gg.budget.exact(self.metric, {g: len(k) for g, k in keep.items()})
-        if self._target - cost > 0.005 * self._full:  # a coarse channel overshot: fill the cut with finer ones
-            filled = self._fill(scores, 0.005 * self._full)
-            if filled is not None and self.gg.budget.exact(self.metric, {g: len(k) for g, k in filled.items()}) > cost:
-                return filled
-        return keep
-
-    def _fill(self, scores: dict[int, np.ndarray], tolerance: float) -> dict[int, list[int]] | None:
-        """The live channels (of a role: its groups' channels of one rank) in increasing importance, each
-        removed unless that would take the cost more than ``tolerance`` under the target, until the target is
-        met; None where ``round_to`` forbids single steps."""
-        if any(self.gg.groups[gid].round_to > 1 for gid in self.group_ids):
-            return None
-        alloc = self._allocation({gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids})
-        kept = np.array([min(int(self.alive[gid].sum()) for gid in gids) for gids in alloc.units], dtype=np.int64)
-        cost = self.gg.budget.exact(self.metric, alloc.by_id(kept))
-        for u in alloc.ranked_units[alloc.below(-np.inf, inclusive=True):].tolist():
-            if cost <= self._target:
-                break
-            if kept[u] - 1 < alloc.floors[alloc.units[u][0]]:
-                continue
-            trial = kept.copy()
-            trial[u] -= 1
-            after = self.gg.budget.exact(self.metric, alloc.by_id(trial))
-            if after >= self._target - tolerance:
-                kept, cost = trial, after
-        if cost > self._target:
-            return None
-        return alloc.plan(alloc.by_id(kept)).keep
-
-    def remove_channels(self, removal: dict[int, np.ndarray], inverses: dict[str, tuple[Inverse, Inverse]] | None = None) -> None:
-        """Zero the channels' slices in every member, keep them zero, and apply the OBS update to each affected layer."""
-        before = {name: self._layer_mask(name) for name in self.layers}
-        for gid, channels in removal.items():
-            for m in self.gg.groups[gid].members:
-                key = (m.module, m.param)
-                if m.param in STATISTICS or not isinstance(self._param(key), nn.Parameter):
-                    continue
-                index = torch.tensor(m.indices(channels.tolist()), dtype=torch.long, device=self._param(key).device)
-                self._mask(key).index_fill_(m.dim, index, False)
-            self.alive[gid][channels] = False
-        for name in self.layers:
-            after = self._layer_mask(name)
-            if self.compensate != "none" and not torch.equal(before[name], after):
-                if inverses is None:
-                    inverses = self._inverses()
-                self._compensate_structured(name, before[name], after, inverses[name])
-        self._keep_zero()
-
-    def _compensate_structured(self, name: str, before: torch.Tensor, after: torch.Tensor, inverses: tuple[Inverse, Inverse]) -> None:
-        """OBS for whole rows R and columns C of each group's [W | b] (exact under A ⊗ S, see the module docstring)."""
-        module = self.model.get_submodule(name)
-        s_inv, a_inv = inverses
-        device = s_inv.blocks.device
-        w = weight_matrix(module).to(device)
-        before, after = before.to(device), after.to(device)
-        rows_before, rows_after = before.any(-1), after.any(-1)
-        cols_before, cols_after = before.any(-2), after.any(-2)
-        changed = ((rows_before & ~rows_after).any(-1) | (cols_before & ~cols_after).any(-1)).nonzero().flatten().tolist()
-        rows_kept = rows_after if self.compensate in ("outputs", "both") else torch.zeros_like(rows_after)
-        cols_kept = cols_after if self.compensate in ("inputs", "both") else torch.zeros_like(cols_after)
-        for j in changed:
-            w[j] = obs_structured(w[j], s_inv, a_inv, j, rows_before[j] & ~rows_after[j], rows_kept[j],
-                                  cols_before[j] & ~cols_after[j], cols_kept[j])
-        set_weight_matrix(module, w * after)
-
-    def _iterate_weights(self, inverses, final: bool, slots: int | None, fraction: float) -> tuple[int, bool, float]:
-        importances = broadcast_object({name: self.layer_importance(name, inverses[name]) for name in self.layers})
-        values, owners = [], []
-        for k, name in enumerate(self.layers):
-            dl = importances[name][..., : self._weight_cols(name)]
-            live = self._layer_mask(name)[..., : self._weight_cols(name)].to(dl.device)
-            v = torch.where(live, dl, torch.full_like(dl, math.inf)).flatten().cpu()
-            floor = self._weight_floor(v.numel())
-            if floor:  # every layer keeps its floor: its most important live weights
-                v[torch.topk(torch.where(torch.isfinite(v), v, torch.full_like(v, -math.inf)), floor).indices] = math.inf
-            values.append(v)
-            owners.append(torch.full((v.numel(),), k, dtype=torch.int32))
-        flat = torch.cat(values)
-        available = int(torch.isfinite(flat).sum())
-        alive = int(sum(int(self._layer_mask(n)[..., : self._weight_cols(n)].sum()) for n in self.layers))
-        if slots is not None:
-            fraction = self._fit_fraction(alive, slots)
-        n = max(1, math.ceil(fraction * alive))
-        nonzero = self._nonzero()
-        if final or nonzero - n <= self._target:
-            n, final = math.ceil(nonzero - self._target), True
-        n = max(0, min(n, available))
-        chosen = torch.topk(flat, n, largest=False).indices if n else torch.zeros(0, dtype=torch.long)
-        starts = np.cumsum([0] + [v.numel() for v in values])
-        for k, name in enumerate(self.layers):
-            mine = chosen[(chosen >= starts[k]) & (chosen < starts[k + 1])] - starts[k]
-            if not len(mine):
-                continue
-            module = self.model.get_submodule(name)
-            shape = self.kfac.shapes[name]
-            gone = torch.zeros(shape.groups * shape.rows * self._weight_cols(name), dtype=torch.bool)
-            gone[mine] = True
-            gone = gone.reshape(shape.groups, shape.rows, self._weight_cols(name))
-            if shape.bias:
-                gone = torch.cat([gone, torch.zeros(shape.groups, shape.rows, 1, dtype=torch.bool)], -1)
-            if self.compensate != "none":
-                s_inv, a_inv = inverses[name]
-                w = weight_matrix(module).to(s_inv.blocks.device)
-                w = obs_weights(w, s_inv, a_inv, gone.to(w.device), self.compensate)
-                set_weight_matrix(module, w)
-            mask = self._mask((name, "weight"))
-            mask &= ~gone[..., : self._weight_cols(name)].reshape(mask.shape).to(mask.device)
-        self._keep_zero()
-        if final and self._nonzero() > self._target:
-            raise BudgetError("nap could not reach the parameter budget: too few weights left above the floors")
-        return n, final, fraction
 
     # ------------------------------------------------------------- without training
     def _complete_without_training(self) -> None:
@@ -663,50 +447,32 @@ class NAPPass(ScheduledSearch):
     def plan(self) -> Plan:
         if not self.done:
             self._complete_without_training()
-        if self.granularity == "weight":
-            return Plan({})
-        return self.final_plan
+        return self.strategy.plan()
 
     def build(self, plan: Plan) -> torch.nn.Module:
         """The slim model; in fine-grained mode the same shapes, pruned weights zero and their gradients masked."""
-        model = slim(self.gg, plan)
-        if self.granularity == "weight":
-            for (name, pname), mask in self.masks.items():
-                param = getattr(model.get_submodule(name), pname)
-                with torch.no_grad():
-                    param.masked_fill_(~mask.to(param.device), 0.0)
-                param.register_hook(_GradientMask(mask.detach().clone()))
-        return model
+        return self.strategy.build(slim(self.gg, plan))
 
     def compression(self) -> float:
         """Fine-grained: all parameters over the nonzero ones (the paper's compression ratio)."""
-        return self._full / max(1, self._nonzero())
+        return self.strategy.full / max(1, self._nonzero())
 
-    def refine_report(self, report):
+    def refine_report(self, report: Any) -> Any:
         notes = [f"nap: {len(self.iterations)} iterations; K-FAC statistics {self.factor_bytes() / 2**20:.1f} MiB"]
         if self.completed_without_training:
             notes.append(self.completed_without_training)
         approximated = [f"{r.layer} (A {r.a_kind}, S {r.s_kind})" for r in self.kfac.memory() if r.a_kind != "full" or r.s_kind != "full"]
         if approximated:
             notes[0] += f"; factors over {self.kfac.limit:,} elements approximated: {', '.join(approximated)}"
-        if self.granularity == "weight":
-            weights = sum(self._param((n, "weight")).numel() for n in self.layers)
-            kept = sum(int(self._mask((n, "weight")).sum()) for n in self.layers)
-            notes.append(f"fine-grained: the model keeps its shapes, pruned weights are zeros (in training and in export); "
-                         f"compression ratio {self.compression():.2f}x over all parameters, {weights / max(kept, 1):.2f}x over the "
-                         f"conv/linear weights")
-            report = dataclasses.replace(report, params_after=self._nonzero())
-        return dataclasses.replace(report, notes=[*getattr(report, "notes", []), *notes])
+        return self.strategy.refine_report(dataclasses.replace(report, notes=[*getattr(report, "notes", []), *notes]))
 
     def kept_per_layer(self) -> dict[str, float]:
-        if self.granularity == "channel":
-            return (self.final_plan or Plan.from_counts(self.gg, {gid: np.flatnonzero(a).tolist() for gid, a in self.alive.items()})).kept_per_layer(self.gg)
-        return {n: float(self._mask((n, "weight")).float().mean()) for n in self.layers}
+        return self.strategy.kept_per_layer()
 
     def report_png(self, path: str) -> None:
         """The cost after each iteration beside the kept share per layer."""
-        plot_search(path, [100.0] + [it.cost for it in self.iterations], self.kept_per_layer(), 100 * self._target / self._full,
-                    f"NAP: {'channel' if self.granularity == 'channel' else 'weight'} pruning, {self.metric} budget")
+        plot_search(path, [100.0] + [it.cost for it in self.iterations], self.kept_per_layer(),
+                    100 * self.strategy.target / self.strategy.full, f"NAP: {self.granularity} pruning, {self.metric} budget")
 
 
 def identity(factor, alive: torch.Tensor) -> Inverse:
@@ -714,59 +480,6 @@ def identity(factor, alive: torch.Tensor) -> Inverse:
     g, nb, b = factor.groups, factor.nblocks, factor.block
     live = torch.nn.functional.pad(alive, (0, nb * b - factor.dim)).reshape(g, nb, b).double()
     return Inverse(torch.diag_embed(live), factor.dim)
-
-
-def obs_structured(w: torch.Tensor, s_inv: Inverse, a_inv: Inverse, j: int, rows_gone: torch.Tensor, rows_kept: torch.Tensor,
-                   cols_gone: torch.Tensor, cols_kept: torch.Tensor) -> torch.Tensor:
-    """Group ``j``'s [W | b] after removing whole rows and columns with the optimal update of the rest
-    under A ⊗ S (the inverses restricted to the entries alive before); removed entries are zero."""
-    w = w.clone()
-    r, k = rows_gone.nonzero().flatten(), rows_kept.nonzero().flatten()
-    c, d = cols_gone.nonzero().flatten(), cols_kept.nonzero().flatten()
-    if len(c) and len(d):
-        q = torch.linalg.solve(a_inv.sub(j, c, c), a_inv.sub(j, c, d))
-        w[:, d] -= w[:, c] @ q
-    if len(r) and len(k):
-        p = torch.linalg.solve(s_inv.sub(j, r, r), s_inv.sub(j, r, k)).T
-        w[k, :] -= p @ w[r, :]
-    w[r, :] = 0
-    w[:, c] = 0
-    return w
-
-
-def obs_weights(w: torch.Tensor, s_inv: Inverse, a_inv: Inverse, gone: torch.Tensor, compensate: str = "both") -> torch.Tensor:
-    """The sum of the single-weight OBS updates (Eq. 6) of the ``gone`` entries of (g, rows, cols) [W | b]:
-    δW = -S⁻¹ M A⁻¹ with M = W / outer(diag S⁻¹, diag A⁻¹) there (``compensate="both"``, the paper's);
-    "inputs": each row compensates its own removed weights, δW = -M A⁻¹ with M = W / diag A⁻¹ (S taken
-    as diagonal in the update); "outputs": each column, δW = -S⁻¹ M with M = W / diag S⁻¹.
-    The gone entries end at zero."""
-    s_diag, a_diag = s_inv.diag()[:, :, None], a_inv.diag()[:, None, :]
-    h = {"both": s_diag * a_diag, "inputs": a_diag, "outputs": s_diag}[compensate].expand_as(w)
-    usable = gone & (h > 0)
-    m = torch.where(usable, w / torch.where(usable, h, torch.ones_like(h)), torch.zeros_like(w))
-    if compensate == "both":
-        w = w - s_inv.left(a_inv.right(m))
-    elif compensate == "inputs":
-        w = w - a_inv.right(m)
-    else:
-        w = w - s_inv.left(m)
-    return w.masked_fill(gone, 0.0)
-
-
-class _GradientMask:
-    """A parameter hook that keeps pruned weights' gradients at zero (picklable)."""
-
-    def __init__(self, mask: torch.Tensor):
-        self.mask = mask
-
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.mask.device != grad.device:
-            self.mask = self.mask.to(grad.device)
-        return grad * self.mask
-
-
-def _unique(items: Iterable) -> list:
-    return list(dict.fromkeys(items))
 
 
 def _console():

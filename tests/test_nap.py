@@ -317,7 +317,7 @@ def test_importance_is_normalized_per_layer_and_summed_over_each_channels_member
         raw = w.square() / (2 * s_inv.diag()[:, :, None] * a_inv.diag()[:, None, :])  # w² / (2 [F⁻¹]_qq)
         assert torch.allclose(dl, raw / raw.sum())
     dl = nap.parameter_importance(inverses)
-    scores = nap.channel_importance(inverses)
+    scores = nap.strategy.channel_importance(inverses)
     gg = session.gg
     g = group_with(gg, "conv2")  # conv2's outputs: its rows and bias, fc1's 800 input columns (16 per channel)
     full = gg.budget.macs()
@@ -356,7 +356,7 @@ def test_budget_is_met_exactly_without_training(name, budget, rounds):
     nap = result.method
     assert len(nap.iterations) <= rounds and nap.iterations[-1].final
     assert slim_error(model, result.groups, result.plan, (x,)) <= EXACT
-    for gid, alive in nap.alive.items():  # pruned channels are zero in every member
+    for gid, alive in nap.strategy.alive.items():  # pruned channels are zero in every member
         dropped = np.flatnonzero(~alive).tolist()
         for m in result.groups.groups[gid].members:
             if m.param not in ("running_mean", "running_var") and dropped:
