@@ -143,7 +143,7 @@ class Allocation:
     def plan(self, counts: dict[int, int]) -> Plan:
         """Keep each group's highest-scoring channels."""
         keep = {gid: np.sort(np.argsort(-self.scores[gid], kind="stable")[:n]).tolist() for gid, n in counts.items()}
-        return Plan.from_counts(self.gg, keep)
+        return Plan.from_indices(self.gg, keep)
 
 
 def tie(gids: Sequence[int], roles: Roles | None) -> list[list[int]]:
@@ -176,18 +176,22 @@ def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]
     return target
 
 
-def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan], tolerance: float = 0.005) -> Plan:
+def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan], steps: Mapping[int, int | str] | None = None,
+                    tolerance: float = 0.005) -> Plan:
     """``allocate()`` under the ``"auto"`` rounding, with finer steps where the coarse ones miss the budget.
 
     Multiples of 8 can leave a model whose cost sits in a few groups (CIFAR ResNet-20's 64-channel
     stage holds most of its parameters) a point or more under its budget, or make its floors
     unreachable; the steps are capped at 4, 2, then single channels until the plan is within
-    ``tolerance`` of the full model under the target.
+    ``tolerance`` of the full model under the target. ``steps``: groups whose multiple the user
+    gave (``round_to`` per layer), which keep it.
     """
     full = gg.budget.exact(budget.metric)
     target = budget.target(full)
     for cap in (8, 4, 2, 1):
         set_round_to(gg.groups, "auto", cap)
+        for gid, step in (steps or {}).items():
+            set_round_to([gg.groups[gid]], step)
         try:
             plan = allocate()
         except BudgetError:
@@ -302,9 +306,9 @@ def fill_up(alloc: Allocation, metric: str, counts: dict[int, int], target: floa
     units = list(dict.fromkeys(int(alloc.unit_of[row[gid]]) for gid in order if gid in row))
     current = dict(counts)
     for u in units:
-        gids, size, step = alloc.units[u], int(alloc.sizes[u]), int(alloc._round[u])
-        while current[gids[0]] < size:
-            trial = {**current, **dict.fromkeys(gids, min(size, current[gids[0]] + step))}
+        gids, top, step = alloc.units[u], int(alloc._ceiling[u]), int(alloc._round[u])
+        while current[gids[0]] < top:
+            trial = {**current, **dict.fromkeys(gids, min(top, current[gids[0]] + step))}
             if float(gg.budget.evaluate(metric, gg.budget.ratios(trial))) > target - margin:
                 break
             current = trial
@@ -322,7 +326,7 @@ def allocate_by_ratios(gg: GroupGraph, alloc: Allocation, weights: dict[int, flo
 
     def counts(scale: float) -> dict[int, int]:
         wanted = np.ceil(np.minimum(1.0, scale * unit_weights) * alloc.sizes).astype(np.int64)
-        return alloc.by_id(np.maximum(alloc._floor, round_up(wanted, alloc._round, alloc.sizes)))
+        return alloc.by_id(np.minimum(alloc._ceiling, np.maximum(alloc._floor, round_up(wanted, alloc._round, alloc.sizes))))
 
     target = check_reachable(gg, budget, counts(0.0))
     lo, hi = 0.0, 1.0 / max(min(weights.values()), 1e-6)  # cost grows with the scale

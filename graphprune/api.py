@@ -7,11 +7,13 @@ import itertools
 import math
 import time
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
 from .budget_target import Budget
+from .controls import Layer
+from .controls import resolve as resolve_controls
 from .data import hold_out
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
@@ -201,9 +203,11 @@ def prepare(
     specialize_submodules: bool = False,
     attention: str = "head_dims",
     concrete_args: dict[str, Any] | None = None,
-    round_to: int | str | None = None,
+    round_to: int | str | Mapping[Layer, int | str] | None = None,
     min_channels: int = 1,
-    min_ratio: float = 0.0,
+    min_ratio: float | Mapping[Layer, float] = 0.0,
+    ignored_layers: Sequence[Layer] = (),
+    ratios: Mapping[Layer, float] | None = None,
     analysis: GroupGraph | None = None,
     total_steps: int | None = None,
     output: str | None = None,
@@ -218,6 +222,10 @@ def prepare(
     the plan more than half a point under the budget); None: the method's default (``"auto"`` for
     l1, l2, uniform and random, whose results are for deployment; 1 for the paper methods, whose
     searches and budget landings work channel by channel as in their papers).
+    Per layer (a module, its path or a path prefix, or a class; see ``graphprune/controls.py``):
+    ``ignored_layers`` keep every group they reach whole; ``ratios={layer: keep ratio}`` fix the
+    groups they reach, the method allocating the rest of the budget; ``round_to`` and ``min_ratio``
+    also take ``{layer: value}``. The report names each group these options fixed, and why.
     ``analysis``: a GroupGraph of this model from an earlier call, to sweep budgets without
     analyzing again. ``total_steps``: the optimizer steps the whole training will take (epochs x
     steps per epoch), for methods whose search is a phase of it (dsa, dhp); ``fit`` supplies it
@@ -237,7 +245,7 @@ def prepare(
     budget = Budget.of(budget)
     pass_cls = passes.get(method)
     _check_model(model)
-    _check_bounds(round_to, min_channels, min_ratio)
+    _check_bounds(None if isinstance(round_to, Mapping) else round_to, min_channels, 0.0 if isinstance(min_ratio, Mapping) else min_ratio)
     _check_output(output, inplace, pass_cls)
     analysis_options = dict(leaf_modules=leaf_modules, specialize_submodules=specialize_submodules,
                             attention=attention, concrete_args=concrete_args)
@@ -247,10 +255,13 @@ def prepare(
             raise OptionError(f"analysis= is an analysis made already, so {', '.join(given)} would not act: pass them to "
                               "graphprune.analyze, or drop analysis= and pass them here")
     gg = analysis or analyze(model, example_inputs, **analysis_options)
-    kept_whole = _keep_uncarried_whole(gg) if output == "module" and pass_cls.planned_on is _default_planned_on() else []
-    method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio, round_to=round_to, **method_options)
+    controls = resolve_controls(gg, ignored_layers, ratios, min_ratio, round_to)
+    uncarried = _uncarried(gg) if output == "module" and pass_cls.planned_on is _default_planned_on() else {}
+    gg = gg.keeping_whole({**uncarried, **controls.kept_whole})
+    method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio if not isinstance(min_ratio, Mapping) else 0.0,
+                           round_to=round_to if not isinstance(round_to, Mapping) else None, controls=controls, **method_options)
     session = Session(model, gg, method_pass, budget, started, output, inplace)
-    session.notes.extend(kept_whole)
+    session.notes.extend([f"group {g}: {why}" for g, why in uncarried.items() if g not in controls.kept_whole] + controls.notes(gg))
     if total_steps is not None:
         session.bind_schedule(total_steps)
     return session
@@ -273,17 +284,11 @@ def _default_planned_on() -> Callable:
     return MethodPass.planned_on
 
 
-def _keep_uncarried_whole(gg: GroupGraph) -> list[str]:
-    """output="module": groups whose sizes the model's class cannot take are frozen before the
-    method plans (the budget model follows), so the budget is met on the others; one note each."""
-    from .budget import BudgetModel
-
-    found = uncarried_groups(gg)
-    for gid, why in found.items():
-        gg.groups[gid].reason = f"kept whole for {type(gg.traced.model).__name__}: {why}"
-    if found:
-        gg.budget = BudgetModel(gg)
-    return [f"group {gid} kept whole for {type(gg.traced.model).__name__} (output='module'): {why}" for gid, why in found.items()]
+def _uncarried(gg: GroupGraph) -> dict[int, str]:
+    """output="module": the groups whose sizes the model's class cannot take, kept whole before the
+    method plans, so that the budget is met on the others."""
+    return {gid: f"kept whole for {type(gg.traced.model).__name__} (output='module'): {why}"
+            for gid, why in uncarried_groups(gg).items()}
 
 
 def _check_output(output: str | None, inplace: bool, pass_cls: type) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import gc
 from typing import Any, Iterable, Iterator, Sequence
@@ -101,6 +102,18 @@ class GroupGraph:
         self._atom_group = atom_group  # atom -> group id
         self._atom_channel = atom_channel  # atom -> channel index within its group
         self.budget = BudgetModel(self)
+
+    def keeping_whole(self, reasons: dict[int, str]) -> "GroupGraph":
+        """This analysis with the groups in ``reasons`` kept whole for those reasons (the budget
+        model follows); this one is left as it was, so that it can be planned on again."""
+        from .budget import BudgetModel
+
+        if not reasons:
+            return self
+        view = copy.copy(self)
+        view.groups = [dataclasses.replace(g, reason=reasons[g.id]) if g.id in reasons else g for g in self.groups]
+        view.budget = BudgetModel(view)
+        return view
 
     @property
     def fallbacks(self) -> list[Fallback]:

@@ -28,7 +28,8 @@ class Plan:
         self.sizes = {int(g): int(n) for g, n in self.sizes.items()}
 
     @classmethod
-    def from_counts(cls, gg: "GroupGraph", kept: dict[int, list[int]]) -> "Plan":
+    def from_indices(cls, gg: "GroupGraph", kept: dict[int, list[int]]) -> "Plan":
+        """``kept[group id]``: the channel indices that group keeps; the groups' sizes from ``gg``."""
         return cls(kept, {g: gg.groups[g].size for g in kept})
 
     def validate(self, gg: "GroupGraph") -> None:

@@ -9,8 +9,9 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from graphprune.allocate import fitted_rounding
+from graphprune.allocate import fitted_rounding, floor_of
 from graphprune.budget_target import Budget
+from graphprune.controls import Controls
 from graphprune.errors import GraphPruneError, OptionError
 from graphprune.groups import GroupGraph, layer_roles, set_round_to
 from graphprune.plan import Plan
@@ -32,17 +33,29 @@ class MethodPass:
     completes_untrained: ClassVar[bool] = True  # gives a meaningful plan without a training loop (dsa, dhp: no)
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
     ties_layers: ClassVar[bool] = False  # takes uniform_layers=True: ties its counts per role where it decides them
+    takes_controls: ClassVar[bool] = True  # honours per-group floors and fixed counts (self.bounds) where it allocates
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
-                 round_to: int | str | None = None, uniform_layers: bool = False, **options: Any):
+                 round_to: int | str | None = None, uniform_layers: bool = False, controls: Controls | None = None,
+                 **options: Any):
         """``uniform_layers``: every layer of a repeated stack keeps the same count per role
         (``groups.layer_roles``), so a config with one width per role (Hugging Face's
         intermediate_size, num_key_value_heads, ...) describes the pruned model; each layer still
-        keeps its own best channels. Methods that cannot tie their counts refuse it."""
+        keeps its own best channels. Methods that cannot tie their counts refuse it.
+        ``controls``: per-group floors, steps and fixed counts from per-layer options (controls.py);
+        the groups kept whole are already frozen in ``gg``."""
         self.gg, self.budget, self.model = gg, budget, model
         self.min_channels, self.min_ratio = min_channels, min_ratio
         self.round_to = self.default_round_to if round_to is None else round_to
         set_round_to(gg.groups, self.round_to)
+        self.controls = controls or Controls()
+        given = self.controls.given()
+        if given and not self.takes_controls:
+            raise OptionError(f"method {self.name!r} cannot take {', '.join(given)}: it plans on groups of its own; "
+                              f"use one of the methods that take per-layer options: "
+                              f"{', '.join(n for n in names() if get(n).takes_controls)}")
+        for gid, step in self.controls.round_to.items():
+            set_round_to([gg.groups[gid]], step)
         if options:
             raise OptionError(f"method {self.name!r} got unknown options: {', '.join(sorted(options))}; it takes "
                               f"{', '.join(self.options())} (see help(graphprune.passes.get({self.name!r})))")
@@ -63,7 +76,16 @@ class MethodPass:
             if init is not None:
                 names.update(p.name for p in inspect.signature(init).parameters.values()
                              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        return sorted(names - {"self", "gg", "budget", "model"} - (set() if cls.ties_layers else {"uniform_layers"}))
+        return sorted(names - {"self", "gg", "budget", "model", "controls"} - (set() if cls.ties_layers else {"uniform_layers"}))
+
+    @functools.cached_property
+    def bounds(self) -> dict[str, dict[int, int]]:
+        """Per-group ``floors`` and ``ceilings`` (channel counts) for the allocation: ``min_ratio``
+        per layer raises floors, ``ratios`` fix both (controls.py)."""
+        floors = {gid: floor_of(self.gg.groups[gid].size, self.gg.groups[gid].round_to, self.min_channels, ratio)
+                  for gid, ratio in self.controls.min_ratio.items()}
+        fixed = {gid: self.controls.fixed_count(self.gg.groups[gid]) for gid in self.controls.fixed}
+        return {"floors": {**floors, **fixed}, "ceilings": fixed}
 
     @functools.cached_property
     def roles(self) -> list[list[int]] | None:
@@ -90,7 +112,7 @@ class MethodPass:
 
     def rounded(self, allocate: Callable[[], Plan]) -> Plan:
         """``allocate()``'s plan; under ``round_to="auto"`` with steps made finer where the budget needs them."""
-        return fitted_rounding(self.gg, self.budget, allocate) if self.round_to == "auto" else allocate()
+        return fitted_rounding(self.gg, self.budget, allocate, self.controls.round_to) if self.round_to == "auto" else allocate()
 
     def ready(self) -> bool:
         """Whether the method can decide its plan now (training methods: once the budget is met)."""

@@ -230,7 +230,7 @@ class DHPPass(ScheduledSearch):
 
     def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
         """The allocation over ``scores`` (|latent|s), a role's groups as one unit under ``uniform_layers``."""
-        return Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
+        return Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds)
 
     def _masked(self, scores: dict[int, np.ndarray]) -> tuple[Allocation, dict[int, int]]:
         """Kept counts when every latent below tau goes (floors and round_to applied; a role's channel
@@ -255,7 +255,7 @@ class DHPPass(ScheduledSearch):
         alloc, counts = self._masked(scores)
         if self._target - self.tolerance * self._full <= self.gg.budget.exact(self.budget.metric, counts) <= self._target:
             return alloc.plan(counts)
-        return allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles)
+        return allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds)
 
     def report_png(self, path: str) -> None:
         """Budget trajectory over the search steps and the plan's kept channels per layer."""

@@ -178,6 +178,8 @@ class DSAPass(ScheduledSearch):
         self._role_size = torch.bincount(self._role_of).double()
         sizes = torch.tensor([self.gg.groups[gid].size for gid in self.group_ids], dtype=torch.float64)
         floor = torch.clamp(torch.maximum(torch.full_like(sizes, self.min_ratio), max(1, self.min_channels) / sizes), max=1.0)
+        given = torch.tensor([self.bounds["floors"].get(gid, 0) for gid in self.group_ids], dtype=torch.float64)
+        floor = torch.maximum(floor, given / sizes)  # min_ratio per layer, ratios= (their ceilings bind in plan())
         self.floor = torch.zeros_like(self._role_size).scatter_reduce(0, self._role_of, floor, "amax")
         self.alpha = torch.full((len(self._role_size),), initial_keep, dtype=torch.float64).maximum(self.floor)
         self.z = self.alpha.clone()
@@ -410,7 +412,7 @@ class DSAPass(ScheduledSearch):
         """Top channels by b_i with counts alpha_k * C_k, scaled together to meet the budget exactly."""
         b = self.importance()
         alloc = Allocation(self.gg, {gid: b[gid].numpy() for gid in self.group_ids}, self.min_channels, self.min_ratio,
-                           roles=self.roles)
+                           roles=self.roles, **self.bounds)
         alphas = {gid: float(a) for gid, a in zip(self.group_ids, self.alphas())}
         order = sorted(self.group_ids, key=lambda g: -alphas[g])  # most-kept groups first
         return allocate_by_ratios(self.gg, alloc, alphas, self.budget, order)

@@ -61,6 +61,7 @@ class LWDNAPass(MethodPass):
     its hypernetworks, and of the result)."""
 
     name = "lwdna"
+    takes_controls = False  # it plans on the groups of a widened copy, analyzed again
     reads_data = True
     ties_layers = True  # the cut (step 4) ranks a role's channels together; roles of the widened model
 

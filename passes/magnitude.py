@@ -72,7 +72,7 @@ class _ScorePass(MethodPass):
 
     def plan(self) -> Plan:
         scores = normalized(self.scores())
-        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles))
+        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds))
 
 
 @register

@@ -53,7 +53,7 @@ class ChannelPruning:
 
     def _allocation(self, scores: dict[int, np.ndarray]) -> Allocation:
         """The allocation over channel importances, a role's groups as one unit under ``uniform_layers``."""
-        return Allocation(self.gg, scores, self.nap.min_channels, self.nap.min_ratio, roles=self.nap.roles)
+        return Allocation(self.gg, scores, self.nap.min_channels, self.nap.min_ratio, roles=self.nap.roles, **self.nap.bounds)
 
     # ------------------------------------------------------------- importance and forecast
     def scores(self, inverses: dict[str, tuple[Inverse, Inverse]]) -> dict[int, np.ndarray]:
@@ -131,7 +131,7 @@ class ChannelPruning:
             counts = alloc.counts(min(total, removed + n))
         if final or counts == current or self.gg.budget.exact(self.metric, counts) <= self.target:
             keep, final = self._final_keep(scores), True
-            self.final_plan = Plan.from_counts(self.gg, keep)
+            self.final_plan = Plan.from_indices(self.gg, keep)
         else:
             keep = alloc.plan(counts).keep
         removal = {}
@@ -148,9 +148,11 @@ class ChannelPruning:
         before scored lowest and capped out (zero for good: a plan that gave one back would spend budget
         on a dead channel)."""
         live = {gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids}
-        ceilings = {gid: int(self.alive[gid].sum()) for gid in self.group_ids}
         nap = self.nap
-        plan = allocate_by_score(self.gg, live, nap.budget, nap.min_channels, nap.min_ratio, ceilings=ceilings, roles=nap.roles)
+        fixed = nap.bounds["ceilings"]
+        ceilings = {gid: min(int(self.alive[gid].sum()), fixed.get(gid, self.gg.groups[gid].size)) for gid in self.group_ids}
+        plan = allocate_by_score(self.gg, live, nap.budget, nap.min_channels, nap.min_ratio, floors=nap.bounds["floors"],
+                                 ceilings=ceilings, roles=nap.roles)
         keep = {gid: list(plan.keep.get(gid, range(self.gg.groups[gid].size))) for gid in self.group_ids}
         cost = self.gg.budget.exact(self.metric, {g: len(k) for g, k in keep.items()})
         if self.target - cost > 0.005 * self.full:  # a coarse channel overshot: fill the cut with finer ones
@@ -233,7 +235,7 @@ class ChannelPruning:
         return report
 
     def kept_per_layer(self) -> dict[str, float]:
-        plan = self.final_plan or Plan.from_counts(self.gg, {gid: np.flatnonzero(a).tolist() for gid, a in self.alive.items()})
+        plan = self.final_plan or Plan.from_indices(self.gg, {gid: np.flatnonzero(a).tolist() for gid, a in self.alive.items()})
         return plan.kept_per_layer(self.gg)
 
 

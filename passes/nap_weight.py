@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from graphprune.distributed import broadcast_object
-from graphprune.errors import BudgetError, GraphPruneError
+from graphprune.errors import BudgetError, GraphPruneError, OptionError
 from graphprune.plan import Plan
 
 from .kfac import Inverse, covered, set_weight_matrix, weight_matrix
@@ -30,6 +30,9 @@ class WeightPruning:
 
     def __init__(self, nap: NAPPass):
         self.nap = nap
+        if nap.controls.given():
+            raise OptionError(f"nap with granularity='weight' prunes single weights, not channel groups, so it cannot take "
+                              f"{', '.join(nap.controls.given())}: use granularity='channel'")
         if nap.metric != "params":
             raise BudgetError("nap with granularity='weight' prunes individual weights, which removes no MACs: give a "
                               "parameter budget, Budget(params=0.1) (or --metric params on the command line)")

@@ -26,7 +26,7 @@ class UniformPass(MethodPass):
         order = sorted((g.id for g in self.gg.prunable_groups), key=lambda g: -self.gg.groups[g].size)
 
         def allocate() -> Plan:
-            alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles)
+            alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds)
             return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
 
         return self.rounded(allocate)
