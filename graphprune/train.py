@@ -117,7 +117,7 @@ def _cannot_call(fn: Any, *args: Any, **kwargs: Any) -> str | None:
     return None
 
 
-def _loss(net: torch.nn.Module, batch: Any, loss_fn: Callable | None, device: torch.device) -> torch.Tensor:
+def batch_loss(net: torch.nn.Module, batch: Any, loss_fn: Callable | None, device: torch.device) -> torch.Tensor:
     """The loss of one batch, by the conventions in fit's docstring."""
     if isinstance(batch, Mapping):
         mismatch = _cannot_call(unwrap(net), **batch)
@@ -218,7 +218,7 @@ def fit(
             for batch in train_data:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    loss = _loss(net, batch, loss_fn, device)
+                    loss = batch_loss(net, batch, loss_fn, device)
                 scaler.scale(loss).backward()
                 _call(callbacks, "before_step", step)
                 scaler.step(optimizer)

@@ -88,7 +88,7 @@ from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
 from .base import register
-from .magnitude import member_norms
+from .importance import member_norms
 from .masks import ChannelMasks
 from .search import ScheduledSearch, exempt_from_weight_decay
 

@@ -12,7 +12,7 @@ from graphprune.allocate import Allocation, allocate_by_ratios
 from graphprune.plan import Plan
 
 from .base import MethodPass, register
-from .magnitude import member_norms
+from .importance import member_norms
 
 
 @register

@@ -1,0 +1,69 @@
+"""Data-aware criteria against brute force on small models: what each score claims to measure."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import graphprune
+from graphprune.errors import OptionError
+
+
+def mlp(width=16):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 12), nn.Tanh(), nn.Linear(12, 3)).double().eval()
+
+
+def batches(n=3):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)) for _ in range(n)]
+
+
+def mean_loss(model, data):
+    with torch.no_grad():
+        return sum(F.cross_entropy(model(x), y) for x, y in data) / len(data)
+
+
+def scaled_channel(model, group, channel, factor):
+    """A copy of ``model`` whose weights of ``channel`` (in every member of ``group``) are multiplied by ``factor``."""
+    scaled = copy.deepcopy(model)
+    for m in group.members:
+        t = getattr(scaled.get_submodule(m.module), m.param)
+        index = torch.as_tensor(m.positions[m.channels == channel])
+        with torch.no_grad():
+            t.index_copy_(m.dim, index, t.index_select(m.dim, index) * factor)
+    return scaled
+
+
+def test_taylor_is_the_first_order_loss_change_of_zeroing_each_channel():
+    model, data = mlp(), batches()
+    session = graphprune.prepare(model, "taylor", 0.5, data[0][0], calib_data=data, loss_fn=F.cross_entropy)
+    scores = session.method.scores()
+    eps = 1e-6
+    checked = 0
+    for g in session.gg.prunable_groups:
+        for c in range(g.size):
+            # d/dt L(w - t * w_c) at t = 0, by central differences: the first-order change of zeroing channel c
+            slope = (mean_loss(scaled_channel(model, g, c, 1 - eps), data) - mean_loss(scaled_channel(model, g, c, 1 + eps), data)) / (2 * eps)
+            assert scores[g.id][c] == pytest.approx(abs(float(slope)), rel=1e-5, abs=1e-9)
+            checked += 1
+    assert checked == 28  # the two hidden layers' channels
+
+
+def test_taylor_prunes_to_the_budget_and_leaves_the_model_and_its_gradients_as_they_were():
+    model, data = mlp(width=512), batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    result = graphprune.apply(model, "taylor", graphprune.Budget(params=0.6), data[0][0], calib_data=data, loss_fn=F.cross_entropy,
+                              round_to=1)
+    assert abs(result.report.params_ratio - 0.6) <= 0.005
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight)) and model[2].weight.grad is None
+    assert not model.training
+
+
+def test_taylor_without_calibration_data_says_what_to_pass():
+    with pytest.raises(OptionError, match=r"taylor ranks channels by the loss on calibration data: pass calib_data="):
+        graphprune.apply(mlp(), "taylor", 0.5, batches()[0][0])
