@@ -67,3 +67,30 @@ def test_taylor_prunes_to_the_budget_and_leaves_the_model_and_its_gradients_as_t
 def test_taylor_without_calibration_data_says_what_to_pass():
     with pytest.raises(OptionError, match=r"taylor ranks channels by the loss on calibration data: pass calib_data="):
         graphprune.apply(mlp(), "taylor", 0.5, batches()[0][0])
+
+
+def test_your_own_importance_is_allocated_like_the_built_in_criteria():
+    """A function reproducing l1 gives l1's plan; one reproducing taylor (with gradients) gives taylor's."""
+    model, data = mlp(width=64), batches()
+
+    def l1(group, members):
+        return sum(m.per_channel(m.tensor.abs()) for m in members)
+
+    def taylor(group, members):
+        return abs(sum(m.per_channel(m.tensor * m.grad) for m in members))
+
+    x = data[0][0]
+    for fn, method, extra in ((l1, "l1", {}), (taylor, "taylor", dict(calib_data=data, loss_fn=F.cross_entropy))):
+        own = graphprune.apply(model, "importance", 0.6, x, importance=fn, round_to=1, **extra)
+        built_in = graphprune.apply(model, method, 0.6, x, round_to=1, **extra)
+        assert own.plan.keep == built_in.plan.keep and own.plan.keep
+
+
+@pytest.mark.parametrize("importance, message", [
+    (None, r"method 'importance' scores channels with your function: pass importance=fn"),
+    (lambda group, members: [1.0, 2.0], r"importance returned 2 scores for group \d+ of \d+ channels: it must return one score per channel"),
+    (lambda group, members: [float("nan")] * group.size, "importance returned scores that are not finite"),
+])
+def test_your_own_importance_that_cannot_rank_is_refused(importance, message):
+    with pytest.raises((OptionError, graphprune.GraphPruneError), match=message):
+        graphprune.apply(mlp(), "importance", 0.5, batches()[0][0], importance=importance)

@@ -1,0 +1,91 @@
+"""The user's own importance, allocated like the built-in criteria.
+
+``apply(model, "importance", budget, x, importance=fn)``: ``fn(group, members)`` returns one score
+per channel of a prunable group (higher is kept), where each member is a :class:`MemberTensor`:
+the module and tensor that hold the group's channels along ``dim``, its mean gradient over
+``calib_data`` (None without calibration data), and :meth:`MemberTensor.per_channel`, which
+reduces a tensor of the member's shape to the group's channel order. Scores are then divided by
+their group's mean and the globally lowest channels go until the budget is met, exactly as for
+l1 (magnitude.py), with the same per-layer controls.
+
+    def l1(group, members):
+        return sum(m.per_channel(m.tensor.abs()) for m in members)
+
+    def taylor(group, members):  # with calib_data= and loss_fn=
+        return abs(sum(m.per_channel(m.tensor * m.grad) for m in members))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from graphprune.errors import GraphPruneError, OptionError
+from graphprune.groups import Member
+
+from .base import register
+from .importance import calibration_gradients
+from .magnitude import _ScorePass
+
+
+@dataclasses.dataclass
+class MemberTensor:
+    """One tensor holding a group's channels along ``dim``, as an importance function sees it."""
+
+    module: torch.nn.Module
+    name: str  # the module's parameter or buffer
+    dim: int
+    role: str  # "out" (a producer's channels), "in" (a consumer's inputs), "channelwise" (a norm's scale)
+    tensor: torch.Tensor
+    grad: torch.Tensor | None
+    size: int  # the group's channels
+    member: Member
+
+    def per_channel(self, values: torch.Tensor) -> np.ndarray:
+        """``values`` (shaped like ``tensor``) summed over every dim but ``dim``, added up per group channel."""
+        if tuple(values.shape) != tuple(self.tensor.shape):
+            raise GraphPruneError(f"per_channel takes a tensor shaped like {self.name} {tuple(self.tensor.shape)}, "
+                                  f"got {tuple(values.shape)}")
+        others = [d for d in range(values.dim()) if d != self.dim]
+        reduced = (values.detach().double().sum(others) if others else values.detach().double()).cpu().numpy()
+        out = np.zeros(self.size)
+        np.add.at(out, self.member.channels, reduced[self.member.positions])
+        return out
+
+
+@register
+class ImportancePass(_ScorePass):
+    """Options: ``importance`` (the function), ``calib_data`` (or ``train_data``), ``loss_fn``, ``batches`` (8)."""
+
+    name = "importance"
+    reads_data = True
+
+    def __init__(self, *args: Any, importance: Callable | None = None, calib_data: Iterable | None = None,
+                 train_data: Iterable | None = None, loss_fn: Callable | None = None, batches: int = 8, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not callable(importance):
+            raise OptionError("method 'importance' scores channels with your function: pass importance=fn, "
+                              "fn(group, members) -> one score per channel (see help(graphprune.passes.get('importance')))")
+        self.importance = importance
+        self.data = calib_data if calib_data is not None else train_data
+        self.loss_fn, self.batches = loss_fn, batches
+
+    def scores(self) -> dict[int, np.ndarray]:
+        grads = calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.name) if self.data is not None else {}
+        modules = dict(self.model.named_modules())
+        out = {}
+        for g in self.gg.prunable_groups:
+            members = [MemberTensor(modules[m.module], m.param, m.dim, m.role, getattr(modules[m.module], m.param).detach(),
+                                    grads.get(f"{m.module}.{m.param}" if m.module else m.param), g.size, m)
+                       for m in g.members if m.param not in ("running_mean", "running_var")]
+            scores = np.asarray(self.importance(g, members), dtype=np.float64).reshape(-1)
+            if scores.shape != (g.size,):
+                raise GraphPruneError(f"importance returned {scores.shape[0]} scores for group {g.id} of {g.size} channels: "
+                                      "it must return one score per channel")
+            if not np.isfinite(scores).all():
+                raise GraphPruneError(f"importance returned scores that are not finite for group {g.id}: rank with finite values")
+            out[g.id] = scores
+        return out
