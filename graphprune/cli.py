@@ -17,7 +17,7 @@ from .budget_target import Budget
 from .errors import GraphPruneError
 from .export import export_onnx
 from .groups import analyze
-from .modelspec import build_model, parse_shape
+from .modelspec import build_model, load_weights, parse_shape
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> None:
@@ -41,13 +41,22 @@ def _inspect(args: argparse.Namespace, console: Console) -> None:
 
 def _prune(args: argparse.Namespace, console: Console) -> None:
     model, default_shape = build_model(args.model)
+    if args.weights:
+        model = load_weights(model, args.weights)
     shape = parse_shape(args.input_shape) if args.input_shape else default_shape
     model.eval()
-    x = torch.randn(*shape)
+    x = _example(shape, args.vocab)
     budget = Budget.parse(args.budget, args.metric)
     options = dict(_option(o) for o in args.set or [])
     if args.uniform_layers:  # only when asked: a third-party method need not know the option
         options["uniform_layers"] = True
+    if args.ignore:
+        options["ignored_layers"] = args.ignore
+    if args.ratio:
+        options["ratios"] = {layer: value for layer, value in (_option(r, "--ratio", "LAYER=RATIO (layer3=0.5)") for r in args.ratio)}
+    if args.calib:  # under the name the method takes them by (lwdna and nap: train_data)
+        data = "calib_data" if "calib_data" in passes.get(args.method).options() else "train_data"
+        options.update({data: _calibration(args.calib), "loss_fn": _loss_fn(args.loss)})
     if not passes.get(args.method).completes_untrained:
         raise GraphPruneError(untrained_message(args.method, "the command line has no training data, so prune with it from Python "
                                                 f"(graphprune.apply(model, {args.method!r}, budget, x, train_data=..., "
@@ -85,17 +94,51 @@ def _round_to(text: str) -> int | str:
         raise GraphPruneError(f"--round-to takes a channel multiple (8) or 'auto', got {text!r}") from None
 
 
-def _option(text: str) -> tuple[str, object]:
+def _example(shape: tuple[int, ...], vocab: int | None) -> torch.Tensor:
+    """Random inputs of ``shape``: token ids below ``vocab`` for sequence models, else floats."""
+    return torch.randint(0, vocab, shape) if vocab else torch.randn(*shape)
+
+
+def _calibration(path: str) -> list:
+    """Batches saved with torch.save: a list of (input, target) pairs or of dicts of forward's arguments."""
+    try:
+        batches = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - missing or unreadable file: torch raises many types
+        raise GraphPruneError(f"--calib: cannot read {path} ({type(exc).__name__}): save a list of batches with torch.save") from exc
+    if not isinstance(batches, (list, tuple)) or not batches:
+        raise GraphPruneError(f"--calib: {path} holds a {type(batches).__name__}; save a non-empty list of (input, target) "
+                              "or dict batches")
+    return list(batches)
+
+
+def _loss_fn(name: str) -> object:
+    fn = getattr(torch.nn.functional, name, None)
+    if not callable(fn):
+        raise GraphPruneError(f"--loss names a torch.nn.functional loss (cross_entropy, mse_loss, ...), got {name!r}")
+    return fn
+
+
+def _option(text: str, flag: str = "--set", form: str = "KEY=VALUE (a method option, e.g. granularity=weight)") -> tuple[str, object]:
     """KEY=VALUE: a Python literal (number, bool, None, quoted string), else the text itself."""
     import ast
 
     key, sep, value = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise GraphPruneError(f"--set takes KEY=VALUE (a method option, e.g. granularity=weight), got {text!r}")
+    if not sep or not key or (flag == "--set" and not key.isidentifier()):
+        raise GraphPruneError(f"{flag} takes {form}, got {text!r}")
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def _list_methods(console: Console) -> None:
+    for name in passes.names():
+        cls = passes.get(name)
+        needs = ("trains: prune with it from Python" if not cls.completes_untrained
+                 else "reads --calib" if cls.reads_data or cls.trains else "data-free")
+        about = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        console.print(f"[bold]{name}[/bold] ({needs}){': ' + about[0] if about else ''}\n    options: {', '.join(cls.options())}",
+                      highlight=False)
 
 
 SPECIALIZE_HELP = ("trace submodules whose code branches on traced values along the example input's path "
@@ -137,9 +180,23 @@ def main(argv: list[str] | None = None) -> int:
                         "intermediate_size, head count, ... describes), each layer its own best channels")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method option, repeatable (e.g. --method nap --metric params --set granularity=weight)")
+    p.add_argument("--weights", metavar="F", help="load these weights first: a state dict (torch.save(model.state_dict())) "
+                                                  "or a graphprune checkpoint (result.save)")
+    p.add_argument("--vocab", type=int, metavar="N", help="the model takes token ids: example inputs are ints below N")
+    p.add_argument("--ignore", action="append", metavar="LAYER", help="a module path (or prefix) whose groups stay whole, repeatable")
+    p.add_argument("--ratio", action="append", metavar="LAYER=R", help="fix the keep ratio of the groups a layer produces, repeatable")
+    p.add_argument("--calib", metavar="F", help="calibration batches for data-aware methods (taylor, importance, nap): "
+                                                "a list of (input, target) or dict batches saved with torch.save")
+    p.add_argument("--loss", default="cross_entropy", help="the torch.nn.functional loss of the --calib batches (cross_entropy)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")
     p.add_argument("--plan", metavar="F", help="write the pruning plan as JSON")
     p.add_argument("--save", metavar="F", help="write the plan and the pruned weights (graphprune.load reads them)")
+    parser.add_argument("--list-methods", action="store_true", help="list the pruning methods and what each needs, then exit")
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--list-methods" in argv:
+        _list_methods(Console())
+        return 0
     args = parser.parse_args(argv)
     console = Console(stderr=args.command == "inspect" and getattr(args, "json", False))
     try:

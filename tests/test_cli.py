@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import graphprune
+from graphprune import models
 from graphprune.cli import main
 from graphprune.errors import ModelSpecError
 from graphprune.modelspec import build_model, parse_shape
@@ -103,3 +104,62 @@ def test_prune_writes_plan_model_and_verified_onnx(tmp_path):
 def test_prune_reports_unreachable_budgets():
     out = run("prune", "graphprune.models:digits_cnn", "--budget", "0.001")
     assert out.returncode == 2 and "unreachable" in out.stderr
+
+
+def test_prune_a_trained_checkpoint_ranks_its_weights(tmp_path):
+    """--weights loads a state dict before pruning: l1 ranks those weights, as apply does from Python."""
+    torch.manual_seed(3)
+    trained = models.get("digits_cnn")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(torch.rand_like(p) * 4)  # weights no fresh instance has
+    torch.save({"state_dict": trained.state_dict(), "epoch": 7}, tmp_path / "ckpt.pt")
+    plan_file = tmp_path / "plan.json"
+    assert main(["prune", "graphprune.models:digits_cnn", "--weights", str(tmp_path / "ckpt.pt"), "--budget", "0.5",
+                 "--plan", str(plan_file)]) == 0
+    shape = models.input_shape("digits_cnn")
+    expected = graphprune.apply(trained.eval(), "l1", 0.5, torch.randn(*shape)).plan
+    assert graphprune.Plan.from_json(plan_file.read_text()).keep == expected.keep
+
+
+def test_prune_with_weights_that_do_not_fit_says_so(tmp_path):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    out = run("prune", "graphprune.models:digits_cnn", "--weights", str(tmp_path / "other.pt"), "--budget", "0.5")
+    assert out.returncode == 2
+    assert "does not fit the model: missing" in out.stderr and "is it a checkpoint of this architecture?" in out.stderr
+
+
+def test_prune_token_ids_a_file_that_imports_its_neighbour_per_layer_options_and_calibration(tmp_path):
+    (tmp_path / "blocks.py").write_text(
+        "import torch.nn as nn\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, d):\n"
+        "        super().__init__()\n"
+        "        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)\n"
+        "    def forward(self, x):\n"
+        "        return x + self.down(self.up(x).relu())\n")
+    (tmp_path / "lm.py").write_text(
+        "import torch.nn as nn\nfrom blocks import Block\n"
+        "class LM(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed, self.blocks, self.head = nn.Embedding(100, 32), nn.Sequential(Block(32), Block(32)), nn.Linear(32, 100)\n"
+        "    def forward(self, ids):\n"
+        "        return self.head(self.blocks(self.embed(ids))).flatten(0, 1)\n"
+        "def make():\n    return LM()\n")
+    ids = torch.randint(0, 100, (4, 6))
+    torch.save([(ids, ids.flatten())], tmp_path / "calib.pt")
+    plan_file = tmp_path / "plan.json"
+    out = run("prune", f"{tmp_path / 'lm.py'}:make", "--input-shape", "4,6", "--vocab", "100", "--method", "taylor",
+              "--calib", str(tmp_path / "calib.pt"), "--budget", "0.9", "--metric", "params", "--round-to", "1",
+              "--ignore", "blocks.0", "--ratio", "blocks.1.up=0.5", "--plan", str(plan_file))
+    assert out.returncode == 0, out.stderr
+    keep = graphprune.Plan.from_json(plan_file.read_text()).keep
+    assert sorted(len(k) for k in keep.values()) == [64]  # blocks.1's MLP at half; blocks.0's and the stream whole
+
+
+def test_list_methods_says_what_each_needs():
+    out = run("--list-methods")
+    assert out.returncode == 0
+    assert "taylor (reads --calib): First-order Taylor importance" in out.stdout
+    assert "dsa (trains: prune with it from Python)" in out.stdout and "l1 (data-free)" in out.stdout
