@@ -1,16 +1,17 @@
 """Channel importance from the group's members: each channel's values summed over every tensor
 that holds it (the producer's filters, the consumers' input columns, norm scales), the shared
-machinery of the criteria (l1, l2, taylor, a user's own).
+machinery of the criteria (l1, l2, taylor, hessian, a user's own).
 
 :func:`member_sums` is the one pass over the members: per parameter and dim, a reduction to one
 value per index (a norm, a sum of w * g), then one weighted bincount that adds each member's
 values into its group's channels. :func:`calibration_gradients` runs the loss on calibration
-batches for the criteria that need gradients.
+batches for the criteria that need gradients; :func:`fisher_diagonal` the per-sample squared
+gradients that estimate the Hessian's diagonal.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -99,3 +100,56 @@ def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_f
     if not count:
         raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
     return {name: g / count for name, g in total.items()}
+
+
+def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_samples: int,
+                    method: str) -> dict[str, torch.Tensor]:
+    """The empirical Fisher's diagonal, E[(dl/dw)^2] over up to ``max_samples`` single samples of
+    the calibration batches (each sample's own loss: a batch-mean gradient squared would mix the
+    samples), by parameter name; the model in eval mode and left as it was, gradients included."""
+    if batches is None:
+        raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
+                          "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
+    params = dict(model.named_parameters())
+    saved = {name: p.grad for name, p in params.items()}
+    modes = {m: m.training for m in model.modules()}
+    device = next(iter(params.values())).device
+    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    count = 0
+    model.eval()
+    try:
+        for batch in batches:
+            for sample in _samples(batch):
+                if count == max_samples:
+                    break
+                model.zero_grad(set_to_none=True)
+                batch_loss(model, sample, loss_fn, device).backward()
+                for name, p in params.items():
+                    if p.grad is not None:
+                        total[name] += p.grad.float() ** 2
+                count += 1
+            if count == max_samples:
+                break
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+        for name, p in params.items():
+            p.grad = saved[name]
+    if not count:
+        raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
+    return {name: f / count for name, f in total.items()}
+
+
+def _samples(batch: Any) -> Iterator[Any]:
+    """The samples of a batch, each a batch of one: tensors split along their first dim (dicts key by key)."""
+    def first_dim(value: Any) -> int | None:
+        return value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else None
+
+    values = list(batch.values()) if isinstance(batch, Mapping) else list(batch)
+    sizes = {n for n in map(first_dim, values) if n is not None}
+    if len(sizes) != 1:
+        raise OptionError(f"hessian scores single samples: a batch's tensors must share their first (batch) dim, got sizes {sorted(sizes)}")
+    (n,) = sizes
+    for i in range(n):
+        pick = [v[i : i + 1] if first_dim(v) is not None else v for v in values]
+        yield dict(zip(batch.keys(), pick)) if isinstance(batch, Mapping) else tuple(pick)

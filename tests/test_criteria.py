@@ -94,3 +94,32 @@ def test_your_own_importance_is_allocated_like_the_built_in_criteria():
 def test_your_own_importance_that_cannot_rank_is_refused(importance, message):
     with pytest.raises((OptionError, graphprune.GraphPruneError), match=message):
         graphprune.apply(mlp(), "importance", 0.5, batches()[0][0], importance=importance)
+
+
+def test_hessian_is_obd_with_the_per_sample_fisher():
+    """1/2 * sum over the channel's weights in every member of E[(dl/dw)^2] * w^2, each sample's gradient on its own."""
+    model, data = mlp(), batches(2)
+    session = graphprune.prepare(model, "hessian", 0.5, data[0][0], calib_data=data, loss_fn=F.cross_entropy)
+    scores = session.method.scores()
+    fisher = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    samples = [(x[i : i + 1], y[i : i + 1]) for x, y in data for i in range(len(x))]
+    for x, y in samples:
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        for (name, _), g in zip(model.named_parameters(), grads):
+            fisher[name] += g ** 2 / len(samples)
+    for g in session.gg.prunable_groups:
+        expected = torch.zeros(g.size, dtype=torch.float64)
+        for m in g.members:
+            w, f = getattr(model.get_submodule(m.module), m.param), fisher[f"{m.module}.{m.param}"]
+            per_element = 0.5 * f * w.detach() ** 2
+            per_index = per_element.sum(1 - m.dim) if w.dim() == 2 else per_element  # weights (out, in), biases
+            expected.index_add_(0, torch.as_tensor(m.channels), per_index[torch.as_tensor(m.positions)])
+        assert scores[g.id] == pytest.approx(expected.numpy(), rel=1e-5)
+
+
+def test_hessian_scores_a_budget_on_dict_batches():
+    model = mlp(width=256)
+    data = [{"input": x} for x, _ in batches(2)]
+    result = graphprune.apply(model, "hessian", graphprune.Budget(params=0.6), data[0]["input"], calib_data=data,
+                              loss_fn=lambda out, batch: out.logsumexp(1).mean(), samples=6, round_to=1)
+    assert abs(result.report.params_ratio - 0.6) <= 0.005
