@@ -53,7 +53,7 @@ MMAP_THRESHOLD = 2**20  # glibc: a fixed threshold, so every freed block of 1 Mi
 PHASES = [
     ("graphprune.api", "analyze", "analysis"),
     ("graphprune.passes.magnitude", "member_norms", "l1 scores (member_norms)"),
-    ("graphprune.passes.magnitude._ScorePass", "plan", "plan (scores + allocation)"),
+    ("graphprune.passes.importance.ScorePass", "plan", "plan (scores + allocation)"),
     ("graphprune.passes.base.MethodPass", "build", "slim graph (MethodPass.build)"),
     ("graphprune.rebuild", "_shared_copy", "user-class copy (_shared_copy)"),
     ("graphprune.rebuild", "_resize_in_place", "resize in place (_resize_in_place)"),

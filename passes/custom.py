@@ -18,7 +18,7 @@ l1 (magnitude.py), with the same per-layer controls.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,8 +27,7 @@ from graphprune.errors import GraphPruneError, OptionError
 from graphprune.groups import Member
 
 from .base import register
-from .importance import calibration_gradients
-from .magnitude import _ScorePass
+from .importance import CalibratedScorePass, calibration_gradients
 
 
 @dataclasses.dataclass
@@ -57,21 +56,17 @@ class MemberTensor:
 
 
 @register
-class ImportancePass(_ScorePass):
-    """Options: ``importance`` (the function), ``calib_data`` (or ``train_data``), ``loss_fn``, ``batches`` (8)."""
+class ImportancePass(CalibratedScorePass):
+    """Options: ``importance`` (the function), ``calib_data`` and ``loss_fn`` (for ``grad``), ``batches`` (8)."""
 
     name = "importance"
-    reads_data = True
 
-    def __init__(self, *args: Any, importance: Callable | None = None, calib_data: Iterable | None = None,
-                 train_data: Iterable | None = None, loss_fn: Callable | None = None, batches: int = 8, **kwargs: Any):
+    def __init__(self, *args: Any, importance: Callable | None = None, batches: int = 8, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if not callable(importance):
             raise OptionError("method 'importance' scores channels with your function: pass importance=fn, "
                               "fn(group, members) -> one score per channel (see help(graphprune.passes.get('importance')))")
-        self.importance = importance
-        self.data = calib_data if calib_data is not None else train_data
-        self.loss_fn, self.batches = loss_fn, batches
+        self.importance, self.batches = importance, batches
 
     def scores(self) -> dict[int, np.ndarray]:
         grads = calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.name) if self.data is not None else {}

@@ -10,28 +10,24 @@ Torch-Pruning's Hessian importance does. Scores are then allocated like l1's (ma
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .base import register
-from .importance import fisher_diagonal, member_sums
-from .magnitude import _ScorePass
+from .importance import CalibratedScorePass, fisher_diagonal, member_sums
 
 
 @register
-class HessianPass(_ScorePass):
-    """Options: ``calib_data`` (or ``train_data``, which ``apply`` passes), ``loss_fn``, ``samples`` (64)."""
+class HessianPass(CalibratedScorePass):
+    """Options: ``calib_data``, ``loss_fn``, ``samples`` (64)."""
 
     name = "hessian"
-    reads_data = True
 
-    def __init__(self, *args: Any, calib_data: Iterable | None = None, train_data: Iterable | None = None,
-                 loss_fn: Callable | None = None, samples: int = 64, **kwargs: Any):
+    def __init__(self, *args: Any, samples: int = 64, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.data = calib_data if calib_data is not None else train_data
-        self.loss_fn, self.samples = loss_fn, samples
+        self.samples = samples
 
     def scores(self) -> dict[int, np.ndarray]:
         fisher = fisher_diagonal(self.model, self.data, self.loss_fn, self.samples, self.name)

@@ -1,6 +1,7 @@
 """Channel importance from the group's members: each channel's values summed over every tensor
 that holds it (the producer's filters, the consumers' input columns, norm scales), the shared
-machinery of the criteria (l1, l2, taylor, hessian, a user's own).
+machinery of the criteria (l1, l2, taylor, hessian, a user's own), and the pass they share,
+which allocates the scores.
 
 :func:`member_sums` is the one pass over the members: per parameter and dim, a reduction to one
 value per index (a norm, a sum of w * g), then one weighted bincount that adds each member's
@@ -16,8 +17,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from graphprune.allocate import allocate_by_score
 from graphprune.errors import OptionError
+from graphprune.plan import Plan
 from graphprune.train import batch_loss
+
+from .base import MethodPass
 
 #: per (parameter tensor, its dim, the other dims): one value per index along the dim
 Reduction = Callable[[str, str, torch.Tensor, int, list[int]], torch.Tensor]
@@ -70,8 +75,23 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
 
 def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_batches: int,
                           method: str) -> dict[str, torch.Tensor]:
-    """The mean gradient of the loss over up to ``max_batches`` calibration batches, by parameter
-    name, the model in eval mode (norm statistics untouched) and left as it was, gradients included."""
+    """The mean gradient of the loss over up to ``max_batches`` calibration batches, by parameter name."""
+    return _mean_over(model, batches, loss_fn, max_batches, method, lambda g: g, per_sample=False)
+
+
+def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_samples: int,
+                    method: str) -> dict[str, torch.Tensor]:
+    """The empirical Fisher's diagonal, E[(dl/dw)^2] over up to ``max_samples`` single samples of
+    the calibration batches (each sample's own loss: a batch-mean gradient squared would mix the
+    samples), by parameter name."""
+    return _mean_over(model, batches, loss_fn, max_samples, method, lambda g: g * g, per_sample=True)
+
+
+def _mean_over(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, limit: int, method: str,
+               each: Callable[[torch.Tensor], torch.Tensor], per_sample: bool) -> dict[str, torch.Tensor]:
+    """``each(gradient)`` averaged over up to ``limit`` batches (or single samples) of calibration
+    data, by parameter name; the model runs in eval mode (norm statistics untouched) and is left as
+    it was, its gradients included."""
     if batches is None:
         raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
                           "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
@@ -83,14 +103,14 @@ def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_f
     count = 0
     model.eval()
     try:
-        for batch in batches:
-            if count == max_batches:
+        for unit in (sample for batch in batches for sample in _samples(batch)) if per_sample else batches:
+            if count == limit:
                 break
             model.zero_grad(set_to_none=True)
-            batch_loss(model, batch, loss_fn, device).backward()
+            batch_loss(model, unit, loss_fn, device).backward()
             for name, p in params.items():
                 if p.grad is not None:
-                    total[name] += p.grad.float()
+                    total[name] += each(p.grad.float())
             count += 1
     finally:
         for m, mode in modes.items():
@@ -99,45 +119,7 @@ def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_f
             p.grad = saved[name]
     if not count:
         raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
-    return {name: g / count for name, g in total.items()}
-
-
-def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_samples: int,
-                    method: str) -> dict[str, torch.Tensor]:
-    """The empirical Fisher's diagonal, E[(dl/dw)^2] over up to ``max_samples`` single samples of
-    the calibration batches (each sample's own loss: a batch-mean gradient squared would mix the
-    samples), by parameter name; the model in eval mode and left as it was, gradients included."""
-    if batches is None:
-        raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
-                          "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
-    params = dict(model.named_parameters())
-    saved = {name: p.grad for name, p in params.items()}
-    modes = {m: m.training for m in model.modules()}
-    device = next(iter(params.values())).device
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
-    count = 0
-    model.eval()
-    try:
-        for batch in batches:
-            for sample in _samples(batch):
-                if count == max_samples:
-                    break
-                model.zero_grad(set_to_none=True)
-                batch_loss(model, sample, loss_fn, device).backward()
-                for name, p in params.items():
-                    if p.grad is not None:
-                        total[name] += p.grad.float() ** 2
-                count += 1
-            if count == max_samples:
-                break
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
-        for name, p in params.items():
-            p.grad = saved[name]
-    if not count:
-        raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
-    return {name: f / count for name, f in total.items()}
+    return {name: t / count for name, t in total.items()}
 
 
 def _samples(batch: Any) -> Iterator[Any]:
@@ -153,3 +135,38 @@ def _samples(batch: Any) -> Iterator[Any]:
     for i in range(n):
         pick = [v[i : i + 1] if first_dim(v) is not None else v for v in values]
         yield dict(zip(batch.keys(), pick)) if isinstance(batch, Mapping) else tuple(pick)
+
+
+# ------------------------------------------------------------------ passes that allocate scores
+
+def normalized(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    return {g: s / s.mean() if s.mean() > 0 else np.ones_like(s) for g, s in scores.items()}
+
+
+class ScorePass(MethodPass):
+    """A criterion: per-channel scores, divided by their group's mean so that groups of different
+    scales rank on one list, then the globally lowest channels go until the budget is met."""
+
+    default_round_to = "auto"  # a one-shot prune is for deployment: widths the kernels run fast
+    ties_layers = True
+
+    def scores(self) -> dict[int, np.ndarray]:
+        raise NotImplementedError
+
+    def plan(self) -> Plan:
+        scores = normalized(self.scores())
+        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio,
+                                                      roles=self.roles, **self.bounds))
+
+
+class CalibratedScorePass(ScorePass):
+    """A criterion read from calibration data: ``calib_data`` (or ``train_data``, which ``apply``
+    passes), ``loss_fn`` as ``graphprune.fit`` takes them."""
+
+    reads_data = True
+
+    def __init__(self, *args: Any, calib_data: Iterable | None = None, train_data: Iterable | None = None,
+                 loss_fn: Callable | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.data = calib_data if calib_data is not None else train_data
+        self.loss_fn = loss_fn

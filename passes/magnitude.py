@@ -11,33 +11,13 @@ mean of their k-th scores, see ``allocate.Allocation``) and keep one count.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from graphprune.allocate import allocate_by_score
-from graphprune.plan import Plan
-
-from .base import MethodPass, register
-from .importance import member_norms
-
-
-def normalized(scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    return {g: s / s.mean() if s.mean() > 0 else np.ones_like(s) for g, s in scores.items()}
-
-
-class _ScorePass(MethodPass):
-    default_round_to = "auto"  # a data-free prune is for deployment: widths the kernels run fast
-    ties_layers = True
-
-    def scores(self) -> dict[int, np.ndarray]:
-        raise NotImplementedError
-
-    def plan(self) -> Plan:
-        scores = normalized(self.scores())
-        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds))
+from .base import register
+from .importance import ScorePass, member_norms
 
 
 @register
-class L1Pass(_ScorePass):
+class L1Pass(ScorePass):
     name = "l1"
 
     def scores(self):
@@ -45,7 +25,7 @@ class L1Pass(_ScorePass):
 
 
 @register
-class L2Pass(_ScorePass):
+class L2Pass(ScorePass):
     name = "l2"
 
     def scores(self):
@@ -53,7 +33,7 @@ class L2Pass(_ScorePass):
 
 
 @register
-class RandomPass(_ScorePass):
+class RandomPass(ScorePass):
     """Random importance: the control every method must beat. ``seed`` fixes it."""
 
     name = "random"

@@ -11,28 +11,24 @@ budget is met (see magnitude.py).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from .base import register
-from .importance import calibration_gradients, member_sums
-from .magnitude import _ScorePass
+from .importance import CalibratedScorePass, calibration_gradients, member_sums
 
 
 @register
-class TaylorPass(_ScorePass):
-    """Options: ``calib_data`` (or ``train_data``, which ``apply`` passes), ``loss_fn``, ``batches`` (8)."""
+class TaylorPass(CalibratedScorePass):
+    """Options: ``calib_data``, ``loss_fn``, ``batches`` (8)."""
 
     name = "taylor"
-    reads_data = True
 
-    def __init__(self, *args: Any, calib_data: Iterable | None = None, train_data: Iterable | None = None,
-                 loss_fn: Callable | None = None, batches: int = 8, **kwargs: Any):
+    def __init__(self, *args: Any, batches: int = 8, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.data = calib_data if calib_data is not None else train_data
-        self.loss_fn, self.batches = loss_fn, batches
+        self.batches = batches
 
     def scores(self) -> dict[int, np.ndarray]:
         grads = calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.name)
