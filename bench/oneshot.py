@@ -92,8 +92,7 @@ def main() -> None:
         for method in args.methods:
             torch.manual_seed(0)
             started = time.perf_counter()
-            options = dict(calib_data=calibration, loss_fn=F.cross_entropy) if method in ("taylor", "hessian") else \
-                dict(train_data=calibration, loss_fn=F.cross_entropy) if method == "nap" else {}
+            options = dict(calib_data=calibration, loss_fn=F.cross_entropy) if method in ("taylor", "hessian", "nap") else {}
             result = graphprune.apply(copy.deepcopy(model), method, graphprune.Budget(macs=budget), example, round_to=1,
                                       **options)
             pruned = result.model.eval()

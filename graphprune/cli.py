@@ -54,7 +54,7 @@ def _prune(args: argparse.Namespace, console: Console) -> None:
         options["ignored_layers"] = args.ignore
     if args.ratio:
         options["ratios"] = {layer: value for layer, value in (_option(r, "--ratio", "LAYER=RATIO (layer3=0.5)") for r in args.ratio)}
-    if args.calib:  # under the name the method takes them by (lwdna and nap: train_data)
+    if args.calib:  # under the name the method takes them by (lwdna: train_data)
         data = "calib_data" if "calib_data" in passes.get(args.method).options() else "train_data"
         options.update({data: _calibration(args.calib), "loss_fn": _loss_fn(args.loss)})
     if not passes.get(args.method).completes_untrained:

@@ -112,12 +112,15 @@ class Op:
 
 
 _TABLE: dict[tuple[str, Any], Op] = {}
+#: lookups by class and by function, remembered (analysis asks for every node); cleared when the table changes
+_FOUND: dict[tuple[str, Any], Op | None] = {}
 
 
 def define(kind: str, targets: Any, **fields: Any) -> None:
     """Set ``fields`` of the entries of ``targets`` (one or a tuple of them) of ``kind``: "module"
     (a class, or a qualified name), "function", "method" (a name) or "named" (a function's
     qualified name). Setting a field an entry already has is an error: each op is described once."""
+    _FOUND.clear()
     for target in dict.fromkeys(targets if isinstance(targets, tuple) else (targets,)):  # aliases (F.pad is torch's) once
         entry = _TABLE.setdefault((kind, target), Op())
         for field, value in fields.items():
@@ -128,7 +131,10 @@ def define(kind: str, targets: Any, **fields: Any) -> None:
 
 def module_op(cls: type) -> Op | None:
     """The entry of a module class itself (not of its bases), by class or qualified name."""
-    return _TABLE.get(("module", cls)) or _TABLE.get(("module", f"{cls.__module__}.{cls.__qualname__}"))
+    key = ("class", cls)
+    if key not in _FOUND:
+        _FOUND[key] = _TABLE.get(("module", cls)) or _TABLE.get(("module", f"{cls.__module__}.{cls.__qualname__}"))
+    return _FOUND[key]
 
 
 def module_ops(cls: type) -> Iterator[tuple[type, Op]]:
@@ -145,13 +151,14 @@ def module_is(module: torch.nn.Module, field: str) -> bool:
 
 
 def function_op(fn: Any) -> Op | None:
+    key = ("function", fn)
     try:
-        found = _TABLE.get(("function", fn))
+        if key in _FOUND:
+            return _FOUND[key]
     except TypeError:  # unhashable: never an op
         return None
-    if found is None:
-        name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"
-        found = _TABLE.get(("named", name))
+    found = _TABLE.get(key) or _TABLE.get(("named", f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"))
+    _FOUND[key] = found
     return found
 
 
@@ -205,6 +212,7 @@ def register_op(
     declaration = OpDeclaration(target, flow, channel_dim, _checked_params(target, flow, params or {}),
                                 dict(attributes or {}), onnx_form)
     _check(declaration)
+    _FOUND.clear()
     _TABLE.setdefault(_key(target), Op()).declaration = declaration
     return declaration
 

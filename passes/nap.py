@@ -93,7 +93,7 @@ Options: ``granularity``, ``fraction`` (p), ``interval``/``min_interval`` (steps
 ("categorical"/"gaussian"), ``label_samples`` (1), ``max_factor_elements`` (2^26 per factor, above
 which a factor is block-diagonal), ``compensate`` (which OBS update: "inputs", "outputs", "both",
 "none"; True means "inputs", False "none"), ``rounds``,
-``train_data`` (batches for the statistics without training), ``verbose``, ``seed``,
+``calib_data`` or ``train_data`` (batches for the statistics without training), ``verbose``, ``seed``,
 ``warmup``/``search_end``, ``uniform_layers``.
 """
 
@@ -186,7 +186,8 @@ class NAPPass(ScheduledSearch):
         self, *args: Any, granularity: str = "channel", fraction: float | None = None, interval: int | None = None,
         min_interval: int = 1, decay: float = 0.95, damping: float = 1e-3, fisher: str = "true", likelihood: str = "categorical",
         label_samples: int = 1, max_factor_elements: int = 1 << 26, compensate: str | bool = "inputs", rounds: int = 10,
-        train_data: Iterable | None = None, loss_fn: Callable | None = None, verbose: bool = True, seed: int = 0, **kwargs: Any,
+        train_data: Iterable | None = None, calib_data: Iterable | None = None, loss_fn: Callable | None = None,
+        verbose: bool = True, seed: int = 0, **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)  # loss_fn: apply passes it to every trained method; NAP's loss is the loop's
         if granularity not in GRANULARITIES:
@@ -201,7 +202,8 @@ class NAPPass(ScheduledSearch):
         compensate = {True: "inputs", False: "none"}.get(compensate, compensate) if isinstance(compensate, bool) else compensate
         if compensate not in ("inputs", "outputs", "both", "none"):
             raise GraphPruneError(f"nap: compensate must be 'inputs', 'outputs', 'both' or 'none', got {compensate!r}")
-        self.compensate, self.verbose, self.train_data = compensate, verbose, train_data
+        # statistics rounds without a training loop read calib_data, as the one-shot criteria do (train_data: apply's name)
+        self.compensate, self.verbose, self.train_data = compensate, verbose, calib_data if calib_data is not None else train_data
         self.metric = self.budget.metric
         self.strategy: Granularity = GRANULARITIES[granularity](self)  # checks the budget against what it can prune
         self.layers = self.strategy.layers
