@@ -145,9 +145,20 @@ def module_ops(cls: type) -> Iterator[tuple[type, Op]]:
             yield base, entry
 
 
+def inherited(cls: type, field: str, keeps_forward: bool = False) -> Any:
+    """``field`` of the nearest entry among ``cls`` and its bases that sets it (isinstance semantics);
+    ``keeps_forward``: only bases whose ``forward`` ``cls`` does not override (a rule, a declaration
+    describes a forward). None where none does."""
+    key = (field, cls, keeps_forward)
+    if key not in _FOUND:
+        _FOUND[key] = next((getattr(e, field) for base, e in module_ops(cls) if getattr(e, field) is not None
+                            and (not keeps_forward or base is cls or cls.forward is base.forward)), None)
+    return _FOUND[key]
+
+
 def module_is(module: torch.nn.Module, field: str) -> bool:
     """Whether ``module``'s class or a base of it has ``field`` set (isinstance semantics)."""
-    return any(getattr(e, field) for _, e in module_ops(type(module)))
+    return bool(inherited(type(module), field))
 
 
 def function_op(fn: Any) -> Op | None:
@@ -222,6 +233,7 @@ def unregister_op(target: type[torch.nn.Module] | Callable) -> None:
     entry = _TABLE.get(_key(target))
     if entry is None or entry.declaration is None:
         raise OptionError(f"{_name(target)} was not registered with graphprune.register_op")
+    _FOUND.clear()
     entry.declaration = None
 
 
@@ -229,9 +241,7 @@ def declaration_of(target: Any) -> OpDeclaration | None:
     """The declaration of a module (by its class, or a declared base class it does not override
     ``forward`` of), of a module class, or of a function; or None."""
     if isinstance(target, torch.nn.Module):
-        cls = type(target)
-        return next((e.declaration for base, e in module_ops(cls)
-                     if e.declaration is not None and (base is cls or cls.forward is base.forward)), None)
+        return inherited(type(target), "declaration", keeps_forward=True)
     entry = module_op(target) if isinstance(target, type) else function_op(target)
     return entry.declaration if entry is not None else None
 

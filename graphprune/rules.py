@@ -753,8 +753,7 @@ def shape_only_arg(node: fx.Node) -> int | None:
 
 def module_rule(m: nn.Module) -> Rule | None:
     """Rule for a leaf module: its type's, or a base's whose forward it does not override."""
-    t = type(m)
-    return next((e.rule for base, e in ops.module_ops(t) if e.rule is not None and (base is t or t.forward is base.forward)), None)
+    return ops.inherited(type(m), "rule", keeps_forward=True)
 
 
 def label_callable(node: fx.Node, m: nn.Module | None):

@@ -32,7 +32,7 @@ from .channels import ChannelMap
 from .errors import GraphPruneError, SlimError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph, _no_cyclic_gc
-from .ops import OpDeclaration, declaration_of, module_ops, node_op
+from .ops import OpDeclaration, declaration_of, inherited, node_op
 from .plan import Plan
 from .trace import AnalysisGraphModule, GraphRunner, TensorSpec
 
@@ -117,8 +117,7 @@ class _Resizer:
             if old.op == "call_module":
                 m = modules[old.target]
                 declared = declaration_of(m)
-                fix = _fix_declared(declared) if declared is not None else next(
-                    (e.fixup for _, e in module_ops(type(m)) if e.fixup is not None), None)
+                fix = _fix_declared(declared) if declared is not None else inherited(type(m), "fixup")
                 if fix is not None:
                     fix(self, old, m)
 
