@@ -80,9 +80,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs of the cached model")
     parser.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.3])
     parser.add_argument("--methods", nargs="*", default=["l1", "l2", "random", "taylor", "hessian", "nap"])
+    parser.add_argument("--data", type=Path, default=SUBSET, help="the CIFAR-10 subset .npz (default: ../shared/data's)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    loaders = data.cifar10_subset(SUBSET, batch_size=128, val_fraction=0.1, seed=0)
+    loaders = data.cifar10_subset(args.data, batch_size=128, val_fraction=0.1, seed=0)
     model = trained_resnet20(loaders, args.epochs)
     example = next(iter(loaders[1]))[0][:2]
     calibration = [batch for _, batch in zip(range(CALIBRATION_BATCHES), loaders[0])]
