@@ -2,9 +2,9 @@
 
 For every model of the test suites (torchvision's whole classification zoo, the timm subset, the
 graphprune zoo, the Hugging Face configs of tests/test_transformers.py), analyzed as the tests
-analyze it: the groups whose sizes the model's own code cannot take (``uncarried_groups``, with
-the file:line that fixes them), and whether a plan keeping every other channel of every other
-group gives a model of the user's class that verifies against the slim graph (example inputs,
+analyze it: the groups whose sizes the model's own code cannot take and those it ties to one count
+(``class_fit``, with the file:line that fixes them), and whether a plan keeping every other channel
+of every other group (a tie's groups together) gives a model of the user's class that verifies against the slim graph (example inputs,
 another batch size, another length). Writes bench/results/own_class.md and .json.
 
     .venv/bin/python bench/own_class.py [--only NAME ...]
@@ -27,7 +27,8 @@ import provenance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import graphprune  # noqa: E402
-from graphprune.rebuild import uncarried_groups, user_class_model  # noqa: E402
+from graphprune.allocate import tie  # noqa: E402
+from graphprune.rebuild import class_fit, user_class_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,10 +66,11 @@ def check(build) -> dict:
     model.eval()
     started = time.perf_counter()
     gg = graphprune.analyze(model, x, **options)
-    reasons = uncarried_groups(gg)
-    plan = graphprune.Plan({g.id: list(range(0, g.size, 2)) for i, g in enumerate(gg.prunable_groups)
-                            if g.size > 1 and g.id not in reasons and i % 2 == 0})
-    row = {"groups": len(gg.prunable_groups), "uncarried": {str(k): v for k, v in reasons.items()}}
+    fit = class_fit(gg)
+    units = tie([g.id for g in gg.prunable_groups if g.size > 1 and g.id not in fit.whole], fit.ties)
+    plan = graphprune.Plan({gid: list(range(0, gg.groups[gid].size, 2)) for i, unit in enumerate(units) if i % 2 == 0 for gid in unit})
+    row = {"groups": len(gg.prunable_groups), "uncarried": {str(k): v for k, v in fit.whole.items()},
+           "tied": sum(len(gids) for gids in fit.ties)}
     try:
         own, _, notes = user_class_model(gg, plan)
         row["own_class"] = type(own) is type(model)
@@ -101,14 +103,15 @@ def main() -> None:
     lines = [f"# The pruned model as its own class (commit {commit}, `python bench/own_class.py`)", "",
              f"{own} of {len(rows)} models come back as their own class with every other carriable group pruned "
              "(verified against the slim graph: example inputs, another batch size, another length).", "",
-             "Groups the model's own code cannot take are listed with the reason (`output='module'` keeps them whole; "
-             "by default a plan that prunes them gives the slim graph).", "",
-             "| model | own class | prunable groups | kept whole for the class | first reason |", "|---|---|---|---|---|"]
+             "Groups the model's own code sizes together (a chunk into equal parts, one `head_dim` for q/k's and v's head "
+             "dims) keep one count in every plan (tied); groups it cannot take pruned are listed with the reason "
+             "(`output='module'` keeps them whole; by default a plan that prunes them gives the slim graph).", "",
+             "| model | own class | prunable groups | tied | kept whole for the class | first reason |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         reasons = list(r.get("uncarried", {}).values())
         first = (reasons[0] if reasons else r.get("error", "")) or ""
         first = str(first).replace("|", "/").replace("\n", " ")[:300]
-        lines.append(f"| {name} | {'yes' if r.get('own_class') else 'no'} | {r.get('groups', '')} | {len(reasons)} | {first} |")
+        lines.append(f"| {name} | {'yes' if r.get('own_class') else 'no'} | {r.get('groups', '')} | {r.get('tied', '')} | {len(reasons)} | {first} |")
     (RESULTS / "own_class.md").write_text("\n".join(lines) + "\n")
     print(f"{own}/{len(rows)} own class; bench/results/own_class.md")
 

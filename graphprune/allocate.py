@@ -8,10 +8,10 @@ wherever the budget still allows. Per-group floors (``min_channels``,
 ``min_ratio``) and ``round_to`` are respected: a group never drops below its floor and keeps a
 multiple of its ``round_to`` unless that would exceed its size.
 
-``uniform_layers`` ties counts: the groups of one role (each layer's MLP hidden dim, ...) are one
-unit of the allocation (:class:`Allocation`), so the search, the give-back, ``fill_up`` and the
-ratio bisection all move them together and the budget is met exactly as for lone groups; no count
-is equalized after the fact.
+Ties of counts (``uniform_layers``: each layer's MLP hidden dim, ...; the model's own class: a
+chunk into equal parts) make the tied groups one unit of the allocation (:class:`Allocation`), so
+the search, the give-back, ``fill_up`` and the ratio bisection all move them together and the
+budget is met exactly as for lone groups; no count is equalized after the fact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Mapping, Sequence
 
+import networkx as nx
 import numpy as np
 
 from .budget_target import Budget
@@ -41,7 +42,8 @@ def round_up(count, round_to, size):
 
 
 Roles = Sequence[Sequence[int]]
-"""Groups whose kept counts are tied (``uniform_layers``: :func:`graphprune.groups.layer_roles`)."""
+"""Groups whose kept counts are tied (``uniform_layers``: :func:`graphprune.groups.layer_roles`;
+the model's class: :func:`graphprune.rebuild.class_fit`)."""
 
 
 class Allocation:
@@ -157,6 +159,17 @@ def tie(gids: Sequence[int], roles: Roles | None) -> list[list[int]]:
     for gid in gids:
         units.setdefault(role_of.get(gid, ("alone", gid)), []).append(gid)
     return list(units.values())
+
+
+def merge_ties(*partitions: Roles | None) -> list[list[int]]:
+    """Groups tied to one count by any of ``partitions`` (layer roles, the model class's ties), as
+    the connected components of the graph whose edges tie two groups; each sorted, groups in no tie left out."""
+    graph = nx.Graph()
+    for partition in partitions:
+        for gids in partition or ():
+            graph.add_nodes_from(int(g) for g in gids)
+            graph.add_edges_from(zip(map(int, gids), map(int, gids[1:])))
+    return sorted(sorted(c) for c in nx.connected_components(graph) if len(c) > 1)
 
 
 def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]) -> float:

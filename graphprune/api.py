@@ -12,14 +12,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from .budget_target import Budget
-from .controls import Layer
+from .controls import Controls, Layer
 from .controls import resolve as resolve_controls
 from .data import hold_out
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
 from .groups import GroupGraph, analyze
 from .plan import Plan
-from .rebuild import uncarried_groups, user_class_model
+from .rebuild import class_fit, user_class_model
 from .slim import slim
 from .train import EpochRecord, fit, sgd
 
@@ -256,12 +256,14 @@ def prepare(
                               "graphprune.analyze, or drop analysis= and pass them here")
     gg = analysis or analyze(model, example_inputs, **analysis_options)
     controls = resolve_controls(gg, ignored_layers, ratios, min_ratio, round_to)
-    uncarried = _uncarried(gg) if output == "module" and pass_cls.planned_on is _default_planned_on() else {}
+    uncarried = _fit_class(gg, controls, output) if output != "graph" and pass_cls.planned_on is _default_planned_on() else {}
     gg = gg.keeping_whole({**uncarried, **controls.kept_whole})
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio if not isinstance(min_ratio, Mapping) else 0.0,
                            round_to=round_to if not isinstance(round_to, Mapping) else None, controls=controls, **method_options)
     session = Session(model, gg, method_pass, budget, started, output, inplace)
-    session.notes.extend([f"group {g}: {why}" for g, why in uncarried.items() if g not in controls.kept_whole] + controls.notes(gg))
+    session.notes.extend([f"group {g}: {why}" for g, why in uncarried.items() if g not in controls.kept_whole] + controls.notes(gg)
+                         + [f"groups {', '.join(map(str, gids))} keep one count: {type(model).__name__}'s code sizes them together"
+                            for gids in controls.tied])
     if total_steps is not None:
         session.bind_schedule(total_steps)
     return session
@@ -284,11 +286,18 @@ def _default_planned_on() -> Callable:
     return MethodPass.planned_on
 
 
-def _uncarried(gg: GroupGraph) -> dict[int, str]:
-    """output="module": the groups whose sizes the model's class cannot take, kept whole before the
-    method plans, so that the budget is met on the others."""
-    return {gid: f"kept whole for {type(gg.traced.model).__name__} (output='module'): {why}"
-            for gid, why in uncarried_groups(gg).items()}
+def _fit_class(gg: GroupGraph, controls: Controls, output: str | None) -> dict[int, str]:
+    """The plan's constraints for the model's own class (rebuild.class_fit): groups its code sizes
+    together keep one count (tied in ``controls``, whole together where the user keeps one whole);
+    with output="module", the groups it cannot take pruned are returned, to be kept whole before
+    the method plans so that the budget is met on the others."""
+    fit, cls = class_fit(gg), type(gg.traced.model).__name__
+    controls.tied = fit.ties
+    for gids in fit.ties:
+        whole = next((gid for gid in gids if gid in controls.kept_whole), None)
+        for gid in gids if whole is not None else ():
+            controls.kept_whole.setdefault(gid, f"{cls}'s code gives it the size of group {whole}, which is kept whole")
+    return {gid: f"kept whole for {cls} (output='module'): {why}" for gid, why in fit.whole.items()} if output == "module" else {}
 
 
 def _check_output(output: str | None, inplace: bool, pass_cls: type) -> None:

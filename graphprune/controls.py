@@ -43,6 +43,7 @@ class Controls:
     fixed: dict[int, float] = dataclasses.field(default_factory=dict)  # -> keep ratio
     min_ratio: dict[int, float] = dataclasses.field(default_factory=dict)
     round_to: dict[int, int | str] = dataclasses.field(default_factory=dict)
+    tied: list[list[int]] = dataclasses.field(default_factory=list)  # one count each: the model's class sizes them together
 
     def given(self) -> list[str]:
         """The per-layer options these come from."""

@@ -36,10 +36,12 @@ import torch.nn.functional as F
 
 from .equivalents import module_form
 from .errors import GuardError, ModelRebuildError
+from .allocate import merge_ties, tie
 from .exactness import flat_outputs
 from .groups import GroupGraph, _no_cyclic_gc
 from .ops import takes
 from .records import record
+from .specs import TensorSpec
 from .hf_config import UNSTATED, describe_pruned_config
 from .locations import FRAME, describe_node, qualified_name, user_location
 from .plan import Plan
@@ -56,13 +58,14 @@ class _Carried:
 
     attributes: dict[tuple[str, str], tuple[Any, Any, fx.Node]] = dataclasses.field(default_factory=dict)  # (old, new, node)
     scales: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
-    problems: list[tuple[fx.Node, str]] = dataclasses.field(default_factory=list)  # (where, why)
+    problems: list[tuple[tuple[fx.Node, ...], str]] = dataclasses.field(default_factory=list)  # (where, why)
     # constants of the graph's ops, (node, argument path, value[, new value]): one attribute may feed both
     edited: list[tuple[fx.Node, tuple, Any, Any]] = dataclasses.field(default_factory=list)
     reads: list[tuple[fx.Node, tuple, Any]] = dataclasses.field(default_factory=list)
 
-    def problem(self, node: fx.Node, text: str) -> None:
-        self.problems.append((node, text))
+    def problem(self, text: str, *nodes: fx.Node) -> None:
+        """What cannot be carried over, and the ops it involves: their groups only fit the class together."""
+        self.problems.append((nodes, text))
 
     def set(self, model: nn.Module, node: fx.Node, old: Any, new: Any, path: tuple = ()) -> None:
         """The attribute of ``node``'s module that holds ``old`` (at ``path`` of its arguments) gets ``new``."""
@@ -70,14 +73,16 @@ class _Carried:
         if found is None:
             return
         if isinstance(found, str):
-            self.problem(node, found)
-            return
+            solved = _solved_attribute(model, node, old, new, path)
+            if solved is None:
+                self.problem(found, node)
+                return
+            found, old, new = solved
         prior = self.attributes.get(found)
         if prior is not None and prior[1] != new:
             text = (f"{describe_node(node)} needs {'.'.join(x for x in found if x)} = {new}, {describe_node(prior[2])} "
                     f"needs {prior[1]}: one attribute cannot hold both (e.g. q/k head dims pruned differently from v's)")
-            self.problem(node, text)
-            self.problem(prior[2], text)
+            self.problem(text, node, prior[2])
             return
         self.attributes[found] = (old, new, node)
 
@@ -103,7 +108,7 @@ def user_class_model(gg: GroupGraph, plan: Plan, graph: fx.GraphModule | None = 
         rewritten = resizer.rewritten_graph()
         carried = _carried(resizer, rewritten, model)
         if carried.problems:
-            raise ModelRebuildError(_problem_text([text for _, text in carried.problems]))
+            raise ModelRebuildError(_problem_text(list(dict.fromkeys(text for _, text in carried.problems))))
         if inplace:
             graph = _resize_in_place(resizer, rewritten, model)
             result = model
@@ -165,20 +170,60 @@ def _reads_metadata_only(value: Any) -> bool:
 _METADATA = ("dtype", "device", "shape", "ndim", "is_cuda", "layout")
 
 
-def uncarried_groups(gg: GroupGraph) -> dict[int, str]:
-    """{group id: why} for the prunable groups whose pruned sizes the model's own class cannot take.
+@dataclasses.dataclass
+class ClassFit:
+    """What the model's own class needs of a plan: groups its code sizes together keep one count
+    (``ties``: a chunk into equal parts, one ``head_dim`` attribute for q/k's and v's head dims);
+    groups it cannot take pruned at all stay whole (``whole``: group id -> why, naming the line)."""
 
-    Two probe plans look for what cannot be carried: every group keeps half its channels, then
-    every other group keeps three quarters (so that groups one attribute sizes together, q/k's
-    head dims and v's, are also seen pruned to different counts)."""
-    found: dict[int, str] = {}
-    for fraction in (lambda i: 0.5, lambda i: 0.75 if i % 2 else 0.5):
-        probe = Plan({g.id: list(range(max(1, int(g.size * fraction(i))))) for i, g in enumerate(gg.prunable_groups) if g.size > 1})
+    ties: list[list[int]]
+    whole: dict[int, str]
+
+    def carried(self, plan: Plan, gg: GroupGraph) -> Plan:
+        """``plan`` as far as the class takes it: the whole groups left whole, each tie's groups cut
+        to the fewest channels any of them keeps (each the first of those it keeps)."""
+        keep = {gid: kept for gid, kept in plan.keep.items() if gid not in self.whole}
+        for gids in self.ties:
+            count = min(len(keep[gid]) if gid in keep else gg.groups[gid].size for gid in gids)
+            for gid in gids:
+                if count < gg.groups[gid].size:
+                    keep[gid] = keep.get(gid, list(range(gg.groups[gid].size)))[:count]
+        return Plan.from_indices(gg, keep)
+
+
+def class_fit(gg: GroupGraph) -> ClassFit:
+    """The ties and the whole groups under which any plan carries over to the model's own class.
+
+    Probe plans look for what cannot be carried: every group keeps half its channels, then every
+    other one three quarters, odd then even (so that groups one attribute sizes together are also
+    seen at different counts, either one larger). The groups whose problems arise together and have one size are tied, and
+    probed again tied: what still fails is kept whole, with its ties.
+    """
+    sizes = {g.id: g.size for g in gg.prunable_groups if g.size > 1}
+    together = [[gid for gid in gids if sizes[gid] == size]
+                for gids, _ in _probe(gg, [[gid] for gid in sizes]) for size in {sizes[gid] for gid in gids}]
+    ties = merge_ties([gids for gids in together if len(gids) > 1])
+    whole: dict[int, str] = {}
+    for gids, text in _probe(gg, tie(list(sizes), ties)):
+        for gid in gids:
+            whole.setdefault(gid, text)
+    for gids in ties:
+        failed = next((gid for gid in gids if gid in whole), None)
+        for gid in gids if failed is not None else ():
+            whole.setdefault(gid, whole[failed])
+    return ClassFit([gids for gids in ties if gids[0] not in whole], whole)
+
+
+def _probe(gg: GroupGraph, units: list[list[int]]) -> list[tuple[list[int], str]]:
+    """(the changed groups at the ops involved, why) for what the model's class cannot take of two
+    probe plans, each unit of groups keeping one count."""
+    found = []
+    for fraction in (lambda i: 0.5, lambda i: 0.75 if i % 2 else 0.5, lambda i: 0.5 if i % 2 else 0.75):
+        probe = Plan({gid: list(range(max(1, int(gg.groups[gid].size * fraction(i))))) for i, unit in enumerate(units) for gid in unit})
         resizer = plan_resizer(gg, probe)
         carried = _carried(resizer, resizer.rewritten_graph(), gg.traced.model)
-        for node, text in carried.problems:
-            for gid in resizer.group_ids_at(node):
-                found.setdefault(gid, text)
+        for nodes, text in carried.problems:
+            found.append((list(dict.fromkeys(gid for node in nodes for gid in resizer.group_ids_at(node))), text))
     return found
 
 
@@ -230,8 +275,7 @@ def _shared_sizes(carried: _Carried) -> None:
         if other is not None:
             text = (f"{describe_node(node)} needs {new} where {describe_node(other)} keeps {value}, and the module's "
                     "code gives both the same size (e.g. v's head dims pruned, q's and k's not)")
-            carried.problem(node, text)
-            carried.problem(other, text)  # the groups at either op: keeping both whole carries the model over
+            carried.problem(text, node, other)  # the groups at either op: tied to one count, they carry over
 
 
 def _library_forms(s: _Resizer, carried: _Carried, model: nn.Module) -> None:
@@ -243,8 +287,8 @@ def _library_forms(s: _Resizer, carried: _Carried, model: nn.Module) -> None:
     for node in s.gg.gm.graph.nodes:
         path = next((p for p in _module_paths(node) if p in forms), None)
         if path is not None and s.group_ids_at(node):
-            carried.problem(node, f"'{path}' ({type(model.get_submodule(path)).__name__}) ties its inner width to its "
-                                  "input width in its own code: its pruned sizes exist only in the slim graph")
+            carried.problem(f"'{path}' ({type(model.get_submodule(path)).__name__}) ties its inner width to its "
+                                  "input width in its own code: its pruned sizes exist only in the slim graph", node)
 
 
 
@@ -266,7 +310,7 @@ def _carry_split(carried: _Carried, model: nn.Module, old: fx.Node, new: fx.Node
             if isinstance(b, int) and b != a:
                 carried.set(model, old, b, a, (0, 1, i))
         return
-    carried.problem(old, f"{describe_node(old)} splits pruned channels into {list(after)}; its code cannot be made to")
+    carried.problem(f"{describe_node(old)} splits pruned channels into {list(after)}; its code cannot be made to", old)
 
 
 def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.Node, new: fx.Node) -> None:
@@ -280,7 +324,7 @@ def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.N
     for path, value in before.items():
         now = after.get(path, _MISSING)
         if now is _MISSING:
-            carried.problem(old, f"{describe_node(old)}: the slim pass changed its arguments' structure")
+            carried.problem(f"{describe_node(old)}: the slim pass changed its arguments' structure", old)
         elif _is_number(value):
             if _is_number(now):
                 if now != value:
@@ -289,7 +333,7 @@ def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.N
                 else:
                     carried.reads.append((old, path, value))
             else:
-                carried.problem(old, f"{describe_node(old)} has the constant {value} where the plan needs a computed value")
+                carried.problem(f"{describe_node(old)} has the constant {value} where the plan needs a computed value", old)
         elif isinstance(value, fx.Node) and isinstance(now, fx.Node) and now.name != value.name:
             if value in s.gg.channel_means:
                 continue  # the rescaled mean: _carry_channel_mean compensates it
@@ -297,15 +341,62 @@ def _carry_constants(s: _Resizer, carried: _Carried, model: nn.Module, old: fx.N
                 module, _, name = value.target.rpartition(".")
                 carried.scales[module, name] = math.sqrt(_layer_norm_compensation(s, old.args[0]))
             else:
-                carried.problem(old, f"{describe_node(old)}: the slim graph computes one of its arguments anew")
+                carried.problem(f"{describe_node(old)}: the slim graph computes one of its arguments anew", old)
+        elif isinstance(value, fx.Node) and _is_number(now) and _recomputed(s, value) != now:
+            carried.problem(f"{describe_node(old)} takes a size from a tensor's shape ({value.name}) where the plan needs "
+                            f"{now}: its code ties the pruned width to that tensor's", old, *_shape_sources(s, value))
     for path in after.keys() - before.keys():
         if old.target is F.scaled_dot_product_attention and path == (1, "scale"):
             query = old.args[0] if old.args else old.kwargs["query"]
             if s.size_after(query, -1) != s.values[query].shape[-1]:
-                carried.problem(old, f"{describe_node(old)} takes scaled_dot_product_attention's default scale, 1/sqrt(head dim), which "
-                    "the pruned head dims change; pass scale= from an attribute (as Hugging Face's attention does)")
+                carried.problem(f"{describe_node(old)} takes scaled_dot_product_attention's default scale, 1/sqrt(head dim), which "
+                    "the pruned head dims change; pass scale= from an attribute (as Hugging Face's attention does)", old)
         elif _is_number(after[path]) or isinstance(after[path], (tuple, list)):
-            carried.problem(old, f"{describe_node(old)} needs the argument {path[-1]!r} = {after[path]!r}, which its code does not pass")
+            carried.problem(f"{describe_node(old)} needs the argument {path[-1]!r} = {after[path]!r}, which its code does not pass", old)
+
+
+def _recomputed(s: _Resizer, size: fx.Node) -> Any:
+    """What the model's own code computes for ``size`` (``x.shape[-1] // 2``) from the pruned
+    tensors' shapes; _MISSING where it computes more than sizes."""
+    env: dict[fx.Node, Any] = {}
+
+    def value(n: fx.Node) -> Any:
+        if n not in env:
+            spec = s.expected(n)
+            if isinstance(spec, TensorSpec):
+                env[n] = torch.empty(spec.shape, dtype=spec.dtype, device="meta")
+            elif n.op == "call_method" and n.target in ("size", "dim"):
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
+                env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
+            elif n.op == "call_function" and (n.target in _SIZE_ARITHMETIC or (n.target is getattr and n.args[1] in _METADATA)):
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
+                env[n] = n.target(*args, **kwargs)
+            else:
+                raise LookupError(n.name)
+        return env[n]
+
+    try:
+        return value(size)
+    except LookupError:
+        return _MISSING
+
+
+_SIZE_ARITHMETIC = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.neg)
+
+
+def _shape_sources(s: _Resizer, size: fx.Node) -> list[fx.Node]:
+    """The tensors whose shapes a size computed in the graph (``B, G, P, D = x.shape``) reads."""
+    found, stack, seen = [], [size], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n is not size and s.maps.get(n) is not None:
+            found.append(n)
+        else:
+            stack.extend(n.all_input_nodes)
+    return found
 
 
 def _carry_channel_mean(s: _Resizer, carried: _Carried, model: nn.Module, mean: fx.Node) -> None:
@@ -323,8 +414,8 @@ def _carry_channel_mean(s: _Resizer, carried: _Carried, model: nn.Module, mean: 
     weights = [name for name, p in owner.named_parameters(recurse=False)
                if p.ndim == 1 and (path, name, 0) in s.gg.member_records]
     if len(eps) != 1 or len(weights) != 1:
-        carried.problem(mean, f"{describe_node(mean)} averages over pruned channels, and graphprune finds no single eps "
-                                "and weight in its module to compensate")
+        carried.problem(f"{describe_node(mean)} averages over pruned channels, and graphprune finds no single eps "
+                                "and weight in its module to compensate", mean)
         return
     carried.set(model, eps[0][0], eps[0][1], eps[0][1] * ratio)
     carried.scales[path, weights[0]] = math.sqrt(ratio)
@@ -352,7 +443,84 @@ def _owner_attribute(model: nn.Module, node: fx.Node, value: Any, at: tuple = ()
 
 def _attribute_in_code(node: fx.Node, at: tuple) -> str | None:
     """The ``self.<name>`` the user's line passes at argument path ``at`` of ``node``'s call
-    (``F.pad(x, (0, 0, self.before, self.after))``), where the line parses and holds one such call."""
+    (``F.pad(x, (0, 0, self.before, self.after))``)."""
+    found = _argument_in_code(node, at)
+    return found.attr if _is_self_attribute(found) else None
+
+
+def _solved_attribute(model: nn.Module, node: fx.Node, old: int, new: int, at: tuple
+                      ) -> tuple[tuple[str, str], int, int] | None:
+    """((module path, attribute), its value, the value it needs) where the user's line computes the
+    argument at ``at`` from one integer attribute and integer constants (``x.split(self.expand_chs // 2)``),
+    and a value of the attribute gives ``new``; None where not."""
+    expression = _argument_in_code(node, at)
+    names = [a.attr for a in ast.walk(expression) if _is_self_attribute(a)] if expression is not None and _is_arithmetic(expression) else []
+    if len(names) != 1 or not isinstance(new, int):
+        return None
+    for path in _module_paths(node):
+        current = getattr(model.get_submodule(path), names[0], None)
+        if isinstance(current, int) and not isinstance(current, bool):
+            break
+    else:
+        return None
+    if _evaluate(expression, current) != old:
+        return None
+    needed = _inverse(expression, new, current)
+    return ((path, names[0]), current, needed) if needed is not None and _evaluate(expression, needed) == new else None
+
+
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _is_arithmetic(expression: ast.expr) -> bool:
+    """Integer constants and ``self.<name>`` combined by + - * //: what :func:`_inverse` can solve."""
+    if isinstance(expression, ast.BinOp):
+        return type(expression.op) in _ARITHMETIC and _is_arithmetic(expression.left) and _is_arithmetic(expression.right)
+    return _is_self_attribute(expression) or (isinstance(expression, ast.Constant) and type(expression.value) is int)
+
+
+def _evaluate(expression: ast.expr, value: int) -> int:
+    """``expression`` with its one attribute at ``value``."""
+    if isinstance(expression, ast.BinOp):
+        return _ARITHMETIC[type(expression.op)](_evaluate(expression.left, value), _evaluate(expression.right, value))
+    return value if _is_self_attribute(expression) else expression.value
+
+
+def _inverse(expression: ast.expr, target: int, current: int) -> int | None:
+    """The attribute's value for which ``expression`` gives ``target`` (a floor division keeps the
+    remainder it has at ``current``); None where no integer does."""
+    if not isinstance(expression, ast.BinOp):
+        return target if _is_self_attribute(expression) else None
+    inner, constant, left = ((expression.left, expression.right, True) if _has_attribute(expression.left)
+                             else (expression.right, expression.left, False))
+    c, op = _evaluate(constant, 0), type(expression.op)
+    if op is ast.Add:
+        target -= c
+    elif op is ast.Sub:
+        target = target + c if left else c - target
+    elif op is ast.Mult:
+        if c == 0 or target % c:
+            return None
+        target //= c
+    elif left and c > 0:  # inner // c
+        target = target * c + _evaluate(inner, current) % c
+    else:
+        return None
+    return _inverse(inner, target, current)
+
+
+def _has_attribute(expression: ast.expr) -> bool:
+    return any(_is_self_attribute(a) for a in ast.walk(expression))
+
+
+def _is_self_attribute(expression: ast.expr | None) -> bool:
+    return (isinstance(expression, ast.Attribute) and isinstance(expression.value, ast.Name)
+            and expression.value.id == "self")
+
+
+def _argument_in_code(node: fx.Node, at: tuple) -> ast.expr | None:
+    """The expression the user's line passes at argument path ``at`` of ``node``'s call, where the
+    line parses and holds one such call."""
     frame = node.meta.get(FRAME)
     try:
         tree = ast.parse(linecache.getline(*frame).strip()) if frame and at else None
@@ -372,9 +540,7 @@ def _attribute_in_code(node: fx.Node, at: tuple) -> str | None:
         found = args[index] if 0 <= index < len(args) and not any(isinstance(a, ast.Starred) for a in args[: index + 1]) else None
     for k in inner:
         found = found.elts[k] if isinstance(found, (ast.Tuple, ast.List)) and k < len(found.elts) else None
-    if isinstance(found, ast.Attribute) and isinstance(found.value, ast.Name) and found.value.id == "self":
-        return found.attr
-    return None
+    return found
 
 
 def _holds(attribute: Any, value: Any) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from graphprune.allocate import fitted_rounding, floor_of
+from graphprune.allocate import fitted_rounding, floor_of, merge_ties
 from graphprune.budget_target import Budget
 from graphprune.controls import Controls
 from graphprune.errors import GraphPruneError, OptionError
@@ -89,8 +89,10 @@ class MethodPass:
 
     @functools.cached_property
     def roles(self) -> list[list[int]] | None:
-        """The groups whose kept counts are tied (``uniform_layers``) in the analysis the plan is on; None: none."""
-        return layer_roles(self.planned_on()) if self.uniform_layers else None
+        """The groups whose kept counts are tied in the analysis the plan is on (None: none): each
+        layer's per role (``uniform_layers``), and those the model's own class sizes together (controls.py)."""
+        on = self.planned_on()
+        return merge_ties(layer_roles(on) if self.uniform_layers else None, self.controls.tied if on is self.gg else None) or None
 
     def attach(self) -> None:
         """Instrument the model (masks, hooks, parametrizations) before training."""

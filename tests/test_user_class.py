@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import graphprune
 from graphprune.exactness import exactness_error, half_plan
-from graphprune.rebuild import uncarried_groups
+from graphprune.rebuild import class_fit
 from helpers import EXACT
 
 
@@ -111,7 +111,7 @@ def test_a_size_written_as_a_literal_falls_back_to_the_graph_with_its_line():
     (note,) = [n for n in result.report.notes if "not a LiteralHeads" in n]
     assert 'test_user_class.py:' in note and "self.qkv(x).view(b, t, 3, 4, 4)" in note and "output='graph'" in note
     gg = graphprune.analyze(model, x)
-    reasons = uncarried_groups(gg)
+    reasons = class_fit(gg).whole
     assert sorted(reasons) == [g.id for g in gg.prunable_groups] and all("test_user_class.py:" in r for r in reasons.values())
     with pytest.raises(graphprune.BudgetError, match="keeps 1.0000 of its macs"):
         graphprune.apply(model, "l1", 0.5, x, output="module")
@@ -128,6 +128,66 @@ def test_output_module_keeps_uncarried_groups_whole_and_meets_the_budget():
     assert len(kept) == 2 and all("modeling_llama.py" in n and "the same size" in n for n in kept)
     default = graphprune.apply(model, "l1", 0.5, ids)
     assert isinstance(default.model, fx.GraphModule) and "not a LlamaForCausalLM" in default.report.notes[-1]
+
+
+class ChunkedHeads(nn.Module):
+    """Attention whose code sizes q, k and v together: one chunk into three equal parts, one head_dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.head_dim = 2, 8
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = (z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
+        out = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_groups_the_code_sizes_together_are_tied_to_one_count():
+    """q/k's head dims and v's are two groups, which chunk(3) and the one head_dim need at one
+    count: they are tied (not kept whole), so the class comes back with both pruned."""
+    torch.manual_seed(0)
+    model, x = _randomized(ChunkedHeads()), torch.randn(2, 5, 16)
+    gg = graphprune.analyze(model, x)
+    heads = sorted(g.id for g in gg.prunable_groups if {m.module for m in g.members} <= {"qkv", "proj"} and g.size == 8)
+    fit = class_fit(gg)
+    assert len(heads) == 2 and fit.ties == [heads] and fit.whole == {}
+    result = graphprune.apply(model, "l1", 0.4, x, analysis=gg)
+    kept = result.plan.counts()
+    assert type(result.model) is ChunkedHeads and kept[heads[0]] == kept[heads[1]] == result.model.head_dim < 8
+    assert f"groups {heads[0]}, {heads[1]} keep one count: ChunkedHeads's code sizes them together" in result.report.notes
+    for inputs in ((x,), (x[:1],)):
+        assert exactness_error(model, result.groups, result.plan, inputs, result.model) <= EXACT
+    ignored = graphprune.prepare(model, "l1", 0.6, x, analysis=gg, ignored_layers=["proj"])  # proj reads v's head dims
+    assert not ignored.gg.groups[heads[0]].prunable and not ignored.gg.groups[heads[1]].prunable
+    assert f"group {heads[0]} kept whole: ChunkedHeads's code gives it the size of group {heads[1]}, which is kept whole" in ignored.notes
+
+
+class HalfSplit(nn.Module):
+    """A split whose size the code computes from an attribute (timm's CSP stages: ``self.expand_chs // 2``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand_chs = 16
+        self.expand, self.inner, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, xb = self.expand(x).split(self.expand_chs // 2, dim=1)
+        return self.out(torch.cat([xs, self.inner(xb)], dim=1))
+
+
+def test_an_attribute_inside_the_size_expression_is_solved_for():
+    torch.manual_seed(0)
+    model, x = _randomized(HalfSplit()), torch.randn(2, 3, 6, 6)
+    result = graphprune.apply(model, "l1", 0.5, x, output="module")
+    halves = [g.id for g in result.groups.prunable_groups if any(m.module == "expand" for m in g.members)]
+    kept = result.plan.counts()
+    assert len(halves) == 2 and kept[halves[0]] == kept[halves[1]] < 8
+    assert type(result.model) is HalfSplit and result.model.expand_chs == 2 * kept[halves[0]]
+    for inputs in ((x,), (x[:1],)):
+        assert exactness_error(model, result.groups, result.plan, inputs, result.model) <= EXACT
 
 
 # ------------------------------------------------------------------ Hugging Face

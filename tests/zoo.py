@@ -7,7 +7,7 @@ import pytest
 import torch
 from graphprune.exactness import exactness_error
 from graphprune.flops import flop_counter
-from graphprune.rebuild import uncarried_groups, user_class_model
+from graphprune.rebuild import class_fit, user_class_model
 
 import graphprune
 from helpers import leak_check, random_keep
@@ -61,8 +61,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: 
     return gg
 
 
-def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tensor, onnx_path: str, seed: int = 0,
-               refused: str | None = None) -> None:
+def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tensor, onnx_path: str, seed: int = 0) -> None:
     """Random 50% plan: the slim model costs what the budget says, is exact, and exports to ONNX."""
     from helpers import EXACT, random_plan, slim_at_budget, slim_error
 
@@ -72,19 +71,14 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
     report = graphprune.export_onnx(slim, onnx_path, x)
     assert report.relative_diff <= 1e-4 and report.dynamic_batch_checked
     # the model of the user's class, pruned in every group its code can carry (see bench/results/own_class.md)
-    carried = graphprune.Plan({g: k for g, k in plan.keep.items() if g not in uncarried_groups(gg)}, plan.sizes)
+    carried = class_fit(gg).carried(plan, gg)
     if any(s.guarded and s.conversion == "mode" for s in gg.traced.specializations):
         # a forward that branches on self.training (googlenet's aux heads): its training path was never checked
         with pytest.raises(graphprune.ModelRebuildError, match="forward branches at .*mode False"):
             user_class_model(gg, carried)
         assert slim_error(model, gg, plan, (x,)) <= EXACT
         return
-    if refused is not None:  # a size the model's code fixes that the probes of uncarried_groups miss: refused, never wrong
-        with pytest.raises(graphprune.ModelRebuildError, match=refused):
-            user_class_model(gg, carried)
-        assert slim_error(model, gg, plan, (x,)) <= EXACT
-        return
-    own, _, _ = user_class_model(gg, carried)
+def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tensor, onnx_path: str, seed: int = 0) -> None:    own, _, _ = user_class_model(gg, carried)
     assert type(own) is type(model)
     for inputs in ((x,), (other_batch(x),)):  # exact at the example's batch and another (zeroing a subset of plan's channels)
         assert exactness_error(model, gg, carried, inputs, own) <= EXACT
