@@ -431,7 +431,7 @@ class Analysis:
             x, idx = value.args[0].args[0], value.args[1]
             m = self.map(x)
             return m is not None and isinstance(idx, int) and idx % self.spec(x).ndim == m.dim
-        if getattr(value.target, "__module__", None) not in ("_operator", "math", "builtins"):
+        if not ops.is_python_arithmetic(value.target):
             return False
         return all(self._from_channel_counts(a) for a in (*value.args, *value.kwargs.values()))
 

@@ -189,6 +189,11 @@ def node_op(node: Any, module: torch.nn.Module | None) -> Op | None:
 
 
 
+def is_python_arithmetic(fn: Any) -> bool:
+    """Whether ``fn`` is Python's own (operator, math, builtins): on sizes and constants, arithmetic no rule needs to see."""
+    return getattr(fn, "__module__", None) in ("_operator", "math", "builtins")
+
+
 def takes(node: Any) -> str | None:
     """What a function or method node's constant arguments give (``Op.takes``), or None."""
     entry = node_op(node, None) if node.op in ("call_function", "call_method") else None

@@ -27,6 +27,7 @@ import inspect
 import linecache
 import math
 import operator
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -39,7 +40,7 @@ from .errors import GuardError, ModelRebuildError
 from .allocate import merge_ties, tie
 from .exactness import flat_outputs
 from .groups import GroupGraph, _no_cyclic_gc
-from .ops import takes
+from .ops import is_python_arithmetic, takes
 from .records import record
 from .specs import TensorSpec
 from .hf_config import UNSTATED, describe_pruned_config
@@ -368,7 +369,7 @@ def _recomputed(s: _Resizer, size: fx.Node) -> Any:
             elif n.op == "call_method" and n.target in ("size", "dim"):
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
                 env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
-            elif n.op == "call_function" and (n.target in _SIZE_ARITHMETIC or (n.target is getattr and n.args[1] in _METADATA)):
+            elif n.op == "call_function" and is_python_arithmetic(n.target):
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs), value)
                 env[n] = n.target(*args, **kwargs)
             else:
@@ -379,9 +380,6 @@ def _recomputed(s: _Resizer, size: fx.Node) -> Any:
         return value(size)
     except LookupError:
         return _MISSING
-
-
-_SIZE_ARITHMETIC = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.neg)
 
 
 def _shape_sources(s: _Resizer, size: fx.Node) -> list[fx.Node]:
@@ -469,21 +467,18 @@ def _solved_attribute(model: nn.Module, node: fx.Node, old: int, new: int, at: t
     return ((path, names[0]), current, needed) if needed is not None and _evaluate(expression, needed) == new else None
 
 
-_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
-
-
 def _is_arithmetic(expression: ast.expr) -> bool:
     """Integer constants and ``self.<name>`` combined by + - * //: what :func:`_inverse` can solve."""
     if isinstance(expression, ast.BinOp):
-        return type(expression.op) in _ARITHMETIC and _is_arithmetic(expression.left) and _is_arithmetic(expression.right)
+        return (isinstance(expression.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv))
+                and _is_arithmetic(expression.left) and _is_arithmetic(expression.right))
     return _is_self_attribute(expression) or (isinstance(expression, ast.Constant) and type(expression.value) is int)
 
 
 def _evaluate(expression: ast.expr, value: int) -> int:
-    """``expression`` with its one attribute at ``value``."""
-    if isinstance(expression, ast.BinOp):
-        return _ARITHMETIC[type(expression.op)](_evaluate(expression.left, value), _evaluate(expression.right, value))
-    return value if _is_self_attribute(expression) else expression.value
+    """``expression`` (checked by :func:`_is_arithmetic`) with its one attribute at ``value``."""
+    names = {a.attr: value for a in ast.walk(expression) if _is_self_attribute(a)}
+    return eval(compile(ast.Expression(expression), "<size>", "eval"), {"__builtins__": {}}, {"self": SimpleNamespace(**names)})
 
 
 def _inverse(expression: ast.expr, target: int, current: int) -> int | None:
