@@ -78,7 +78,7 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
             user_class_model(gg, carried)
         assert slim_error(model, gg, plan, (x,)) <= EXACT
         return
-def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tensor, onnx_path: str, seed: int = 0) -> None:    own, _, _ = user_class_model(gg, carried)
+    own, _, _ = user_class_model(gg, carried)
     assert type(own) is type(model)
     for inputs in ((x,), (other_batch(x),)):  # exact at the example's batch and another (zeroing a subset of plan's channels)
         assert exactness_error(model, gg, carried, inputs, own) <= EXACT
