@@ -14,6 +14,8 @@ a worktree of the last commit, ``git worktree add /tmp/base HEAD``, then
 ``PYTHONPATH=/tmp/base python tests/plan_cases.py --write``. graphprune, its ``passes``/``models``
 folders (see tests/checkout.py) and tests/toy_models.py then all come from /tmp/base, and the
 JSON records that checkout's commit. tests/test_plans_unchanged.py compares the current code with it.
+Where a later issue changes some plans on purpose, those cases are fingerprinted again from its
+commit and listed under "updated", with the commit and why (#24: output="module" ties groups).
 """
 
 from __future__ import annotations
