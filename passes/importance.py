@@ -23,6 +23,7 @@ from graphprune.plan import Plan
 from graphprune.train import batch_loss
 
 from .base import MethodPass
+from .masks import unmasked
 
 #: per (parameter tensor, its dim, the other dims): one value per index along the dim
 Reduction = Callable[[str, str, torch.Tensor, int, list[int]], torch.Tensor]
@@ -43,7 +44,7 @@ def member_sums(model: torch.nn.Module, gg, reduce: Reduction) -> dict[int, np.n
     with torch.no_grad():
         for (module, param), dims in wanted.items():
             owner = modules[module] if module in modules else model.get_submodule(module)
-            t = getattr(owner, param).detach().float()
+            t = unmasked(owner, param).detach().float()
             for dim in sorted(dims):
                 sums.append(reduce(module, param, t, dim, [d for d in range(t.ndim) if d != dim]).double().numpy())
                 offsets[module, param, dim] = at

@@ -39,6 +39,14 @@ class _Scale(nn.Module):
         return w
 
 
+def unmasked(owner: nn.Module, name: str) -> torch.Tensor:
+    """``owner.<name>`` as trained, not through these masks: what ranks the channels (DSA ranks by
+    it while its masks read DSA's ranking: through the mask, each would ask the other without end)."""
+    if parametrize.is_parametrized(owner, name) and all(isinstance(p, _Scale) for p in owner.parametrizations[name]):
+        return owner.parametrizations[name].original
+    return getattr(owner, name)
+
+
 class ChannelMasks:
     """Parametrizes every consumer weight of ``groups`` so it reads ``source()[group id]`` as a mask."""
 

@@ -165,6 +165,15 @@ def test_bn_scales_get_no_weight_decay_while_they_are_the_importance():
     assert all(d == 5e-4 for i, d in decay.items() if i not in scales)
 
 
+def test_without_batchnorm_the_importance_is_the_producers_weights_as_trained():
+    """digits_cnn has no BatchNorm: b_i falls back to l1 of the weights, read past DSA's own masks
+    (through them, the masks would ask the importance again without end)."""
+    model, x = models.get("digits_cnn"), torch.randn(4, *models.input_shape("digits_cnn")[1:])
+    data = [(torch.randn(8, *x.shape[1:]), torch.randint(0, 10, (8,))) for _ in range(3)]
+    result = graphprune.apply(model, "dsa", 0.5, x, train_data=data, val_data=data, loss_fn=F.cross_entropy, epochs=1)
+    assert abs(result.report.achieved - 0.5) <= 0.005
+
+
 LONG = pytest.mark.slow  # hundreds of allocation steps (one per 20 weight steps at most)
 
 
