@@ -54,7 +54,7 @@ from torch.overrides import handle_torch_function, has_torch_function
 
 from .analysis import Analysis
 from .equivalents import function_form, module_form
-from .ops import declaration_of, declared_functions
+from .ops import declaration_of, declared_functions, takes
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .locations import FRAME, caller_location, describe_node, user_frame, user_location
@@ -267,6 +267,21 @@ def _unchanged(model: torch.nn.Module) -> Iterator[None]:
         state.restore()
 
 
+class _Proxy(fx.Proxy):
+    """A proxy with a length where a split's arguments give it (``list(x.chunk(2, 1))`` asks for one)."""
+
+    def __getattr__(self, k: str) -> "_Attribute":
+        return _Attribute(self, k)
+
+    def __len__(self) -> int:
+        count = split_count(self.node)
+        return super().__len__() if count is None else count
+
+
+class _Attribute(fx.proxy.Attribute, _Proxy):
+    """``x.shape`` and other attributes of a _Proxy."""
+
+
 class _FallbackTracer(fx.Tracer):
     """Symbolic tracer that remembers which non-leaf module was being traced when an error hit.
 
@@ -362,6 +377,15 @@ class _FallbackTracer(fx.Tracer):
             return False
         return super().is_leaf_module(m, module_qualified_name)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
+        count = split_count(obj.node)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
+
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         if self.is_leaf_module(m, name):
@@ -378,6 +402,29 @@ class _FallbackTracer(fx.Tracer):
             raise
         finally:
             self._stack.pop()
+
+
+_PARTS_ARGUMENTS = ("split_size_or_sections", "split_size", "indices_or_sections", "sections", "indices", "chunks")
+
+
+def split_count(node: fx.Node) -> int | None:
+    """How many tensors a split, tensor_split or chunk returns, where its arguments say so; else None.
+
+    Iterating such a result needs no example value and no guard (``q, k, v = (... for z in
+    x.chunk(3, -1))``, YOLO's ``list(x.chunk(2, 1))``): its arguments give the count. A ``chunk(n)``
+    of fewer than ``n`` channels returns fewer parts, and indexing the one past them raises at run
+    time, so the count is never silently wrong.
+    """
+    what = takes(node) if node.op in ("call_function", "call_method") else None
+    if what not in ("split sizes", "chunks"):
+        return None
+    parts = node.args[1] if len(node.args) > 1 else next((node.kwargs[k] for k in _PARTS_ARGUMENTS if k in node.kwargs), None)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if isinstance(parts, (list, tuple)) and all(type(p) is int for p in parts):
+        return len(parts) + (name == "tensor_split")  # tensor_split's are the indices between the parts
+    if type(parts) is int and name in ("tensor_split", "chunk"):
+        return parts
+    return None
 
 
 class _RootFailure(Exception):
@@ -466,7 +513,7 @@ def guard(value: Any, conversion: str, expected: Any, location: str) -> None:
         )
 
 
-class _ExamplePathProxy(fx.Proxy):
+class _ExamplePathProxy(_Proxy):
     """A proxy Python can turn into an int, float or length (see _ExamplePathTracer).
 
     No ``__index__``: torch's argument parser probes it on every proxy passed where ints go
@@ -483,7 +530,8 @@ class _ExamplePathProxy(fx.Proxy):
         return self.tracer.concretize(self, "float")
 
     def __len__(self) -> int:
-        return self.tracer.concretize(self, "len")
+        count = split_count(self.node)
+        return self.tracer.concretize(self, "len") if count is None else count
 
 
 class _ExamplePathAttribute(fx.proxy.Attribute, _ExamplePathProxy):
@@ -555,7 +603,7 @@ class _ExamplePathTracer(_FallbackTracer):
         return self.concretize(obj, "bool")
 
     def iter(self, obj: fx.Proxy):
-        if not self._specializes_here():
+        if not self._specializes_here() or split_count(obj.node) is not None:
             return super().iter(obj)
         return iter([obj[i] for i in range(self.concretize(obj, "len"))])
 

@@ -628,3 +628,30 @@ def test_nodes_made_in_a_library_beside_torch_name_its_line():
     filename, lineno = add.meta[FRAME]
     assert filename.endswith("torchvision/models/resnet.py")
     assert describe_node(add).endswith(f'resnet.py:{lineno} "out += identity" in module \'layer1.0\' (fx node \'{add.name}\')')
+
+
+class ChunkBlock(nn.Module):
+    """YOLO's C2f: a chunk made a list, extended by a generator over its modules; a split unpacked."""
+
+    def __init__(self, c=8, n=2):
+        super().__init__()
+        self.cv1, self.cv2 = conv(c, 2 * c, 1), conv((2 + n) * c + c, c, 1)
+        self.m = nn.ModuleList(conv(c, c) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        a, b = x.split([3, 5], 1)
+        return self.cv2(torch.cat(y + [a, b], 1))
+
+
+@pytest.mark.parametrize("specialize", [False, True])
+def test_iterating_a_chunk_or_split_takes_its_count_from_its_arguments(specialize):
+    """No guard and no fallback: the count is in the arguments, the same for every input."""
+    model, x = ChunkBlock().eval(), torch.randn(2, 8, 5, 5)
+    gg = graphprune.analyze(model, x, specialize_submodules=specialize)
+    assert gg.fallbacks == [] and gg.traced.specializations == []
+    halves = groups_with(gg, "cv1")
+    assert len(halves) == 2 and all(g.prunable for g in halves) and group_with(gg, "m.0").prunable
+    plan = random_plan(gg, np.random.default_rng(0), 0.5)
+    assert slim_error(model, gg, plan, (x,)) <= EXACT and slim_error(model, gg, plan, (x[:1],)) <= EXACT
