@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -26,10 +24,8 @@ import torch.nn.functional as F
 import graphprune
 import provenance
 from graphprune import data, models
+from oneshot_common import HERE, cached, prune_copy, write
 
-HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
-RESULTS = HERE / "results"
 SUBSET = HERE.parents[1] / "shared" / "data" / "cifar10_train_subset.npz"
 CALIBRATION_BATCHES = 8
 RECALIBRATION_BATCHES = 20
@@ -37,19 +33,14 @@ RECALIBRATION_BATCHES = 20
 
 def trained_resnet20(loaders, epochs: int) -> torch.nn.Module:
     """ResNet-20 trained on the subset (cached: the same weights for every row and every run)."""
-    path = CACHE / f"resnet20_subset_{epochs}ep_seed0.pt"
+    def train(model: torch.nn.Module) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+        graphprune.fit(model, loaders[0], F.cross_entropy, epochs, optimizer=opt, scheduler=sched, val_data=loaders[1], seed=0,
+                       description="training ResNet-20")
+
     torch.manual_seed(0)
-    model = models.get("resnet20")
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    graphprune.fit(model, loaders[0], F.cross_entropy, epochs, optimizer=opt, scheduler=sched, val_data=loaders[1], seed=0,
-                   description="training ResNet-20")
-    CACHE.mkdir(exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return model.eval()
+    return cached(models.get("resnet20"), f"resnet20_subset_{epochs}ep_seed0.pt", train)
 
 
 def recalibrated(model: torch.nn.Module, batches) -> torch.nn.Module:
@@ -91,14 +82,10 @@ def main() -> None:
     rows = []
     for budget in args.budgets:
         for method in args.methods:
-            torch.manual_seed(0)
-            started = time.perf_counter()
-            options = dict(calib_data=calibration, loss_fn=F.cross_entropy) if method in ("taylor", "hessian", "nap") else {}
-            result = graphprune.apply(copy.deepcopy(model), method, graphprune.Budget(macs=budget), example, round_to=1,
-                                      **options)
+            result, seconds = prune_copy(model, method, graphprune.Budget(macs=budget), example, calibration, F.cross_entropy)
             pruned = result.model.eval()
             row = dict(budget=budget, method=method, macs_ratio=round(result.report.macs_ratio, 4),
-                       seconds=round(time.perf_counter() - started, 1), pruned=graphprune.accuracy(pruned, loaders[1]),
+                       seconds=seconds, pruned=graphprune.accuracy(pruned, loaders[1]),
                        recalibrated=graphprune.accuracy(recalibrated(pruned, loaders[0]), loaders[1]),
                        fine_tuned=graphprune.accuracy(fine_tuned(recalibrated(pruned, loaders[0]), loaders), loaders[1]))
             print(row, flush=True)
@@ -115,10 +102,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['budget']} | {r['method']} | {r['macs_ratio']:.4f} | {r['pruned']:.4f} | {r['recalibrated']:.4f} | "
                      f"{r['fine_tuned']:.4f} | {r['seconds']} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "oneshot.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "oneshot.json").write_text(json.dumps({"commit": commit, "base_accuracy": base, "rows": rows}, indent=1))
-    print("\n".join(lines))
+    write("oneshot", lines, {"commit": commit, "base_accuracy": base, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Third-party packages add methods through the entry point group ``graphprune.meth
 
 from __future__ import annotations
 
-from . import custom, dhp, dsa, hessian, lwdna, magnitude, nap, taylor, uniform  # noqa: F401  (built-in passes register themselves)
+from . import custom, dhp, dsa, flap, hessian, lwdna, magnitude, nap, taylor, uniform  # noqa: F401  (built-in passes register themselves)
 from .base import MethodPass, get, names, register
 
 __all__ = ["MethodPass", "register", "get", "names"]

@@ -2,32 +2,56 @@
 
 ``apply(model, "importance", budget, x, importance=fn)``: ``fn(group, members)`` returns one score
 per channel of a prunable group (higher is kept), where each member is a :class:`MemberTensor`:
-the module and tensor that hold the group's channels along ``dim``, its mean gradient over
-``calib_data`` (None without calibration data), and :meth:`MemberTensor.per_channel`, which
-reduces a tensor of the member's shape to the group's channel order. Scores are then divided by
-their group's mean and the globally lowest channels go until the budget is met, exactly as for
-l1 (magnitude.py), with the same per-layer controls.
+the module and tensor that hold the group's channels along ``dim``; with ``calib_data``, its mean
+gradient over the batches (``grad``, with ``loss_fn`` as ``graphprune.fit`` takes it) and, for a
+linear or convolution layer reading the channels as input ("in" members), the statistics of those
+inputs over every calibration token or position (``activation``: ``count``, ``mean``, ``var``, shaped
+to broadcast against ``tensor``); and :meth:`MemberTensor.per_channel`, which reduces a tensor of the
+member's shape to the group's channel order. Gradients and activations are computed on first use
+(only an ``fn`` reading ``grad`` needs a loss). Scores are then divided by their group's mean and the
+globally lowest channels go until the budget is met, exactly as for l1 (magnitude.py), with the same
+per-layer controls.
 
     def l1(group, members):
         return sum(m.per_channel(m.tensor.abs()) for m in members)
 
-    def taylor(group, members):  # with calib_data= and loss_fn=
-        return abs(sum(m.per_channel(m.tensor * m.grad) for m in members))
+    def taylor(group, members):  # with calib_data= and loss_fn=: one batch's (built-in taylor squares each batch's)
+        return sum(m.per_channel(m.tensor * m.grad) for m in members) ** 2
+
+    def flap(group, members):  # with calib_data=: flap's criterion, without its bias compensation
+        return sum(m.per_channel(m.tensor ** 2 * m.activation.var) for m in members if m.activation is not None)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from graphprune.errors import GraphPruneError, OptionError
-from graphprune.groups import Member
+from graphprune.groups import GroupGraph, Member
 
 from .base import register
-from .importance import CalibratedScorePass, calibration_gradients
+from .importance import CalibratedScorePass, InputStatistics, calibration_gradients, input_statistics
+
+
+class _Calibration:
+    """What ``calib_data`` says about the model, each part computed on its first use."""
+
+    def __init__(self, model: torch.nn.Module, gg: GroupGraph, data: Iterable, loss_fn: Callable | None, batches: int,
+                 method: str):
+        self.model, self.gg, self.data, self.loss_fn, self.batches, self.method = model, gg, data, loss_fn, batches, method
+
+    @functools.cached_property
+    def gradients(self) -> dict[str, torch.Tensor]:
+        return calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.method)
+
+    @functools.cached_property
+    def inputs(self) -> dict[str, InputStatistics]:
+        return input_statistics(self.model, self.gg, self.data, self.batches, self.method)
 
 
 @dataclasses.dataclass
@@ -39,9 +63,24 @@ class MemberTensor:
     dim: int
     role: str  # "out" (a producer's channels), "in" (a consumer's inputs), "channelwise" (a norm's scale)
     tensor: torch.Tensor
-    grad: torch.Tensor | None
     size: int  # the group's channels
     member: Member
+    calibration: _Calibration | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        """The mean gradient of ``tensor`` over ``calib_data`` (None without calibration data)."""
+        return None if self.calibration is None else self.calibration.gradients.get(self.member.qualified_name)
+
+    @property
+    def activation(self) -> InputStatistics | None:
+        """Where this member is a linear or convolution layer's input features (its weight's dim 1):
+        their mean and variance over ``calib_data``'s tokens or positions, shaped to broadcast against
+        ``tensor``; None elsewhere and without calibration data."""
+        if self.calibration is None or self.role != "in" or self.name != "weight":
+            return None
+        read = self.calibration.inputs.get(self.member.module)
+        return None if read is None else read.along(self.dim, self.tensor.dim())
 
     def per_channel(self, values: torch.Tensor) -> np.ndarray:
         """``values`` (shaped like ``tensor``) summed over every dim but ``dim``, added up per group channel."""
@@ -57,7 +96,8 @@ class MemberTensor:
 
 @register
 class ImportancePass(CalibratedScorePass):
-    """Options: ``importance`` (the function), ``calib_data`` and ``loss_fn`` (for ``grad``), ``batches`` (8)."""
+    """Options: ``importance`` (the function), ``calib_data`` (for ``grad`` and ``activation``), ``loss_fn``
+    (for ``grad``), ``batches`` (8)."""
 
     name = "importance"
 
@@ -69,12 +109,13 @@ class ImportancePass(CalibratedScorePass):
         self.importance, self.batches = importance, batches
 
     def scores(self) -> dict[int, np.ndarray]:
-        grads = calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.name) if self.data is not None else {}
+        calibration = (_Calibration(self.model, self.gg, self.data, self.loss_fn, self.batches, self.name)
+                       if self.data is not None else None)
         modules = dict(self.model.named_modules())
         out = {}
         for g in self.gg.prunable_groups:
             members = [MemberTensor(modules[m.module], m.param, m.dim, m.role, getattr(modules[m.module], m.param).detach(),
-                                    grads.get(f"{m.module}.{m.param}" if m.module else m.param), g.size, m)
+                                    g.size, m, calibration)
                        for m in g.members if m.param not in ("running_mean", "running_var")]
             scores = np.asarray(self.importance(g, members), dtype=np.float64).reshape(-1)
             if scores.shape != (g.size,):

@@ -7,22 +7,29 @@ which allocates the scores.
 value per index (a norm, a sum of w * g), then one weighted bincount that adds each member's
 values into its group's channels. :func:`calibration_gradients` runs the loss on calibration
 batches for the criteria that need gradients; :func:`fisher_diagonal` the per-sample squared
-gradients that estimate the Hessian's diagonal.
+gradients that estimate the Hessian's diagonal; :func:`input_statistics` the mean and variance of
+every input feature of the layers that read a group's channels (forward hooks, no loss), for the
+activation-aware criteria (flap, a user's own).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from graphprune.allocate import allocate_by_score
 from graphprune.errors import OptionError
+from graphprune.groups import GroupGraph
 from graphprune.plan import Plan
 from graphprune.train import batch_loss
 
 from .base import MethodPass
+from .kfac import covered
 from .masks import unmasked
 
 #: per (parameter tensor, its dim, the other dims): one value per index along the dim
@@ -46,7 +53,7 @@ def member_sums(model: torch.nn.Module, gg, reduce: Reduction) -> dict[int, np.n
             owner = modules[module] if module in modules else model.get_submodule(module)
             t = unmasked(owner, param).detach().float()
             for dim in sorted(dims):
-                sums.append(reduce(module, param, t, dim, [d for d in range(t.ndim) if d != dim]).double().numpy())
+                sums.append(reduce(module, param, t, dim, [d for d in range(t.ndim) if d != dim]).double().cpu().numpy())
                 offsets[module, param, dim] = at
                 at += t.shape[dim]
     sizes = np.array([g.size for g in groups], dtype=np.int64)
@@ -77,7 +84,7 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
 def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_batches: int,
                           method: str) -> dict[str, torch.Tensor]:
     """The mean gradient of the loss over up to ``max_batches`` calibration batches, by parameter name."""
-    return _mean_over(model, batches, loss_fn, max_batches, method, lambda g: g, per_sample=False)
+    return _mean_over(gradients(model, batches, loss_fn, max_batches, method), model, lambda g: g)
 
 
 def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_samples: int,
@@ -85,41 +92,46 @@ def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
     """The empirical Fisher's diagonal, E[(dl/dw)^2] over up to ``max_samples`` single samples of
     the calibration batches (each sample's own loss: a batch-mean gradient squared would mix the
     samples), by parameter name."""
-    return _mean_over(model, batches, loss_fn, max_samples, method, lambda g: g * g, per_sample=True)
+    return _mean_over(gradients(model, batches, loss_fn, max_samples, method, per_sample=True), model, lambda g: g * g)
 
 
-def _mean_over(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, limit: int, method: str,
-               each: Callable[[torch.Tensor], torch.Tensor], per_sample: bool) -> dict[str, torch.Tensor]:
-    """``each(gradient)`` averaged over up to ``limit`` batches (or single samples) of calibration
-    data, by parameter name; the model runs in eval mode (norm statistics untouched) and is left as
-    it was, its gradients included."""
+def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Callable | None, limit: int, method: str,
+              per_sample: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """The loss's gradient on each of up to ``limit`` calibration batches (or single samples of
+    them), by parameter name. The model runs in eval mode (norm statistics untouched) and is left
+    as it was, its gradients included."""
     if batches is None:
         raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
                           "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
     params = dict(model.named_parameters())
     saved = {name: p.grad for name, p in params.items()}
-    modes = {m: m.training for m in model.modules()}
     device = next(iter(params.values())).device
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
-    model.eval()
     try:
-        for unit in (sample for batch in batches for sample in _samples(batch)) if per_sample else batches:
-            if count == limit:
-                break
-            model.zero_grad(set_to_none=True)
-            batch_loss(model, unit, loss_fn, device).backward()
-            for name, p in params.items():
-                if p.grad is not None:
-                    total[name] += each(p.grad.float())
-            count += 1
+        with _evaluating(model):
+            for unit in (sample for batch in batches for sample in _samples(batch)) if per_sample else batches:
+                if count == limit:
+                    break
+                model.zero_grad(set_to_none=True)
+                batch_loss(model, unit, loss_fn, device).backward()
+                yield {name: p.grad.float() for name, p in params.items() if p.grad is not None}
+                count += 1
     finally:
-        for m, mode in modes.items():
-            m.train(mode)
         for name, p in params.items():
             p.grad = saved[name]
     if not count:
         raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
+
+
+def _mean_over(each_batch: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module,
+               each: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``each(gradient)`` averaged over the batches, by parameter name (zero where a parameter had none)."""
+    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in model.named_parameters()}
+    count = 0
+    for grads in each_batch:
+        for name, g in grads.items():
+            total[name] += each(g)
+        count += 1
     return {name: t / count for name, t in total.items()}
 
 
@@ -136,6 +148,109 @@ def _samples(batch: Any) -> Iterator[Any]:
     for i in range(n):
         pick = [v[i : i + 1] if first_dim(v) is not None else v for v in values]
         yield dict(zip(batch.keys(), pick)) if isinstance(batch, Mapping) else tuple(pick)
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block (norm statistics untouched), then every module's mode as it was."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+# ------------------------------------------------------------------ activations
+
+@dataclasses.dataclass
+class InputStatistics:
+    """One layer's input features (its weight's dim 1) over every calibration token or position:
+    how many values each feature took, their mean and their sample variance (float64, CPU)."""
+
+    count: int
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def along(self, dim: int, ndim: int) -> "InputStatistics":
+        """The same statistics shaped to broadcast against an ``ndim``-d tensor whose ``dim`` holds the features."""
+        shape = [1] * ndim
+        shape[dim] = -1
+        return InputStatistics(self.count, self.mean.view(shape), self.var.view(shape))
+
+
+def reading_layers(model: nn.Module, gg: GroupGraph) -> dict[str, nn.Module]:
+    """The layers that read a prunable group's channels as their input features, by name: linear
+    and ungrouped convolution layers (those K-FAC factors) with an "in" member along their weight's
+    dim 1, so that their forward input holds exactly the features the member's positions index."""
+    modules = dict(model.named_modules())
+    out = {}
+    for g in gg.prunable_groups:
+        for m in g.members:
+            layer = modules.get(m.module)
+            if (m.role == "in" and m.param == "weight" and m.dim == 1 and layer is not None and covered(layer)
+                    and getattr(layer, "groups", 1) == 1):
+                out[m.module] = layer
+    return out
+
+
+def input_statistics(model: nn.Module, gg: GroupGraph, batches: Iterable[Any] | None, max_batches: int,
+                     method: str) -> dict[str, InputStatistics]:
+    """Per layer of :func:`reading_layers`, the statistics of its input features over up to
+    ``max_batches`` calibration batches, gathered by forward hooks (eval mode, no gradients, no
+    loss). A layer called more than once per forward pass counts every call."""
+    if batches is None:
+        raise OptionError(f"{method} reads the activations of calibration data: pass calib_data= (a DataLoader or a list "
+                          "of batches: (input, target) pairs, dicts of the model's keyword arguments, or input tensors)")
+    moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}  # count, mean, sum of squared deviations
+
+    def record(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0].detach()
+            x = (x.movedim(1, -1) if isinstance(module, nn.modules.conv._ConvNd) else x).reshape(-1, module.weight.shape[1]).double()
+            n, mean = x.shape[0], x.mean(0)
+            squares = (x - mean).square().sum(0)
+            if name in moments:  # Chan et al.'s pairwise update: no cancellation between large sums
+                count, before, total = moments[name]
+                delta = mean - before
+                mean = before + delta * (n / (count + n))
+                squares = total + squares + delta.square() * (count * n / (count + n))
+                n += count
+            moments[name] = (n, mean, squares)
+        return hook
+
+    handles = [layer.register_forward_hook(record(name)) for name, layer in reading_layers(model, gg).items()]
+    device = next(model.parameters()).device
+    count = 0
+    try:
+        with _evaluating(model), torch.no_grad():
+            for batch in batches:
+                if count == max_batches:
+                    break
+                _forward(model, batch, device)
+                count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if not count:
+        raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
+    return {name: InputStatistics(n, mean.cpu(), (squares / max(n - 1, 1)).cpu()) for name, (n, mean, squares) in moments.items()}
+
+
+def _forward(model: nn.Module, batch: Any, device: torch.device) -> Any:
+    """The model on one calibration batch's inputs: a dict as ``model(**batch)``, an (input, target)
+    pair as ``model(input)``, a tensor as ``model(tensor)``."""
+    def move(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) else value
+
+    if isinstance(batch, Mapping):
+        return model(**{k: move(v) for k, v in batch.items()})
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    if not isinstance(x, torch.Tensor):
+        raise OptionError(f"calib_data holds a batch that is a {type(batch).__name__}: give (input, target) pairs, dicts of "
+                          "the model's keyword arguments, or input tensors")
+    return model(move(x))
 
 
 # ------------------------------------------------------------------ passes that allocate scores

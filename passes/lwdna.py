@@ -178,7 +178,7 @@ class LWDNAPass(MethodPass):
         notes = [f"lwdna: the slim model is the LW-DNA architecture re-initialized (seed {self.seed}), none of the model's "
                  "weights: train it from scratch (graphprune.apply(..., epochs=N) does)"]
         if self.train_data is None:
-            notes.append(f"lwdna: channels scored on the example inputs with labels sampled from the model's own predictions "
+            notes.append("lwdna: channels scored on the example inputs with labels sampled from the model's own predictions "
                          "(no train_data)")
         return dataclasses.replace(report, notes=[*report.notes, *notes])
 

@@ -2,11 +2,14 @@
 
 Removing channel c of a group zeroes every weight the group holds for it, in every member (the
 producer's filter, the consumers' input columns, the norm's scale and shift); to first order the
-loss changes by -sum of w * dL/dw over those weights. A channel's importance is the magnitude of
-that sum, the gradient being the mean over ``batches`` calibration batches (``calib_data``, a
-DataLoader or a list of batches, with ``loss_fn`` as ``graphprune.fit`` takes them). Scores are
-then allocated like l1's: divided by their group's mean, the globally lowest channels go until the
-budget is met (see magnitude.py).
+loss changes by -sum of w * dL/dw over those weights. A channel's importance is the square of that
+change on each of ``batches`` calibration batches, averaged over them (``calib_data``, a
+DataLoader or a list of batches, with ``loss_fn`` as ``graphprune.fit`` takes them): the paper's
+Eq. 8 per minibatch. Squaring before averaging matters: on a trained model the gradient of the
+mean loss is near zero, so the change computed from the mean gradient is mostly noise, while each
+batch's change measures how much the channel moves the loss. Scores are then allocated like l1's:
+divided by their group's mean, the globally lowest channels go until the budget is met (see
+magnitude.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 
 from .base import register
-from .importance import CalibratedScorePass, calibration_gradients, member_sums
+from .importance import CalibratedScorePass, gradients, member_sums
 
 
 @register
@@ -31,12 +34,16 @@ class TaylorPass(CalibratedScorePass):
         self.batches = batches
 
     def scores(self) -> dict[int, np.ndarray]:
-        grads = calibration_gradients(self.model, self.data, self.loss_fn, self.batches, self.name)
+        total: dict[int, np.ndarray] = {}
+        count = 0
+        for grads in gradients(self.model, self.data, self.loss_fn, self.batches, self.name):
+            def first_order(module: str, param: str, w: torch.Tensor, dim: int, others: list[int]) -> torch.Tensor:
+                g = grads.get(f"{module}.{param}" if module else param)
+                if g is None:  # a buffer member: no gradient, no first-order change
+                    return torch.zeros(w.shape[dim])
+                return (w * g).sum(others) if others else w * g
 
-        def first_order(module: str, param: str, w: torch.Tensor, dim: int, others: list[int]) -> torch.Tensor:
-            g = grads.get(f"{module}.{param}" if module else param)
-            if g is None:  # a buffer member: no gradient, no first-order change
-                return torch.zeros(w.shape[dim])
-            return (w * g).sum(others) if others else w * g
-
-        return {gid: np.abs(total) for gid, total in member_sums(self.model, self.gg, first_order).items()}
+            for gid, change in member_sums(self.model, self.gg, first_order).items():
+                total[gid] = total.get(gid, 0.0) + change ** 2
+            count += 1
+        return {gid: t / count for gid, t in total.items()}

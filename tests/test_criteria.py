@@ -37,7 +37,7 @@ def scaled_channel(model, group, channel, factor):
     return scaled
 
 
-def test_taylor_is_the_first_order_loss_change_of_zeroing_each_channel():
+def test_taylor_is_the_first_order_loss_change_of_zeroing_each_channel_squared_per_batch():
     model, data = mlp(), batches()
     session = graphprune.prepare(model, "taylor", 0.5, data[0][0], calib_data=data, loss_fn=F.cross_entropy)
     scores = session.method.scores()
@@ -45,9 +45,10 @@ def test_taylor_is_the_first_order_loss_change_of_zeroing_each_channel():
     checked = 0
     for g in session.gg.prunable_groups:
         for c in range(g.size):
-            # d/dt L(w - t * w_c) at t = 0, by central differences: the first-order change of zeroing channel c
-            slope = (mean_loss(scaled_channel(model, g, c, 1 - eps), data) - mean_loss(scaled_channel(model, g, c, 1 + eps), data)) / (2 * eps)
-            assert scores[g.id][c] == pytest.approx(abs(float(slope)), rel=1e-5, abs=1e-9)
+            # d/dt L_b(w - t * w_c) at t = 0 on each batch b, by central differences: the first-order change of zeroing channel c
+            lower, higher = scaled_channel(model, g, c, 1 - eps), scaled_channel(model, g, c, 1 + eps)
+            slopes = [float(mean_loss(lower, [b]) - mean_loss(higher, [b])) / (2 * eps) for b in data]
+            assert scores[g.id][c] == pytest.approx(sum(s * s for s in slopes) / len(data), rel=1e-5, abs=1e-12)
             checked += 1
     assert checked == 28  # the two hidden layers' channels
 
@@ -70,17 +71,18 @@ def test_taylor_without_calibration_data_says_what_to_pass():
 
 
 def test_your_own_importance_is_allocated_like_the_built_in_criteria():
-    """A function reproducing l1 gives l1's plan; one reproducing taylor (with gradients) gives taylor's."""
+    """A function reproducing l1 gives l1's plan; one reproducing taylor on one batch (``grad`` is the
+    mean gradient, here of that batch) gives taylor's."""
     model, data = mlp(width=64), batches()
 
     def l1(group, members):
         return sum(m.per_channel(m.tensor.abs()) for m in members)
 
     def taylor(group, members):
-        return abs(sum(m.per_channel(m.tensor * m.grad) for m in members))
+        return sum(m.per_channel(m.tensor * m.grad) for m in members) ** 2
 
     x = data[0][0]
-    for fn, method, extra in ((l1, "l1", {}), (taylor, "taylor", dict(calib_data=data, loss_fn=F.cross_entropy))):
+    for fn, method, extra in ((l1, "l1", {}), (taylor, "taylor", dict(calib_data=data[:1], loss_fn=F.cross_entropy))):
         own = graphprune.apply(model, "importance", 0.6, x, importance=fn, round_to=1, **extra)
         built_in = graphprune.apply(model, method, 0.6, x, round_to=1, **extra)
         assert own.plan.keep == built_in.plan.keep and own.plan.keep
@@ -123,3 +125,27 @@ def test_hessian_scores_a_budget_on_dict_batches():
     result = graphprune.apply(model, "hessian", graphprune.Budget(params=0.6), data[0]["input"], calib_data=data,
                               loss_fn=lambda out, batch: out.logsumexp(1).mean(), samples=6, round_to=1)
     assert abs(result.report.params_ratio - 0.6) <= 0.005
+
+
+def test_your_own_importance_reads_activations_and_reproduces_flap():
+    """``activation`` holds the statistics of a reading layer's inputs, shaped to broadcast against its weight:
+    flap's criterion written as a function gives flap's plan; reading no gradient, it needs no loss."""
+    model = mlp(width=64)
+    data = [x for x, _ in batches()]  # inputs only: no target, no loss_fn
+
+    def flap(group, members):
+        return sum(m.per_channel(m.tensor ** 2 * m.activation.var) for m in members if m.activation is not None)
+
+    def shapes(group, members):
+        seen.extend((m.role, tuple(m.tensor.shape), m.activation and tuple(m.activation.var.shape)) for m in members)
+        return [1.0] * group.size
+
+    own = graphprune.apply(model, "importance", 0.6, data[0], importance=flap, calib_data=data, round_to=1)
+    built_in = graphprune.apply(model, "flap", 0.6, data[0], calib_data=data, round_to=1, compensate=False)
+    assert own.plan.keep == built_in.plan.keep and own.plan.keep
+    seen = []
+    graphprune.apply(model, "importance", 0.6, data[0], importance=shapes, calib_data=data, round_to=1)
+    assert ("in", (12, 64), (1, 64)) in seen and ("out", (64, 8), None) in seen and ("in", (3, 12), (1, 12)) in seen
+    seen = []
+    graphprune.apply(model, "importance", 0.6, data[0], importance=shapes, round_to=1)
+    assert seen and all(activation is None for _, _, activation in seen)

@@ -120,7 +120,7 @@ def test_an_unknown_option_names_the_options_the_method_takes():
 
 
 def test_an_unknown_method_lists_the_methods():
-    with pytest.raises(GraphPruneError, match="unknown pruning method 'l3'; available: dhp, dsa, hessian, importance, .*l1, l2, lwdna, nap, random, taylor, uniform"):
+    with pytest.raises(GraphPruneError, match="unknown pruning method 'l3'; available: dhp, dsa, flap, hessian, importance, .*l1, l2, lwdna, nap, random, taylor, uniform"):
         graphprune.apply(resnet20(), "l3", 0.5, X)
 
 

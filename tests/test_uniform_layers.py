@@ -264,7 +264,7 @@ class _KeepAll(MethodPass):
 def test_a_method_that_cannot_tie_refuses_and_names_those_that_can(monkeypatch, capsys):
     monkeypatch.setitem(passes.base._REGISTRY, _KeepAll.name, _KeepAll)
     model, x = _resnet20()
-    with pytest.raises(OptionError, match=r"cannot give every layer.*uniform_layers=True.*dhp, dsa, hessian, importance, .*l1, l2, lwdna, nap, random, taylor, uniform"):
+    with pytest.raises(OptionError, match=r"cannot give every layer.*uniform_layers=True.*dhp, dsa, flap, hessian, importance, .*l1, l2, lwdna, nap, random, taylor, uniform"):
         graphprune.prepare(model, _KeepAll.name, 0.5, x[:2], uniform_layers=True)
     assert "uniform_layers" not in _KeepAll.options()
     graphprune.prepare(model, _KeepAll.name, 0.5, x[:2])  # without the option it runs
