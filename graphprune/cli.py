@@ -18,25 +18,41 @@ from .errors import GraphPruneError
 from .export import export_onnx
 from .groups import analyze
 from .modelspec import build_model, load_weights, parse_shape
+from .plan import Plan
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> None:
     model, default_shape = build_model(args.model)
     shape = parse_shape(args.input_shape) if args.input_shape else default_shape
     model.eval()
+    x = _example(shape, args.vocab)
     with console.status(f"analyzing {args.model} on input {list(shape)}"):
-        gg = analyze(model, torch.randn(*shape), specialize_submodules=args.specialize_submodules)
+        gg = analyze(model, x, specialize_submodules=args.specialize_submodules)
+    plan = _read_plan(args.plan) if args.plan else None  # checked against gg where it is shown
     if args.json:
         print(json.dumps(gg.to_json(), indent=2))
     else:
-        gg.summary(console)
+        gg.summary(console, plan)
     if args.dot:
         with open(args.dot, "w") as f:
             f.write(gg.to_dot())
         console.print(f"wrote {args.dot}")
     if args.png:
-        gg.draw(args.png)
+        gg.draw(args.png, plan)
         console.print(f"wrote {args.png}")
+    if args.html:
+        with open(args.html, "w") as f:
+            f.write(gg.to_html(plan))
+        console.print(f"wrote {args.html} (one self-contained page: open it in a browser, offline)")
+
+
+def _read_plan(path: str) -> Plan:
+    try:
+        with open(path) as f:
+            return Plan.from_json(f.read())
+    except (OSError, ValueError) as exc:
+        raise GraphPruneError(f"--plan: cannot read {path} ({exc}); give a plan written by `graphprune prune --plan F` "
+                              "or result.plan.to_json()") from exc
 
 
 def _prune(args: argparse.Namespace, console: Console) -> None:
@@ -159,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,224,224 (default: the model's own)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON")
-    p.add_argument("--dot", metavar="F", help="write the channel-space graph as Graphviz dot")
-    p.add_argument("--png", metavar="F", help="draw the channel-space graph to a PNG")
+    p.add_argument("--dot", metavar="F", help="write the layer graph as Graphviz dot (boxes name their group ids)")
+    p.add_argument("--png", metavar="F", help="draw the layers coloured and numbered by group, with a legend, to a PNG")
+    p.add_argument("--html", metavar="F", help="write an interactive page (tooltips, search, zoom, click a group to "
+                                               "highlight its layers); self-contained, works offline")
+    p.add_argument("--plan", metavar="F", help="a plan (JSON, from prune --plan): show how many channels each group keeps")
+    p.add_argument("--vocab", type=int, metavar="N", help="the model takes token ids: example inputs are ints below N")
     p.add_argument("--specialize-submodules", action="store_true", help=SPECIALIZE_HELP)
     p = sub.add_parser("prune", help="prune a model to a budget and write the slim model, plan and ONNX")
     p.add_argument("model", help="torchvision:NAME, timm:NAME, graphprune.models:NAME or path/to/file.py:factory")

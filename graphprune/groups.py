@@ -33,7 +33,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from .analysis import Analysis, MacTerm
 from .channels import ChannelMap
 from .heap import release_freed_memory
 from .trace import Fallback, TracedModel, trace
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 @dataclasses.dataclass(eq=False)
@@ -233,11 +236,12 @@ class GroupGraph:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
         return self.budget.prunable_share("macs")
 
-    # rendering lives in group_views.py; these are the entry points users look for
-    def summary(self, console=None) -> None:
+    # rendering lives in group_views.py (table, JSON, dot) and inspector.py (pictures); these are the entry points users look for
+    def summary(self, console=None, plan: "Plan | None" = None) -> None:
+        """Print the groups as a table (with ``plan``: how many channels each keeps)."""
         from .group_views import print_summary
 
-        print_summary(self, console)
+        print_summary(self, console, plan)
 
     def to_json(self) -> dict:
         from .group_views import to_json
@@ -249,10 +253,17 @@ class GroupGraph:
 
         return to_dot(self)
 
-    def draw(self, path: str) -> None:
-        from .group_views import draw
+    def draw(self, path: str, plan: "Plan | None" = None) -> None:
+        """Write a PNG of the layers coloured and numbered by group, with a legend."""
+        from .inspector import draw
 
-        draw(self, path)
+        draw(self, path, plan)
+
+    def to_html(self, plan: "Plan | None" = None) -> str:
+        """One self-contained HTML page to explore the groups: tooltips, search, zoom, click to highlight a group."""
+        from .inspector import to_html
+
+        return to_html(self, plan)
 
     def __repr__(self) -> str:
         return f"GroupGraph({len(self.groups)} groups, {len(self.prunable_groups)} prunable)"
