@@ -2,13 +2,16 @@
 
 - Every ``bench/results/**/*.md`` becomes a page under ``benchmarks/results/``, headed by the commit that
   last changed it (or "not committed"), with the figures beside it shown below it.
-- The inspector pictures of ``guides/inspect.md`` (a PNG, interactive pages) are drawn by the code they document.
+- The inspector pictures of ``guides/inspect.md`` (a PNG, interactive pages and their screenshots) are drawn by
+  the code they document; the screenshots by headless Chromium (Debian's ``chromium``, which ``.ci/run`` installs).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -89,5 +92,20 @@ def _inspector_pictures() -> dict[str, str | bytes]:
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=4,
                                       num_attention_heads=4, num_key_value_heads=2)
     llama_gg = graphprune.analyze(transformers.LlamaForCausalLM(config).eval(), torch.randint(0, 256, (1, 16)))
-    return {"resnet18.png": png.getvalue(), "resnet50.html": resnet50.to_html(), "vit.html": vit_gg.to_html(),
-            "llama.html": llama_gg.to_html()}
+    pages = {"resnet50.html": resnet50.to_html(), "vit.html": vit_gg.to_html(), "llama.html": llama_gg.to_html()}
+    shots = {name.replace(".html", ".png"): _screenshot(page) for name, page in pages.items()}
+    return {"resnet18.png": png.getvalue(), **pages, **shots}
+
+
+def _screenshot(page: str) -> bytes:
+    """The page as a browser shows it at 1400 x 900, taken by headless Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        raise RuntimeError("make docs takes screenshots of the inspector's pages with Chromium: install it "
+                           "(Debian: apt-get install chromium), as .ci/run does")
+    with tempfile.TemporaryDirectory() as folder:
+        html, png = Path(folder) / "page.html", Path(folder) / "page.png"
+        html.write_text(page)
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,900",
+                        f"--screenshot={png}", html.as_uri()], capture_output=True, timeout=120, check=True)
+        return png.read_bytes()
