@@ -7,7 +7,7 @@ derives the exact MACs/params model in the groups' keep ratios.
 from . import op_table  # noqa: F401  (defines the built-in ops: every stage looks them up)
 from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
 from .budget import BudgetModel
-from .budget_target import Budget
+from .budget_target import Budget, Runtime
 from .checkpoint import load
 from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelRebuildError,
                      ModelSpecError, NotReadyError, OptionError, PlanError, SlimError, TraceError, WidenError)
@@ -32,6 +32,7 @@ __all__ = [
     "PruneResult",
     "PruneReport",
     "Budget",
+    "Runtime",
     "slim",
     "export_onnx",
     "ExportReport",

@@ -178,10 +178,10 @@ def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]
     target = budget.target(full)
     lowest = gg.budget.exact(budget.metric, floor_counts)
     if lowest > target:
-        given = budget.describe() if budget.is_ratio else f"{budget.describe()} ({target / full:.2g} of the model's {full:,})"
+        given = budget.describe() if budget.is_ratio else f"{budget.describe()} ({target / full:.2g} of the model's {budget.amount(full)})"
         raise BudgetError(
             f"a budget of {given} is unreachable: with every prunable group at its floor the model keeps "
-            f"{lowest / full:.4f} of its {budget.metric} ({lowest:,} of {full:,}). Lower min_channels/min_ratio/round_to "
+            f"{lowest / full:.4f} of its {budget.metric} ({budget.amount(lowest)} of {budget.amount(full)}). Lower min_channels/min_ratio/round_to "
             f"or unfreeze groups (see graphprune inspect)"
             + ("" if budget.is_ratio else "; for a ratio of the model give a number in (0, 1] (0.5 keeps half; '50%' on the command line)")
             + "."
@@ -198,20 +198,26 @@ def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan]
     unreachable; the steps are capped at 4, 2, then single channels until the plan is within
     ``tolerance`` of the full model under the target. ``steps``: groups whose multiple the user
     gave (``round_to`` per layer), which keep it.
+
+    A measured cost (a latency budget) names the multiple it holds at (``BudgetModel.round_to``):
+    every group keeps multiples of it, however far under the target that lands, since finer
+    counts run slower than the model can tell (onnxruntime's kernels at widths off their blocks);
+    the auto steps are the fallback where its floors are unreachable.
     """
     full = gg.budget.exact(budget.metric)
     target = budget.target(full)
-    for cap in (8, 4, 2, 1):
-        set_round_to(gg.groups, "auto", cap)
+    measured = gg.budget.round_to(budget.metric)
+    for cap, at_measured in ([(measured, True)] if measured else []) + [(c, False) for c in (8, 4, 2, 1)]:
+        set_round_to(gg.groups, cap if at_measured else "auto", cap)
         for gid, step in (steps or {}).items():
             set_round_to([gg.groups[gid]], step)
         try:
             plan = allocate()
         except BudgetError:
-            if cap == 1:
+            if cap == 1 and not at_measured:
                 raise
             continue
-        if gg.budget.exact(budget.metric, plan.counts()) >= target - tolerance * full:
+        if at_measured or gg.budget.exact(budget.metric, plan.counts()) >= target - tolerance * full:
             break
     return plan
 

@@ -18,6 +18,7 @@ from .data import hold_out
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
 from .groups import GroupGraph, analyze
+from .latency import LatencyModel, LatencyReport, measure_pruned, profile
 from .plan import Plan
 from .rebuild import class_fit, user_class_model
 from .slim import slim
@@ -36,6 +37,7 @@ class PruneReport:
     groups: list[tuple[int, int, int, str]]  # (group id, kept, size, members)
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)  # what a method adds (e.g. NAP's fine-grained compression)
+    latency: LatencyReport | None = None  # a latency budget's predicted and measured latency
 
     @property
     def macs_ratio(self) -> float:
@@ -47,7 +49,9 @@ class PruneReport:
 
     @property
     def achieved(self) -> float:
-        """The achieved ratio of the budgeted metric."""
+        """The achieved ratio of the budgeted metric (latency: as the latency model predicts it; see ``latency``)."""
+        if self.metric == "latency":
+            return self.latency.predicted_ratio
         return self.macs_ratio if self.metric == "macs" else self.params_ratio
 
     def print(self, console=None) -> None:
@@ -63,7 +67,17 @@ class PruneReport:
             table.add_column(col, justify="right")
         table.add_row("MACs", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.macs_ratio:.4f}")
         table.add_row("params", f"{self.params_before:,}", f"{self.params_after:,}", f"{self.params_ratio:.4f}")
+        lat = self.latency
+        if lat is not None:
+            table.add_row("latency ms, predicted", f"{lat.predicted_before_ms:.3f}", f"{lat.predicted_after_ms:.3f}",
+                          f"{lat.predicted_ratio:.4f}")
+            if lat.measured_ratio is not None:
+                table.add_row(f"latency ms, measured ({lat.repeats} runs)", f"{lat.measured_before_ms:.3f}",
+                              f"{lat.measured_after_ms:.3f}", f"{lat.measured_ratio:.4f}")
         console.print(table)
+        if lat is not None:
+            console.print(f"latency on {lat.runtime}" + ("" if lat.interleaved else "; the unpruned model was resized in place, "
+                          "so its time is the one measured while profiling, not interleaved with the pruned model's"))
         groups = Table(title="kept channels per prunable group")
         for col in ("group", "kept", "size", "%", "members"):
             groups.add_column(col, justify="left" if col == "members" else "right")
@@ -98,9 +112,12 @@ def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds:
     b, before = gg.budget, (reference or gg).budget
     counts = plan.counts()
     full = before.exact(budget.metric)
+    latency = None
+    if budget.metric == "latency":  # the model in integer nanoseconds
+        latency = LatencyReport(budget.runtime.describe(), full / 1e6, b.exact("latency", counts) / 1e6)
     return PruneReport(
         method, budget.metric, budget.target(full) / full, before.macs(), b.macs(counts), before.params(), b.params(counts),
-        plan.summary(gg), seconds,
+        plan.summary(gg), seconds, latency=latency,
     )
 
 
@@ -108,9 +125,13 @@ class Session:
     """A method pass attached to a model. Call the hooks from any training loop, then ``finish``."""
 
     def __init__(self, model: torch.nn.Module, gg: GroupGraph, method_pass, budget: Budget, started: float,
-                 output: str | None = None, inplace: bool = False):
+                 output: str | None = None, inplace: bool = False, latency: LatencyModel | None = None,
+                 example_inputs: Any = None):
+        """``latency``: a latency budget's model, by which ``finish`` measures the pruned model
+        beside the unpruned one on ``example_inputs``."""
         self.model, self.gg, self.method, self.budget = model, gg, method_pass, budget
         self.output, self.inplace = output, inplace
+        self.latency, self.example_inputs = latency, example_inputs
         self.notes: list[str] = []  # for the report (groups kept whole for the model's own class)
         self._start = started
         self.total_steps: int | None = None
@@ -167,6 +188,10 @@ class Session:
             report.notes.append(f"forced before the method was ready: {unready}")
         report.notes.extend(self.notes)
         small = self._deliver(plan, report)
+        if self.latency is not None and is_main():
+            report.latency = measure_pruned(self.latency, report.latency, None if self.inplace else self.model, small,
+                                            self.example_inputs)
+            report.notes.extend(self.latency.notes)
         report.seconds = time.perf_counter() - self._start
         return PruneResult(small, plan, report, planned_on, self.method)
 
@@ -258,9 +283,10 @@ def prepare(
     controls = resolve_controls(gg, ignored_layers, ratios, min_ratio, round_to)
     uncarried = _fit_class(gg, controls, output) if output != "graph" and pass_cls.planned_on is _default_planned_on() else {}
     gg = gg.keeping_whole({**uncarried, **controls.kept_whole})
+    latency = _latency_model(gg, example_inputs, budget, pass_cls, method) if budget.metric == "latency" else None
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio if not isinstance(min_ratio, Mapping) else 0.0,
                            round_to=round_to if not isinstance(round_to, Mapping) else None, controls=controls, **method_options)
-    session = Session(model, gg, method_pass, budget, started, output, inplace)
+    session = Session(model, gg, method_pass, budget, started, output, inplace, latency, example_inputs)
     session.notes.extend([f"group {g}: {why}" for g, why in uncarried.items() if g not in controls.kept_whole] + controls.notes(gg)
                          + [f"groups {', '.join(map(str, gids))} keep one count: {type(model).__name__}'s code sizes them together"
                             for gids in controls.tied])
@@ -278,6 +304,14 @@ def _check_model(model: Any) -> None:
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise GraphPruneError("the model's tensors are on the meta device: they hold no values to rank or slice. "
                               "Materialize it first (model.to_empty(device='cpu'), then load_state_dict(checkpoint))")
+
+
+def _latency_model(gg: GroupGraph, example_inputs: Any, budget: Budget, pass_cls: type, method: str) -> LatencyModel:
+    """A latency budget's model of ``gg`` (profiled, or read from the cache), made the budget model's "latency" metric."""
+    if pass_cls.planned_on is not _default_planned_on():
+        raise BudgetError(f"method {method!r} plans on another graph than the model's (LW-DNA: a widened copy), whose latency "
+                          "graphprune does not measure: give it a macs or params budget, or use another method for a latency budget")
+    return profile(gg, example_inputs, budget.runtime)
 
 
 def _default_planned_on() -> Callable:

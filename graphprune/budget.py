@@ -9,13 +9,17 @@ Every MAC-carrying op costs ``macs_full * prod(count_i(a) / full_i)`` over the c
 scales with, and each count is linear in the ratios (a concat's count is a sum of parts, frozen
 parts are constants), so the cost is a polynomial, quadratic for all the ops graphprune models.
 Coefficients are exact fractions; with integer channel counts the evaluation is an exact integer.
+
+Other costs of the same shape join as metrics of their own (:meth:`BudgetModel.add_metric`): the
+measured latency model (``latency.py``) is a sum of per-op terms in the same channel maps, so
+every allocator and every method reads it as it reads MACs.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from .groups import GroupGraph
 
 Poly = dict[tuple[int, ...], Fraction]  # sorted tuple of group positions -> coefficient
-METRICS = ("macs", "params")
+Product = tuple[Sequence[np.ndarray], int]  # (channel maps' labels, integer cost at full width)
 
 
 Form = tuple[dict[tuple[int, ...], int], int]  # integer numerators per monomial, one denominator
@@ -76,6 +80,7 @@ class BudgetModel:
         self._polys: dict[str, Poly] = {"macs": self._macs_poly(), "params": self._params_poly()}
         self._compiled = {k: self._compile(p) for k, p in self._polys.items()}
         self._integer: dict[str, tuple[list[tuple[tuple[int, ...], int]], int]] = {}
+        self._round_to: dict[str, int | None] = {}
 
     # --------------------------------------------------------------- building
     def _linear_forms(self, maps: list[np.ndarray]) -> list[Form]:
@@ -94,12 +99,35 @@ class BudgetModel:
         return [forms[id(labels)] for labels in maps]
 
     def _macs_poly(self) -> Poly:
-        terms = self._gg.mac_terms
-        forms = iter(self._linear_forms([f.labels for t in terms for f in t.factors]))
+        return self._products_poly([([f.labels for f in t.factors], t.macs) for t in self._gg.mac_terms])
+
+    def _products_poly(self, products: Sequence[Product]) -> Poly:
+        """The sum of ``cost * prod(kept share of each map)`` over ``products``."""
+        forms = iter(self._linear_forms([labels for maps, _ in products for labels in maps]))
         acc = _Accumulator()
-        for term in terms:
-            acc.add_product([next(forms) for _ in term.factors], term.macs)
+        for maps, cost in products:
+            acc.add_product([next(forms) for _ in maps], cost)
         return acc.poly()
+
+    def add_metric(self, name: str, products: Iterable[Product], round_to: int | None = None) -> None:
+        """Add the cost ``name``: a sum of ``cost * prod(kept share of each channel map)`` over
+        ``products``, built as the MACs are (a MACs term is its factors' labels and its MACs). The
+        measured latency model installs itself this way; ``exact``, ``evaluate``, ``torch`` and
+        ``quadratic`` then take ``name`` as they take "macs". ``round_to``: the channel multiple
+        the cost holds at (a latency model's measured width; see :meth:`round_to`)."""
+        self._polys[name] = self._products_poly(list(products))
+        self._compiled[name] = self._compile(self._polys[name])
+        self._integer.pop(name, None)
+        self._round_to[name] = round_to
+
+    def round_to(self, metric: str) -> int | None:
+        """The channel multiple a measured metric holds at (allocations under ``round_to="auto"``
+        keep multiples of it, allocate.fitted_rounding); None for the exact counts, which hold at every width."""
+        return self._round_to.get(metric)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self._polys)
 
     def _params_poly(self) -> Poly:
         model = self._gg.traced.model  # the user's model: modules the graph never calls count too
@@ -168,7 +196,8 @@ class BudgetModel:
     # --------------------------------------------------------------- evaluation
     def _poly(self, metric: str) -> Poly:
         if metric not in self._polys:
-            raise BudgetError(f"unknown metric {metric!r}; use one of {METRICS}")
+            hint = " (a latency budget's model is added by graphprune.prepare/apply, see graphprune/latency.py)" if metric == "latency" else ""
+            raise BudgetError(f"unknown metric {metric!r}; use one of {', '.join(self._polys)}{hint}")
         return self._polys[metric]
 
     def exact(self, metric: str, keep: Mapping[int, int] | None = None) -> int:

@@ -42,7 +42,7 @@ class ChannelPruning:
                                            and not (m.module in self.layers and m.param in ("weight", "bias"))))
         self.full = self.gg.budget.exact(self.metric)
         self.target = self._reachable()
-        self.cost_name = "MACs" if self.metric == "macs" else "params"
+        self.cost_name = {"macs": "MACs", "latency": "latency"}.get(self.metric, "params")
         self.alive = {gid: np.ones(self.gg.groups[gid].size, dtype=bool) for gid in self.group_ids}
         self.final_plan: Plan | None = None
         self._budget_index = {g.id: i for i, g in enumerate(self.gg.budget.groups)}
