@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,detection]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -17,7 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the full torchvision zoo and the timm subset (minutes; CI runs it after the default suite)
+# the full torchvision zoo, the timm subset and the detectors (minutes; CI runs it after the default suite)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

@@ -71,6 +71,15 @@ def flat_outputs(out: Any) -> torch.Tensor:
     return torch.zeros(0)
 
 
+def _in_double(value: Any) -> Any:
+    """Floating tensors in float64, in (nested) tuples and lists too (a detector's list of images)."""
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() else value
+    if type(value) in (tuple, list):
+        return type(value)(_in_double(v) for v in value)
+    return value
+
+
 @contextmanager
 def _in_float64(*modules: torch.nn.Module) -> Iterator[None]:
     """Every floating parameter, buffer and tensor attribute (a traced graph's constants) of
@@ -102,7 +111,7 @@ def exactness_error(model: torch.nn.Module, gg: GroupGraph, plan: Plan, inputs: 
     zero_pruned(model, gg, plan)
     model.eval()
     small.eval()
-    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    inputs = _in_double(inputs)
     with torch.no_grad(), _in_float64(model, small):
         want, got = flat_outputs(model(*inputs)), flat_outputs(small(*inputs))
     if want.shape != got.shape:

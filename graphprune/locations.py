@@ -18,7 +18,7 @@ FRAME = "user_frame"
 
 def user_location(exc: BaseException) -> str:
     """The user's line that broke tracing."""
-    user = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__) if _is_user(f.filename)]
+    user = [(f.filename, f.lineno) for f in traceback.extract_tb(exc.__traceback__) if is_user_code(f.filename)]
     return format_location(user[-1] if user else None)
 
 
@@ -34,7 +34,7 @@ def user_frame() -> tuple[str, int] | None:
     makes, and fx's own ``record_stack_traces`` made analyzing a ResNet-50 about 60% slower.
     """
     frame = sys._getframe(1)
-    while frame is not None and not _is_user(frame.f_code.co_filename):
+    while frame is not None and not is_user_code(frame.f_code.co_filename):
         frame = frame.f_back
     return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
 
@@ -70,5 +70,6 @@ def qualified_name(obj: object) -> str:
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
 
 
-def _is_user(filename: str) -> bool:
+def is_user_code(filename: str) -> bool:
+    """Whether a source file is the user's or a library's (torchvision, timm), not torch's or graphprune's."""
     return not filename.startswith(_OURS)

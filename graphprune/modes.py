@@ -174,9 +174,12 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
     node, of either graph, whose path differs in what it computes; ``gm`` is then unchanged.
     Nodes are aligned by op and target; aligned nodes must read the same nodes and may differ in
     constants of a module that branched on its flag; the other nodes of each trace may only feed
-    each other (side effects such as ``num_batches_tracked.add_(1)``).
+    each other (side effects such as ``num_batches_tracked.add_(1)``) and the graph's output, which
+    the flag then chooses (YOLO's detection head returns its raw outputs in training mode and adds
+    the decoded boxes in eval mode: each mode computes its own, and the graph returns that mode's).
     """
     ours, theirs = list(gm.graph.nodes), list(other.graph.nodes)
+    outputs = {ours[-1], theirs[-1]}
     key = lambda n: (n.op, str(n.target))  # noqa: E731
     matcher = difflib.SequenceMatcher(None, [key(n) for n in ours], [key(n) for n in theirs], autojunk=False)
     same: dict[fx.Node, fx.Node] = {}  # their node -> ours
@@ -191,7 +194,10 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
     only_theirs_nodes = {o for o, _ in only_theirs}
     constants: dict[fx.Node, Any] = {}
     try:
+        output_owner = _output_owner(ours[-1], theirs[-1], only_ours | only_theirs_nodes, reads)
         for o, g in same.items():
+            if g.op == "output" and output_owner is not None:
+                continue  # chosen by the flag below
             for one_sided in [a for a in o.all_input_nodes if a not in same] + [a for a in g.all_input_nodes if a in only_ours]:
                 raise _Unmergeable(one_sided)  # where the paths part, inside the module that took another
             differs: list[_Differs] = []
@@ -200,7 +206,7 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
                 _owner(g, reads)
                 constants[g] = merged
         for n, side in [(n, only_ours) for n in only_ours] + [(o, only_theirs_nodes) for o, _ in only_theirs]:
-            if n.op not in ("get_attr", "call_function", "call_method") or not set(n.users) <= side:
+            if n.op not in ("get_attr", "call_function", "call_method", "call_module") or not set(n.users) <= side | outputs:
                 raise _Unmergeable(n)
             if n.op == "call_function" and _function_name(n.target) is None:  # run_in_mode could not name it
                 raise _Unmergeable(n)
@@ -233,7 +239,27 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
         if o.op != "get_attr":
             flag, mode = flag_of(o)
             _run_only_in(copies[o], flag, not mode)
+    if output_owner is not None:
+        flag, mode = flag_of(output_owner)
+        their_output = fx.node.map_arg(theirs[-1].args[0], lambda a: copies[a] if a in copies else same[a])
+        if_training, if_eval = (ours[-1].args[0], their_output) if mode else (their_output, ours[-1].args[0])
+        with gm.graph.inserting_before(ours[-1]):
+            ours[-1].args = (gm.graph.call_function(mode_select, (flag, if_training, if_eval)),)
     return None
+
+
+def _output_owner(ours: fx.Node, theirs: fx.Node, one_sided: set[fx.Node], reads: dict[str, str]) -> fx.Node | None:
+    """A one-sided node whose module's flag chooses the output, where one output reads such nodes;
+    None where neither does (their constants may still differ: merged as any node's). Raises
+    _Unmergeable where several modules' flags would choose, or the model's own: the ops of one
+    mode only are opaque to analysis (run_in_mode), which would freeze what a training-only
+    auxiliary head reads (googlenet's), where a submodule would otherwise be an opaque leaf."""
+    feeding = [a for a in ours.all_input_nodes + theirs.all_input_nodes if a in one_sided]
+    if not feeding:
+        return None
+    if len({_owner(n, reads) for n in feeding}) != 1 or not _owner(feeding[0], reads):
+        raise _Unmergeable(ours)  # the model's own forward: trace.py keeps its eval path, whose channels stay prunable
+    return feeding[0]
 
 
 def owner_of(n: fx.Node, reads: dict[str, str]) -> str | None:
@@ -289,6 +315,10 @@ def _resolve(value: Any, graph: fx.Graph, node: fx.Node, flag: fx.Node, mode: bo
 
 
 def _run_only_in(n: fx.Node, flag: fx.Node, mode: bool) -> None:
+    if n.op == "call_module":  # the module is called as the method __call__ of itself
+        with n.graph.inserting_before(n):
+            n.args = (n.graph.get_attr(n.target), *n.args)
+        n.target, n.op = "__call__", "call_method"
     method = n.target if n.op == "call_method" else None
     n.args = (flag, mode, method, None if method else _function_name(n.target), *n.args)
     n.op, n.target = "call_function", run_in_mode

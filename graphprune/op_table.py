@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import equivalents, rules, slim
+from . import equivalents, modes, rules, slim
 from .ops import OWN_CODE, define
 
 # ------------------------------------------------------------------ modules
@@ -120,6 +120,7 @@ define("function", (torch.split, torch.tensor_split), rule=rules.movement, cost=
 define("function", torch.chunk, rule=rules.movement, cost="free", rewrite=slim.rewrite_split, takes="chunks")
 define("function", torch.narrow, rule=rules.movement, cost="free", rewrite=slim.rewrite_narrow, takes="slice")
 define("function", torch.reshape, rule=rules.movement, cost="free", rewrite=slim.rewrite_sizes, takes="shape")
+define("function", operator.setitem, rule=rules.assigns_in_place)  # no cost: it writes, stand-ins must not reach it
 define("function", operator.getitem, rule=rules.movement, cost="free", rewrite=slim.rewrite_getitem, takes="slice")
 define("function", F.pad, rule=rules.movement, cost="free", rewrite=slim.rewrite_pad, on_labels=rules.pad_function)
 
@@ -146,6 +147,8 @@ define("function", (
 define("function", equivalents.linear_rows, rule=rules.linear_rows, rewrite=slim.rewrite_linear_rows)
 define("function", equivalents.batched, rule=rules.elementwise)
 define("function", (equivalents.merged_attention_mask, equivalents.shifted_window_mask), rule=rules.attention_mask)
+define("function", modes.mode_select, rule=rules.mode_output)  # a constant, or the output, of each mode
+define("function", modes.run_in_mode, rule=rules.mode_only)
 
 # ------------------------------------------------------------------ other libraries' functions, by qualified name
 
@@ -157,6 +160,11 @@ define("named", "timm.layers.attention.resolve_self_attn_mask", rule=rules.build
 # torch.fx.wrap'ed in torchvision: traced through a form, or through their own code
 define("named", "torchvision.models.swin_transformer._patch_merging_pad", form=equivalents.swin_patch_merging_pad)
 define("named", "torchvision.models.swin_transformer._get_relative_position_bias", form=OWN_CODE)
+# pick feature maps from a dict by name; compute the pooling scales from their sizes
+define("named", ("torchvision.ops.poolers._filter_input", "torchvision.ops.poolers._setup_scales"), form=OWN_CODE)
+# pool each channel of the feature maps (the first argument) over boxes
+define("named", ("torchvision.ops.poolers._multiscale_roi_align", "torchvision.ops.roi_align.roi_align",
+                 "torchvision.ops.roi_pool.roi_pool"), rule=rules.roi_pool)
 
 # ------------------------------------------------------------------ tensor methods
 

@@ -737,6 +737,46 @@ def unknown(ctx: "Analysis", node: fx.Node, why: str | None = None) -> None:
 unknown.kind = None
 
 
+def roi_pool(ctx: "Analysis", node: fx.Node) -> None:
+    """RoI pooling (torchvision's ``roi_align``, ``roi_pool``, ``MultiScaleRoIAlign``): each output
+    channel pools that channel of the feature maps (the first argument: one tensor, or a list of
+    them, which share their channels) over boxes; the boxes' dims carry no channels."""
+    out_spec = ctx.spec(node)
+    features = node.args[0] if node.args else None
+    maps = [features] if isinstance(features, fx.Node) else list(features) if isinstance(features, (list, tuple)) else []
+    if not isinstance(out_spec, TensorSpec) or out_spec.ndim != 4 or not maps or not all(ctx.is_tensor(f) for f in maps):
+        return unknown(ctx, node, "pools regions of something other than NCHW feature maps")
+    channels = ctx.demand(maps[0], 1, node)
+    for f in maps[1:]:
+        ctx.atoms.link(channels.labels, ctx.demand(f, 1, node).labels)
+    for a in ctx.tensor_inputs(node):
+        m = ctx.map(a)
+        if a not in maps and m is not None:
+            ctx.atoms.freeze(m.labels, f"{ctx.describe(node)} reads them as box coordinates")
+    ctx.set(node, ChannelMap(1, channels.labels))
+
+
+def assigns_in_place(ctx: "Analysis", node: fx.Node) -> None:
+    """``x[idx] = v``: the tensor written and what is written into it are frozen."""
+    unknown(ctx, node, "writes into a tensor in place, which the channel rules do not follow")
+
+
+def mode_only(ctx: "Analysis", node: fx.Node) -> None:
+    """An op of one mode's path only (modes.run_in_mode): what it reads is frozen."""
+    unknown(ctx, node, f"runs in {'training' if node.args[1] else 'eval'} mode only (its module's forward takes another "
+                       "path in the other mode), which the channel rules do not follow")
+
+
+def mode_output(ctx: "Analysis", node: fx.Node) -> None:
+    """The graph's output in training or eval mode, chosen when it runs (modes.merge_mode_paths):
+    the tensors of both are model outputs."""
+    for a in ctx.tensor_inputs(node):
+        m = ctx.map(a)
+        if m is not None:
+            ctx.atoms.freeze(m.labels, "model output")
+    ctx.set(node, None)
+
+
 # --------------------------------------------------------------------------------- lookup
 # which op gets which rule: op_table.py
 

@@ -33,6 +33,14 @@ traced along the example path into submodules as well, since every layer compute
 ``use_cache=False`` is a default concrete arg (a key/value cache is an object a graph cannot
 return). The graph returns the model output's fields as a dict.
 
+Along the example path the traced code sees what it would see running: an opaque leaf's output
+is structured as the leaf's example output is (a tuple holding None, a list of dicts; each item,
+length and key guarded), and ``isinstance`` in the model's code sees the type of a traced value's
+example value (torchvision's box coder asserts ``isinstance(rel_codes, torch.Tensor)``). Anywhere,
+iterating a split or chunk takes its count from its arguments (YOLO's ``list(x.chunk(2, 1))``),
+``x.shape != None`` holds without a guard, ``x[idx] = v`` is recorded (analysis freezes what it
+writes), and an object fx has no form for (torchvision's ``LevelMapper``) becomes a graph constant.
+
 Other models' submodules are traced along the example path only when asked
 (``specialize_submodules=True``): a leaf runs its Python for every input, a specialized submodule
 only for inputs that take the example's path, so the default keeps such a submodule a leaf.
@@ -40,11 +48,14 @@ only for inputs that take the example's path, so the default keeps such a submod
 
 from __future__ import annotations
 
+import builtins
+import collections
 import contextlib
 import dataclasses
 import inspect
 import operator
-import re
+import sys
+import types
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -57,7 +68,7 @@ from .equivalents import function_form, module_form
 from .ops import declaration_of, declared_functions, takes
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
-from .locations import FRAME, caller_location, describe_node, user_frame, user_location
+from .locations import FRAME, caller_location, describe_node, is_user_code, user_frame, user_location
 from .rules import module_rule
 from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
 from .specs import TensorSpec
@@ -127,23 +138,11 @@ def _needed_a_value(exc: BaseException) -> bool:
     text = str(exc)
     if isinstance(exc, fx.proxy.TraceError):
         return "control flow" in text or "iterated" in text
-    return isinstance(exc, TypeError) and ("Proxy" in text or "traced value" in text) and not _assigns_item(exc)
-
-
-_ITEM_ASSIGNMENT = re.compile(r"(Proxy|Attribute)' object does not support item assignment")
-
-
-def _assigns_item(exc: BaseException) -> bool:
-    """Whether tracing failed at ``x[idx] = v`` on a traced tensor: fx records no item assignment
-    (its proxies have no ``__setitem__``), whatever the index."""
-    return isinstance(exc, TypeError) and _ITEM_ASSIGNMENT.search(str(exc)) is not None
+    return isinstance(exc, TypeError) and ("Proxy" in text or "traced value" in text)
 
 
 def _hint(exc: BaseException) -> str:
     """What to change at the line where tracing along the example inputs' path failed, where the cause is known."""
-    if _assigns_item(exc):
-        return ("  fx graphs cannot record assigning into a traced tensor (x[idx] = v): compute the new tensor out of "
-                "place instead (torch.where(mask, v, x), torch.cat of the parts, x.index_put(...), x.scatter(...)).\n")
     if isinstance(exc, TypeError) and "Proxy" in str(exc):
         return ("  Python needed an int from a traced value there (range(), indexing a list): write int(...) "
                 "around it, which takes the example inputs' value and guards it.\n")
@@ -268,7 +267,10 @@ def _unchanged(model: torch.nn.Module) -> Iterator[None]:
 
 
 class _Proxy(fx.Proxy):
-    """A proxy with a length where a split's arguments give it (``list(x.chunk(2, 1))`` asks for one)."""
+    """A proxy with a length where a split's arguments give it (``list(x.chunk(2, 1))`` asks), and
+    that records item assignment (``y[:, 2::3] = y[:, 2::3].sigmoid()`` in YOLO's pose head), which
+    fx's proxies refuse: the graph writes in place where the model's code does, and analysis freezes
+    the channels of the tensor written (see the op table's ``operator.setitem``)."""
 
     def __getattr__(self, k: str) -> "_Attribute":
         return _Attribute(self, k)
@@ -277,9 +279,12 @@ class _Proxy(fx.Proxy):
         count = split_count(self.node)
         return super().__len__() if count is None else count
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
 
 class _Attribute(fx.proxy.Attribute, _Proxy):
-    """``x.shape`` and other attributes of a _Proxy."""
+    """``x.shape`` and other attributes of a _Proxy (``x.data[idx] = v`` records too)."""
 
 
 class _FallbackTracer(fx.Tracer):
@@ -342,7 +347,7 @@ class _FallbackTracer(fx.Tracer):
         if form is not None:  # a torch.fx.wrap'ed library function traced through (equivalents.py)
             out = form(*args, **kwargs)
             self._form_outputs.append(out)
-            return out
+            return _FORM_SEQUENCES[type(out)](out) if type(out) in _FORM_SEQUENCES else out
         return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
@@ -366,7 +371,12 @@ class _FallbackTracer(fx.Tracer):
                 target = f"{a.owner}.training" if a.owner else "training"
                 self._mode_nodes[a.owner] = self.create_node("get_attr", target, (), {})
             return self._mode_nodes[a.owner]
-        return super().create_arg(a)
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:  # an object fx has no form for, passed to a leaf (torchvision's LevelMapper)
+            name = self.get_fresh_qualname("_constant")  # stored on the model, as fx stores a tensor constant
+            setattr(self.root, name, a)
+            return self.create_node("get_attr", name, (), {})
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types + (ModeGuard,)):
@@ -379,6 +389,10 @@ class _FallbackTracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Proxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        decided = compared_with_none(obj.node)
+        return super().to_bool(obj) if decided is None else decided
 
     def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
         count = split_count(obj.node)
@@ -410,10 +424,10 @@ _PARTS_ARGUMENTS = ("split_size_or_sections", "split_size", "indices_or_sections
 def split_count(node: fx.Node) -> int | None:
     """How many tensors a split, tensor_split or chunk returns, where its arguments say so; else None.
 
-    Iterating such a result needs no example value and no guard (``q, k, v = (... for z in
-    x.chunk(3, -1))``, YOLO's ``list(x.chunk(2, 1))``): its arguments give the count. A ``chunk(n)``
-    of fewer than ``n`` channels returns fewer parts, and indexing the one past them raises at run
-    time, so the count is never silently wrong.
+    Iterating such a result needs no example value (``y = list(x.chunk(2, 1))``,
+    ``y.extend(m(y[-1]) for m in self.m)`` in YOLO's C2f): its arguments give the count. A
+    ``chunk(n)`` of fewer than ``n`` channels returns fewer parts, and indexing the one past them
+    raises at run time, so the count is never silently wrong.
     """
     what = takes(node) if node.op in ("call_function", "call_method") else None
     if what not in ("split sizes", "chunks"):
@@ -425,6 +439,38 @@ def split_count(node: fx.Node) -> int | None:
     if type(parts) is int and name in ("tensor_split", "chunk"):
         return parts
     return None
+
+
+def compared_with_none(node: fx.Node) -> bool | None:
+    """``x.shape != None`` (``None != x.shape``), or ``==``: a shape is never None, so the types decide
+    the condition for every input; else None.
+
+    Code that caches what it computes from a shape compares it with the shape it kept, None at
+    first (YOLO's head: ``if self.dynamic or self.shape != shape:``); traced, it takes the path
+    that computes, which the graph then takes for every input, with no guard.
+    """
+    if node.op != "call_function" or node.target not in (operator.eq, operator.ne) or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if (a is None) == (b is None) or _shape_tuple_of(b if a is None else a) is None:
+        return None
+    return node.target is operator.ne
+
+
+class _FormList(list):
+    """A list a traced-through library function returns (torchvision's ``_filter_input`` picks
+    feature maps): fx's wrapper of a torch.fx.wrap'ed function marks the ``node`` of what it returns."""
+
+    node = types.SimpleNamespace(meta={})  # a stand-in that takes the mark
+
+
+class _FormTuple(tuple):
+    """A tuple a traced-through library function returns (see _FormList)."""
+
+    node = _FormList.node
+
+
+_FORM_SEQUENCES = {list: _FormList, tuple: _FormTuple}
 
 
 class _RootFailure(Exception):
@@ -490,9 +536,9 @@ def symbolic_trace(
 
 
 _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
-    "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v,
+    "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v, "keys": tuple,
 }
-_WHAT = {"bool": "condition", "int": "int()", "float": "float()", "len": "length", "value": "value"}
+_WHAT = {"bool": "condition", "int": "int()", "float": "float()", "len": "length", "value": "value", "keys": "keys"}
 
 
 def guard(value: Any, conversion: str, expected: Any, location: str) -> None:
@@ -585,7 +631,8 @@ class _ExamplePathTracer(_FallbackTracer):
 
     def trace(self, root, concrete_args=None):
         try:
-            return super().trace(root, concrete_args)
+            with _example_isinstance(self):
+                return super().trace(root, concrete_args)
         finally:  # the example values of every node: a failed trace stays alive in reference cycles
             self._interpreter = None  # while the collector pauses (groups._no_cyclic_gc), one per retry
 
@@ -600,7 +647,19 @@ class _ExamplePathTracer(_FallbackTracer):
         return _ExamplePathProxy(node, self)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        return self.concretize(obj, "bool")
+        decided = compared_with_none(obj.node)
+        return self.concretize(obj, "bool") if decided is None else decided
+
+    def isinstance(self, obj: fx.Proxy, classes: Any) -> bool:
+        """Python's ``isinstance`` of a proxy while this tracer traces (see :func:`_example_isinstance`):
+        in the model's code, the proxy is a proxy and also what its example value is, where the code
+        may take values from the example. No guard: an op's result has one type for every input."""
+        if _ISINSTANCE(obj, classes):  # still a proxy: code asking whether it is traced (HF's is_tracing) is told so
+            return True
+        if self._interpreter is not None and not self._evaluating and self._specializes_here() \
+                and is_user_code(sys._getframe(2).f_code.co_filename):
+            return _ISINSTANCE(self._example_value(obj.node), classes)
+        return False
 
     def iter(self, obj: fx.Proxy):
         if not self._specializes_here() or split_count(obj.node) is not None:
@@ -610,7 +669,29 @@ class _ExamplePathTracer(_FallbackTracer):
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
             return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
+        out = super().call_module(m, forward, args, kwargs)
+        if isinstance(out, fx.Proxy) and out.node.op == "call_module" and self._specializes_here() \
+                and module_rule(m) is None and declaration_of(m) is None:
+            return self._structured(out, self._example_value(out.node), caller_location(), f"'{out.node.target}'")
+        return out
+
+    def _structured(self, proxy: fx.Proxy, value: Any, where: str, path: str) -> Any:
+        """An opaque leaf's output as the code after it sees it where it runs: its Python values as
+        they are (a leaf returns ``(images, None)``: ``if targets is not None`` takes the example's
+        branch, not a proxy's), its tuples, lists and dicts as tuples, lists and dicts of their
+        items (``"masks" in pred``), each guarded (their lengths and keys too: a leaf's list may be
+        as long as the batch). ``where``: the line calling the leaf; ``path``: the item's, from the leaf."""
+        location = f"{where} (the output of {path})"
+        if _is_python_constant(value):
+            self._add_guard(proxy, "value", value, location)
+            return value
+        if type(value) in (tuple, list):
+            self._add_guard(proxy, "len", len(value), location)
+            return type(value)(self._structured(proxy[i], v, where, f"{path}[{i}]") for i, v in enumerate(value))
+        if type(value) in (dict, collections.OrderedDict):
+            self._add_guard(proxy, "keys", tuple(value), location)
+            return type(value)((k, self._structured(proxy[k], v, where, f"{path}[{k!r}]")) for k, v in value.items())
+        return proxy
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         if self._evaluating:
@@ -661,6 +742,30 @@ class _ExamplePathTracer(_FallbackTracer):
             for m, mode in modes.items():
                 m.training = mode
         return env[node]
+
+
+_ISINSTANCE = builtins.isinstance
+
+
+@contextlib.contextmanager
+def _example_isinstance(tracer: _ExamplePathTracer) -> Iterator[None]:
+    """``isinstance`` as :meth:`_ExamplePathTracer.isinstance` answers it, for the block.
+
+    torchvision's box coder asserts ``isinstance(rel_codes, torch.Tensor)``, which a proxy fails.
+    Python code calls the builtin, which this replaces; C code checks types itself and still sees
+    the proxy (a proxy that claimed to be a tensor there, through ``__class__``, crashed torch's
+    argument parser). fx's, torch's and graphprune's own checks see the proxy too.
+    """
+    def example_isinstance(obj: Any, classes: Any) -> bool:
+        if type(obj) in (_ExamplePathProxy, _ExamplePathAttribute):
+            return tracer.isinstance(obj, classes)
+        return _ISINSTANCE(obj, classes)
+
+    builtins.isinstance = example_isinstance
+    try:
+        yield
+    finally:
+        builtins.isinstance = _ISINSTANCE
 
 
 class _UncomputableTrace(Exception):
@@ -963,10 +1068,13 @@ def _trace_mode_independent(
 
     Mode flags passed to ops read the module's flag at run time (see :class:`ModeFlag`). Code that
     branches on a flag is traced in the other mode too, and the two traces are merged where they
-    differ only in constants and side effects (see :func:`merge_mode_paths`). Where a submodule's
+    differ only in constants, side effects and a submodule's ops that only the model's output reads
+    (see :func:`merge_mode_paths`). Where a submodule's
     path differs in what it computes, that submodule becomes a leaf (it runs its own Python, in
-    whatever mode it is); where the model's own forward does, the graph holds its eval-mode path
-    behind a :class:`ModeGuard` (recorded as a specialization on ``training``, value False).
+    whatever mode it is); where the model's own forward branches on its mode too (torchvision's
+    detectors return losses in training mode) or differs itself, the graph holds its eval-mode
+    path, and every submodule's, behind a :class:`ModeGuard` (recorded as a specialization on
+    ``training``, value False).
     Before this, a model analyzed in training mode kept dropping activations in eval mode after
     slimming.
     """
@@ -986,7 +1094,8 @@ def _trace_mode_independent(
             if differing is None:
                 return analysis_graph_module(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
             owners = [owner for owner in [owner_of(differing, reads)] if owner]
-        if not owners:
+        owners = [o for o in owners if o not in names]  # a leaf's method the forward calls (transform.postprocess) is traced
+        if not owners or "" in reads:  # the graph will hold the eval path of the model's own forward: of every module's too
             break
         mode_leaves += [Fallback(o, "its forward takes another path in training mode than in eval mode (it branches on "
                                     "self.training), so it runs as it is", reads[o]) for o in owners]
@@ -1412,19 +1521,18 @@ def _forward_parameters(model: torch.nn.Module, count: int, concrete_args: Mappi
 
 
 def keyword_forward_parameters(forward: Callable, concrete_args: Mapping[str, Any] | None) -> list[str] | None:
-    """The graph's inputs when ``forward`` takes ``**kwargs``: its named parameters, then the
-    concrete args that go to ``**kwargs`` (``return_dict=False``); None where fx binds the inputs.
+    """The graph's inputs when ``forward`` takes ``*args`` or ``**kwargs``: its named parameters,
+    then the concrete args that go to ``**kwargs`` (``return_dict=False``); None where fx binds the inputs.
 
-    Hugging Face forwards are decorated: the code fx sees is a ``(self, *args, **kwargs)`` wrapper
-    and the named parameters are those of the function it wraps (``input_ids``, ``attention_mask``,
-    ...). fx would pass its placeholders positionally and ``**kwargs`` as one proxy; the graph
-    calls ``forward`` by keyword instead, so the wrapper's keyword handling sees what a user's
-    call passes.
+    fx would make ``*args`` and ``**kwargs`` one proxy each, which code that passes them on
+    (Ultralytics' ``forward(self, x, *args, **kwargs)`` calls ``self.predict(x, *args, **kwargs)``)
+    cannot unpack. The graph calls ``forward`` by keyword instead, with its named parameters, so
+    ``*args`` is empty and ``**kwargs`` holds the concrete args, as in a user's call. Hugging Face
+    forwards are decorated: the code fx sees is a ``(self, *args, **kwargs)`` wrapper and the named
+    parameters are those of the function it wraps (``input_ids``, ``attention_mask``, ...).
     """
     params = inspect.signature(forward).parameters.values()  # follows __wrapped__ to the decorated function
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params) or not any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params
-    ):
+    if not any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in params):
         return None
     named = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     return named[1:] + [k for k in (concrete_args or {}) if k not in named]  # [1:]: self

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("**/*.md")) + [ROOT / "README.md"]
 NOT_RUN = "# not run here:"
+#: pages that need an optional extra (pyproject.toml), which `make test` installs
+NEEDS = {"yolo.md": "ultralytics"}
 
 
 def code_blocks(page: Path) -> list[str]:
@@ -30,6 +32,8 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     blocks = code_blocks(page)
     if not blocks:
         pytest.skip("no code on this page")
+    if page.name in NEEDS:
+        pytest.importorskip(NEEDS[page.name])
     monkeypatch.chdir(tmp_path)  # files a page writes (pruned.onnx, a checkpoint) land here
     torch.manual_seed(0)
     threads = torch.get_num_threads()

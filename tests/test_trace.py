@@ -381,13 +381,17 @@ class PaddedModel(nn.Module):
         return self.head(self.encoder(patches, padding))
 
 
-def test_a_specialized_submodule_whose_trace_cannot_compute_its_values_becomes_a_leaf():
-    """The padding a leaf returns is a traced value standing for None: ``padding is not None`` holds
-    for it, and ``.any()`` fails on the example inputs, which the model itself runs on."""
+def test_a_leaf_returning_none_gives_the_code_after_it_none():
+    """The padding a leaf returns is None where it runs, not a traced value standing for it (for
+    which ``padding is not None`` would hold and ``.any()`` fail): the encoder after it is traced,
+    and a guard checks the None (torchvision's detectors: ``images, targets = self.transform(...)``)."""
     x, model = torch.randn(2, 3, 4, 4), PaddedModel().eval()
     gg = graphprune.analyze(model, x, leaf_modules=["patchify"], specialize_submodules=True)
-    (fb,) = gg.fallbacks
-    assert fb.module == "encoder" and "its trace cannot compute node" in fb.error and "'NoneType'" in fb.error
+    assert gg.fallbacks == []
+    assert [(s.conversion, s.value, s.guarded) for s in gg.traced.specializations] == [("len", 2, True), ("value", None, True)]
+    assert "the output of 'patchify'[1]" in gg.traced.specializations[1].location
+    assert "test_trace.py" in gg.traced.specializations[1].location and "self.patchify(" in gg.traced.specializations[1].location
+    assert group_with(gg, "encoder.a").prunable and group_with(gg, "encoder.a") is group_with(gg, "head", dim=1)
     assert torch.equal(graphprune.slim(gg, graphprune.Plan({}))(x), model(x))
 
 
@@ -630,7 +634,120 @@ def test_nodes_made_in_a_library_beside_torch_name_its_line():
     assert describe_node(add).endswith(f'resnet.py:{lineno} "out += identity" in module \'layer1.0\' (fx node \'{add.name}\')')
 
 
+# ---------------------------------------------------------------- detection models' Python (issue #27)
+
 class ChunkBlock(nn.Module):
+    """YOLO's C2f: a chunk made a list, extended by a generator over its modules."""
+
+    def __init__(self, c=8, n=2):
+        super().__init__()
+        self.cv1, self.cv2 = conv(c, 2 * c, 1), conv((2 + n) * c, c, 1)
+        self.m = nn.ModuleList(conv(c, c) for _ in range(n))
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class GridHead(nn.Module):
+    """YOLO's Detect: called with a list of feature maps, returns their outputs in training mode and
+    decodes them in eval mode, with a grid it caches by the shape it was made for."""
+
+    shape = None
+
+    def __init__(self):
+        super().__init__()
+        self.box = nn.ModuleList(conv(8, 4, 1) for _ in range(2))
+
+    def forward(self, xs):
+        out = [b(x) for b, x in zip(self.box, xs)]
+        if self.training:
+            return out
+        shape = out[0].shape
+        if self.shape != shape:
+            self.grid = torch.cat([torch.arange(o.shape[-2] * o.shape[-1], dtype=o.dtype) for o in out])
+            self.shape = shape
+        return torch.cat([o.flatten(2) for o in out], 2) + self.grid
+
+
+class Detector(nn.Module):
+    """Ultralytics' models: ``forward(self, x, *args, **kwargs)`` passes its arguments on."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.down, self.head = conv(3, 8), ChunkBlock(), conv(8, 8), GridHead()
+        self.down.stride = (2, 2)
+
+    def forward(self, x, *args, **kwargs):
+        return self.predict(x, *args, **kwargs)
+
+    def predict(self, x, profile=False):
+        p3 = self.block(self.stem(x))
+        return self.head([p3, self.down(p3)])
+
+
+def test_a_yolo_like_detector_is_one_graph_in_both_modes():
+    """No leaf, no guard: *args forwarded, a chunk iterated, a head whose path differs by mode only in
+    what the model returns (each mode's ops run in that mode), a cache compared with a shape."""
+    x = torch.randn(2, 3, 8, 8)
+    gg = analyze_and_check_exactness(Detector, (x,))
+    assert gg.fallbacks == [] and gg.traced.specializations == []
+    halves = groups_with(gg, "block.cv1")
+    assert len(halves) == 2 and all(g.prunable and g.size == 8 for g in halves)
+    assert group_with(gg, "block.m.1").prunable and group_with(gg, "stem").prunable
+    assert not group_with(gg, "head.box.0").prunable  # the model's output, in either mode
+    torch.manual_seed(0)
+    model = Detector()
+    with torch.no_grad():
+        assert torch.equal(gg.gm.eval()(x), model.eval()(x))
+        assert all(torch.equal(a, b) for a, b in zip(gg.gm.train()(x), model.train()(x)))
+    result = graphprune.apply(Detector().eval(), "l1", 0.5, x)
+    assert type(result.model) is Detector and result.report.macs_after <= 0.505 * result.report.macs_before
+
+
+class PerImage(nn.Module):
+    """torchvision's detectors: a list of images of different sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8, 1), conv(8, 4, 1)
+
+    def forward(self, images):
+        return [self.b(self.a(img[None])) for img in images]
+
+
+def test_a_forward_taking_a_list_of_images_is_traced_for_that_many():
+    images = [torch.randn(3, 8, 8), torch.randn(3, 6, 6)]
+    gg = analyze_and_check_exactness(PerImage, (images,))
+    assert [(s.conversion, s.value, s.guarded) for s in gg.traced.specializations] == [("len", 2, True)]
+    assert group_with(gg, "a").prunable
+    with pytest.raises(GuardError, match="length"):
+        gg.gm(images[:1])
+
+
+class AssertsTensor(nn.Module):
+    """torchvision's box coder asserts ``isinstance(rel_codes, torch.Tensor)``; the branch on a value
+    makes the forward traced along the example's path."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8), conv(8, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        torch._assert(isinstance(h, torch.Tensor), "h must be a tensor")
+        if x.mean() > -100:
+            h = h.relu()
+        return self.b(h)
+
+
+def test_isinstance_in_the_models_code_sees_the_example_values_type():
+    gg = analyze_and_check_exactness(AssertsTensor, (torch.randn(2, 3, 8, 8),))
+    assert gg.fallbacks == [] and group_with(gg, "a").prunable
+
+
+class ChunkSplitBlock(nn.Module):
     """YOLO's C2f: a chunk made a list, extended by a generator over its modules; a split unpacked."""
 
     def __init__(self, c=8, n=2):
@@ -648,7 +765,7 @@ class ChunkBlock(nn.Module):
 @pytest.mark.parametrize("specialize", [False, True])
 def test_iterating_a_chunk_or_split_takes_its_count_from_its_arguments(specialize):
     """No guard and no fallback: the count is in the arguments, the same for every input."""
-    model, x = ChunkBlock().eval(), torch.randn(2, 8, 5, 5)
+    model, x = ChunkSplitBlock().eval(), torch.randn(2, 8, 5, 5)
     gg = graphprune.analyze(model, x, specialize_submodules=specialize)
     assert gg.fallbacks == [] and gg.traced.specializations == []
     halves = groups_with(gg, "cv1")

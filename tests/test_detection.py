@@ -1,0 +1,143 @@
+"""Detection models end to end (issue #27): Ultralytics YOLO (v8 and 11: detect, segment, pose) and
+torchvision's detectors, called as their users call them, analyzed, sliced exactly, pruned to a
+budget and exported. Slow (``make test-slow``); small inputs and the n-size models.
+
+Ultralytics is AGPL-3.0: an optional extra (``pip install graphprune[detection]``) that these tests
+use and graphprune never imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphprune
+from graphprune.exactness import half_plan, randomize_small_tensors
+from graphprune.flops import flop_counter
+from helpers import EXACT, slim_error
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # Ultralytics asks nothing of the network
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_graphprune_never_imports_ultralytics():
+    """AGPL-3.0: a test and benchmark dependency only."""
+    for folder in ("graphprune", "passes", "models"):
+        for path in (ROOT / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not any(n.split(".")[0] == "ultralytics" for n in names), path
+
+
+def check_counts(model: torch.nn.Module, gg: graphprune.GroupGraph, inputs: tuple) -> None:
+    """The budget counts what the model computes: MACs as FlopCounterMode counts them, parameters."""
+    with flop_counter() as counter, torch.no_grad():
+        model(*inputs)
+    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    for g in gg.groups:
+        assert g.prunable or g.reason
+
+
+# ------------------------------------------------------------------------------------------ YOLO
+
+YOLO = [
+    ("yolov8n.yaml", "DetectionModel"), ("yolov8n-seg.yaml", "SegmentationModel"), ("yolov8n-pose.yaml", "PoseModel"),
+    ("yolo11n.yaml", "DetectionModel"), ("yolo11n-seg.yaml", "SegmentationModel"), ("yolo11n-pose.yaml", "PoseModel"),
+]
+#: why YOLO's frozen groups are frozen: the image, what the model returns (raw head outputs, the
+#: feature maps its loss reads), the decoding its eval mode adds (anchors, DFL, strides) and the
+#: heads' reshapes of their outputs
+YOLO_FROZEN = ("model input", "model output", "runs in eval mode only", "ultralytics/nn/modules/head.py")
+
+
+def yolo(config: str, cls: str) -> torch.nn.Module:
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    torch.manual_seed(0)
+    model = getattr(tasks, cls)(config, verbose=False).eval()
+    randomize_small_tensors(model)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, cls", YOLO, ids=[c for c, _ in YOLO])
+def test_yolo_prunes_exactly_to_budget_and_exports(config, cls, tmp_path):
+    model, x = yolo(config, cls), torch.randn(1, 3, 320, 320)
+    gg = graphprune.analyze(model, x)
+    check_counts(model, gg, (x,))
+    assert gg.fallbacks == [] and not any(s.guarded for s in gg.traced.specializations)  # one graph, every input
+    assert gg.prunable_mac_share() >= 0.99
+    frozen = {g.reason for g in gg.groups if not g.prunable}
+    assert all(any(why in r for why in YOLO_FROZEN) for r in frozen), frozen
+    for branch in ("cv2.0.", "cv3.2.") + (("cv4.1.",) if cls != "DetectionModel" else ()):
+        head = f"model.{len(model.model) - 1}.{branch}"  # box, class, and mask or keypoint branches
+        assert any(g.prunable for g in gg.groups if any(m.module.startswith(head) for m in g.members)), head
+    assert slim_error(model, gg, half_plan(gg), (x,)) <= EXACT  # it zeroed half of every group: prune a new one
+    # YOLO11's attention block sizes two groups with one attribute: output="module" keeps them whole
+    result = graphprune.apply(yolo(config, cls), "l1", 0.5, x, **({"output": "module"} if config.startswith("yolo11") else {}))
+    assert type(result.model).__name__ == cls
+    assert abs(result.report.macs_after / result.report.macs_before - 0.5) <= 0.005
+    report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), x)  # the raw head outputs among them
+    assert report.relative_diff <= 1e-4 and report.dynamic_batch_checked
+
+
+@pytest.mark.slow
+def test_yolo_wrapper_predicts_with_the_pruned_model(tmp_path, monkeypatch):
+    """Ultralytics' YOLO wrapper holds the pruned DetectionModel (docs/yolo.md trains and exports it)."""
+    ultralytics = pytest.importorskip("ultralytics")
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # whatever Ultralytics writes (runs/) lands here
+    torch.manual_seed(0)
+    wrapper = ultralytics.YOLO("yolov8n.yaml")
+    pruned = graphprune.apply(wrapper.model.eval(), "l1", 0.5, torch.randn(1, 3, 320, 320)).model
+    wrapper.model = pruned
+    (found,) = wrapper.predict(np.zeros((320, 320, 3), np.uint8), imgsz=320, device="cpu", verbose=False)
+    assert found.boxes.data.shape[1] == 6 and wrapper.model is pruned
+
+
+# ---------------------------------------------------------------------------------- torchvision
+
+def faster_rcnn() -> torch.nn.Module:
+    """A Faster R-CNN whose counts no data decides: thresholds that keep every candidate and no box
+    regression (boxes are the anchors, none degenerate), so a pruned model's boxes are as many as the
+    original's (the slim pass checks every shape); its scores and labels still read every channel."""
+    from torchvision.models import detection
+
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_nms_thresh=1.0, box_score_thresh=-1.0).eval()
+    randomize_small_tensors(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bbox_pred" in name:
+                p.zero_()
+    return model
+
+
+@pytest.mark.slow
+def test_faster_rcnn_on_a_list_of_images_prunes_exactly_to_budget_and_exports(tmp_path):
+    """Backbone, FPN, the RPN head and the box head prunable; the image-list transform a leaf (its
+    images are the model's input); anchors, NMS and RoI pooling traced along the example's path,
+    with guards (the graph runs that path; ONNX cannot check them: the export warns)."""
+    model, images = faster_rcnn(), [torch.rand(3, 320, 320)]
+    gg = graphprune.analyze(model, (images,), specialize_submodules=True)
+    check_counts(model, gg, (images,))
+    assert [f.module for f in gg.fallbacks] == ["transform"]
+    assert gg.prunable_mac_share() >= 0.9
+    for member in ("backbone.fpn.layer_blocks.0.0", "rpn.head.conv.0.0", "roi_heads.box_head.fc6", "roi_heads.box_head.fc7"):
+        assert any(g.prunable for g in gg.groups if any(m.module == member for m in g.members)), member
+    fc6 = next(g for g in gg.groups if any(m.module == "roi_heads.box_head.fc6" and m.dim == 1 for m in g.members))
+    assert fc6.prunable and fc6.size == 256  # the FPN's channels, through RoI pooling and the flatten
+    assert any(s.guarded and s.conversion == "mode" for s in gg.traced.specializations)  # losses in training mode
+    assert slim_error(model, gg, half_plan(gg), (images,)) <= EXACT  # it zeroed half of every group: prune a new one
+    result = graphprune.apply(faster_rcnn(), "l1", 0.5, (images,), specialize_submodules=True)
+    assert abs(result.report.macs_after / result.report.macs_before - 0.5) <= 0.005
+    with pytest.warns(UserWarning, match="follows the path the example inputs took"):
+        report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), (images,))
+    assert report.relative_diff <= 1e-4 and report.unchecked_guards
