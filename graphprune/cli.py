@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, metavar="N", help="the model takes token ids: example inputs are ints below N")
     p.add_argument("--ignore", action="append", metavar="LAYER", help="a module path (or prefix) whose groups stay whole, repeatable")
     p.add_argument("--ratio", action="append", metavar="LAYER=R", help="fix the keep ratio of the groups a layer produces, repeatable")
-    p.add_argument("--calib", metavar="F", help="calibration batches for data-aware methods (taylor, importance, nap): "
+    readers = ", ".join(n for n in passes.names() if passes.get(n).completes_untrained and (passes.get(n).reads_data or passes.get(n).trains))
+    p.add_argument("--calib", metavar="F", help=f"calibration batches for the methods that read data ({readers}): "
                                                 "a list of (input, target) or dict batches saved with torch.save")
     p.add_argument("--loss", default="cross_entropy", help="the torch.nn.functional loss of the --calib batches (cross_entropy)")
     p.add_argument("--onnx", metavar="F", help="export the slim model to ONNX and verify it in onnxruntime")

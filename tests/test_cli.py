@@ -163,3 +163,9 @@ def test_list_methods_says_what_each_needs():
     assert out.returncode == 0
     assert "taylor (reads --calib): First-order Taylor importance" in out.stdout
     assert "dsa (trains: prune with it from Python)" in out.stdout and "l1 (data-free)" in out.stdout
+
+
+def test_calib_help_names_every_method_that_reads_it():
+    out = run("prune", "--help")
+    assert out.returncode == 0
+    assert "(flap, hessian, importance, lwdna, nap, taylor)" in " ".join(out.stdout.split())
