@@ -328,10 +328,11 @@ def check(model, x, result, budget, tmp_path):
     assert len(trajectory) >= 3 and trajectory[-1] <= 100 * budget + 1 < trajectory[-2]  # stopped at the first step in tolerance
     model.eval()
     assert slim_error(model, result.groups, result.plan, (x[:2],)) <= EXACT
-    # float32 rounding: onnxruntime's kernels against PyTorch's differ by up to ~1.5e-4 of the output scale on
-    # mobilenet_v2_cifar trained to 20% (the trained weights, and so the rounding, vary with the thread schedule)
-    report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dhp.onnx"), x[:2], tolerance=5e-4)
-    assert report.relative_diff < 5e-4
+    # float32 rounding: onnxruntime's kernels against PyTorch's differ by up to ~5.1e-4 of the output scale on
+    # mobilenet_v2_cifar trained to 50% (1 run in 4; its logits reach ~300: the trained weights, and so the
+    # rounding, vary with the thread schedule); a wrong slice differs by the order of the outputs themselves
+    report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dhp.onnx"), x[:2], tolerance=1e-3)
+    assert report.relative_diff < 1e-3
 
 
 SLOW = pytest.mark.slow
