@@ -51,6 +51,7 @@ from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError
 from .export import export_onnx
 from .groups import GroupGraph
+from .modes import in_eval
 from .plan import Plan
 from .slim import slim
 from .specs import TensorSpec
@@ -92,7 +93,7 @@ def check_available(runtime: Runtime) -> None:
 def measure(modules: Sequence[torch.nn.Module], inputs: Sequence[Any], runtime: Runtime, repeats: int) -> list[float]:
     """Median seconds of one call of each module on its inputs on ``runtime``, after WARMUP calls;
     every repeat calls each module once, in a new random order (the runs are interleaved)."""
-    with tempfile.TemporaryDirectory() as folder, _threads(runtime), _evaluating(modules):
+    with tempfile.TemporaryDirectory() as folder, _threads(runtime), in_eval(*modules):
         runs = [_runner(m, x, runtime, os.path.join(folder, f"{i}.onnx")) for i, (m, x) in enumerate(zip(modules, inputs))]
         for run in runs:
             for _ in range(WARMUP):
@@ -105,19 +106,6 @@ def measure(modules: Sequence[torch.nn.Module], inputs: Sequence[Any], runtime: 
                 runs[k]()
                 times[k].append(time.perf_counter() - start)
     return [float(np.median(t)) for t in times]
-
-
-@contextlib.contextmanager
-def _evaluating(modules: Sequence[torch.nn.Module]) -> Iterator[None]:
-    """The modules in eval mode while they are timed, every submodule's own mode restored after."""
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager

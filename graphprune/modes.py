@@ -81,6 +81,18 @@ def set_training(modes: Iterable[tuple[torch.nn.Module, Any]]) -> None:
             m.training = value
 
 
+@contextlib.contextmanager
+def in_eval(*modules: torch.nn.Module) -> Iterator[None]:
+    """Every module of ``modules`` in eval mode for the block (norm statistics untouched, dropout
+    off), then each submodule's own mode back."""
+    modes = {m: m.training for root in modules for m in root.modules()}
+    set_training((m, False) for m in modes)
+    try:
+        yield
+    finally:
+        set_training(modes.items())
+
+
 _MODULE_SETATTR = torch.nn.Module.__setattr__
 
 

@@ -70,7 +70,7 @@ from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .locations import FRAME, caller_location, describe_node, is_user_code, user_frame, user_location
 from .rules import module_rule
-from .modes import FLIPPED, ModeFlag, ModeGuard, merge_mode_paths, mode_flags, owner_of, set_training
+from .modes import FLIPPED, ModeFlag, ModeGuard, in_eval, merge_mode_paths, mode_flags, owner_of, set_training
 from .specs import TensorSpec
 
 try:  # analysis only interprets its graph: its Python code is generated if it is ever called
@@ -1208,7 +1208,7 @@ def _unguard_size_branches(
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     passed: dict[fx.Node, list[str]] = {}
     failed: set[fx.Node] = set()
-    with _unchanged(model), _in_eval(model, gm), torch.no_grad():
+    with _unchanged(model), in_eval(model, gm), torch.no_grad():
         for label, other_args, other_kwargs in _at_other_sizes(args, kwargs):
             runner = _GuardRecorder(gm)
             got = _outcome(lambda: runner.run(*call.bind(other_args, other_kwargs)(placeholders)))
@@ -1333,17 +1333,6 @@ def _leaves(out: Any) -> list[Any]:
     if isinstance(out, (tuple, list)):
         return [leaf for o in out for leaf in _leaves(o)]
     return [out]
-
-
-@contextlib.contextmanager
-def _in_eval(*modules: torch.nn.Module) -> Iterator[None]:
-    """Every module of ``modules`` in eval mode for the block (as :func:`propagate` runs the graph), then back."""
-    modes = {m: m.training for root in modules for m in root.modules()}
-    set_training((m, False) for m in modes)
-    try:
-        yield
-    finally:
-        set_training(modes.items())
 
 
 def _size_sources(value: Any, values: Mapping[fx.Node, Any]) -> list[tuple[fx.Node, int | None]] | None:

@@ -27,7 +27,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .distributed import all_reduce_mean, broadcast_module, default_device, is_distributed, is_main, unwrap, wrap
-from .errors import DistributedError, GraphPruneError
+from .errors import DistributedError, GraphPruneError, OptionError
 
 
 @dataclasses.dataclass
@@ -115,6 +115,18 @@ def _cannot_call(fn: Any, *args: Any, **kwargs: Any) -> str | None:
     except TypeError as exc:  # not callable, or not with these arguments
         return str(exc)
     return None
+
+
+def batch_output(net: torch.nn.Module, batch: Any, device: torch.device) -> Any:
+    """The model on one calibration batch's inputs, where activations are read and no loss is needed:
+    a dict as ``net(**batch)``, an (input, target) pair as ``net(input)``, a tensor as ``net(tensor)``."""
+    if isinstance(batch, Mapping):
+        return net(**_to_device(batch, device))
+    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+    if not isinstance(x, torch.Tensor):
+        raise OptionError(f"calib_data holds a batch that is a {type(batch).__name__}: give (input, target) pairs, dicts of "
+                          "the model's keyword arguments, or input tensors")
+    return net(_to_device(x, device))
 
 
 def batch_loss(net: torch.nn.Module, batch: Any, loss_fn: Callable | None, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,6 @@ activation-aware criteria (flap, a user's own).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -25,8 +24,9 @@ import torch.nn as nn
 from graphprune.allocate import allocate_by_score
 from graphprune.errors import OptionError
 from graphprune.groups import GroupGraph
+from graphprune.modes import in_eval
 from graphprune.plan import Plan
-from graphprune.train import batch_loss
+from graphprune.train import batch_loss, batch_output
 
 from .base import MethodPass
 from .kfac import covered
@@ -108,7 +108,7 @@ def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Ca
     device = next(iter(params.values())).device
     count = 0
     try:
-        with _evaluating(model):
+        with in_eval(model):
             for unit in (sample for batch in batches for sample in _samples(batch)) if per_sample else batches:
                 if count == limit:
                     break
@@ -148,18 +148,6 @@ def _samples(batch: Any) -> Iterator[Any]:
     for i in range(n):
         pick = [v[i : i + 1] if first_dim(v) is not None else v for v in values]
         yield dict(zip(batch.keys(), pick)) if isinstance(batch, Mapping) else tuple(pick)
-
-
-@contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode for the block (norm statistics untouched), then every module's mode as it was."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
 
 
 # ------------------------------------------------------------------ activations
@@ -224,11 +212,11 @@ def input_statistics(model: nn.Module, gg: GroupGraph, batches: Iterable[Any] | 
     device = next(model.parameters()).device
     count = 0
     try:
-        with _evaluating(model), torch.no_grad():
+        with in_eval(model), torch.no_grad():
             for batch in batches:
                 if count == max_batches:
                     break
-                _forward(model, batch, device)
+                batch_output(model, batch, device)
                 count += 1
     finally:
         for h in handles:
@@ -236,21 +224,6 @@ def input_statistics(model: nn.Module, gg: GroupGraph, batches: Iterable[Any] | 
     if not count:
         raise OptionError(f"{method}: calib_data has no batches (an iterator is used up after one pass)")
     return {name: InputStatistics(n, mean.cpu(), (squares / max(n - 1, 1)).cpu()) for name, (n, mean, squares) in moments.items()}
-
-
-def _forward(model: nn.Module, batch: Any, device: torch.device) -> Any:
-    """The model on one calibration batch's inputs: a dict as ``model(**batch)``, an (input, target)
-    pair as ``model(input)``, a tensor as ``model(tensor)``."""
-    def move(value: Any) -> Any:
-        return value.to(device) if isinstance(value, torch.Tensor) else value
-
-    if isinstance(batch, Mapping):
-        return model(**{k: move(v) for k, v in batch.items()})
-    x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-    if not isinstance(x, torch.Tensor):
-        raise OptionError(f"calib_data holds a batch that is a {type(batch).__name__}: give (input, target) pairs, dicts of "
-                          "the model's keyword arguments, or input tensors")
-    return model(move(x))
 
 
 # ------------------------------------------------------------------ passes that allocate scores
