@@ -1,5 +1,7 @@
 """DHP against the paper (Eq. 1-3, 8-13, S1, hyperfan-in) and end to end under a budget."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -328,11 +330,17 @@ def check(model, x, result, budget, tmp_path):
     assert len(trajectory) >= 3 and trajectory[-1] <= 100 * budget + 1 < trajectory[-2]  # stopped at the first step in tolerance
     model.eval()
     assert slim_error(model, result.groups, result.plan, (x[:2],)) <= EXACT
-    # float32 rounding: onnxruntime's kernels against PyTorch's differ by up to ~5.1e-4 of the output scale on
-    # mobilenet_v2_cifar trained to 50% (1 run in 4; its logits reach ~300: the trained weights, and so the
-    # rounding, vary with the thread schedule); a wrong slice differs by the order of the outputs themselves
-    report = graphprune.export_onnx(result.model.eval(), str(tmp_path / "dhp.onnx"), x[:2], tolerance=1e-3)
-    assert report.relative_diff < 1e-3
+    # onnxruntime's float32 kernels round differently from PyTorch's; a trained model's conditioning decides by how
+    # much (2e-6 to 2e-3 of its output scale for mobilenet_v2_cifar, whose trained weights follow the thread schedule).
+    # The float64 model measures PyTorch's own rounding error: onnxruntime may differ from PyTorch by a few times that,
+    # a wrong slice by the order of the outputs themselves.
+    slim, x2 = result.model.eval(), x[:2]
+    with torch.no_grad():
+        exact = copy.deepcopy(slim).double()(x2.double())
+        rounding = ((slim(x2).double() - exact).abs().max() / exact.abs().max()).item()
+    tolerance = 1e-4 + 8 * rounding
+    report = graphprune.export_onnx(slim, str(tmp_path / "dhp.onnx"), x2, tolerance=tolerance)
+    assert report.relative_diff <= tolerance
 
 
 SLOW = pytest.mark.slow
