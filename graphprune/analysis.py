@@ -14,6 +14,7 @@ import torch.fx as fx
 from . import ops, rules
 from .channels import AtomGraph, ChannelMap, compress, label_tensor
 from .locations import describe_node
+from .modes import TRAINING_ONLY
 from .specs import TensorSpec
 
 if TYPE_CHECKING:
@@ -82,15 +83,19 @@ class Analysis:
             elif node.op == "get_attr":
                 self.set(node, None)
             elif node.op == "output":
-                for m in _flatten(fx.node.map_arg(node.args, self.maps.get)):
-                    if isinstance(m, ChannelMap):
-                        self.atoms.freeze(m.labels, "model output")
+                self.freeze_outputs(node)
             else:
                 self._dispatch(node)
         self._check_shape_uses()
         self._check_param_uses()
         self._account_unmodelled_macs()
         return self
+
+    def freeze_outputs(self, node: fx.Node) -> None:
+        """The channels of every tensor ``node`` reads, however nested (a namedtuple's), are model outputs'."""
+        for m in _flatten(fx.node.map_arg((node.args, node.kwargs), self.maps.get)):
+            if isinstance(m, ChannelMap):
+                self.atoms.freeze(m.labels, "model output")
 
     def _dispatch(self, node: fx.Node) -> None:
         m = self._modules.get(node.target) if node.op == "call_module" else None
@@ -189,6 +194,8 @@ class Analysis:
         return self._modules[module] if module in self._modules else self.gm.get_submodule(module)
 
     def macs(self, node: fx.Node, factors: list[ChannelMap], macs: int | None = None) -> None:
+        if node.meta.get(TRAINING_ONLY):  # eval mode, which budgets are about, never runs it
+            return
         total = self.traced.flops.get(node, 0) // 2 if macs is None else macs
         self.mac_terms.append(MacTerm(node, total, list(factors)))
 

@@ -96,21 +96,26 @@ def _in_float64(*modules: torch.nn.Module) -> Iterator[None]:
             t.data = t.data.to(dtype)
 
 
-def exactness_error(model: torch.nn.Module, gg: GroupGraph, plan: Plan, inputs: tuple, slim_model: torch.nn.Module | None = None) -> float:
+def exactness_error(model: torch.nn.Module, gg: GroupGraph, plan: Plan, inputs: tuple, slim_model: torch.nn.Module | None = None,
+                    training: bool = False) -> float:
     """Max |slim - original| / max |original| after zeroing the pruned channels of ``model`` (in place);
     NaN when the original's outputs are all zero, where the comparison could not fail.
 
     Both models run in float64 (their float tensors converted back afterwards): in float32 the two differ by rounding alone, up to
     ~1e-5 of the output scale on a trained MobileNetV2, which would hide a real leak of that size.
     ``slim_model``: the slim model of ``plan`` if already built (it must be built before the
-    original is zeroed, since slimming copies the original's weights).
+    original is zeroed, since slimming copies the original's weights). ``training``: both run in
+    training mode (BatchNorm on batch statistics, a forward's training-only outputs such as
+    googlenet's auxiliary heads) with dropout off, whose masks are random.
     """
     from .slim import slim
 
     small = slim_model if slim_model is not None else slim(gg, plan)
     zero_pruned(model, gg, plan)
-    model.eval()
-    small.eval()
+    for m in (model, small):
+        m.train(training)
+        for dropout in [d for d in m.modules() if isinstance(d, torch.nn.modules.dropout._DropoutNd)]:
+            dropout.eval()
     inputs = _in_double(inputs)
     with torch.no_grad(), _in_float64(model, small):
         want, got = flat_outputs(model(*inputs)), flat_outputs(small(*inputs))

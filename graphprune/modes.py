@@ -27,6 +27,7 @@ from .errors import GuardError
 from .locations import caller_location
 
 FLIPPED = "flipped"  # trace every module in the mode it is not in
+TRAINING_ONLY = "training_only"  # node.meta key: an op of the model's own training path, computed in both modes
 
 
 class ModeFlag:
@@ -179,7 +180,7 @@ class _Differs:
 
 
 def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[str, bool],
-                     reads: dict[str, str]) -> fx.Node | None:
+                     reads: dict[str, str], share_training_only: bool = True) -> fx.Node | None:
     """Merge ``other`` (every module traced in the mode it is not in) into ``gm`` (each in its own).
 
     Returns None when merged (``gm.graph`` is rewritten: make a GraphModule on it), or the first
@@ -189,6 +190,12 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
     each other (side effects such as ``num_batches_tracked.add_(1)``) and the graph's output, which
     the flag then chooses (YOLO's detection head returns its raw outputs in training mode and adds
     the decoded boxes in eval mode: each mode computes its own, and the graph returns that mode's).
+    Ops of one mode only run under :func:`run_in_mode`, opaque to analysis, except the training-only
+    ops of the model's own forward (googlenet's auxiliary heads): those run in both modes, marked
+    :data:`TRAINING_ONLY`, so that analysis sees what they read and slimming resizes them (the
+    model's own class trains with them); their cost is not counted, eval mode never pays it.
+    Without ``share_training_only`` (inputs too small for that path) the model's own forward
+    choosing its output is unmergeable.
     """
     ours, theirs = list(gm.graph.nodes), list(other.graph.nodes)
     outputs = {ours[-1], theirs[-1]}
@@ -204,25 +211,30 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
             only_ours.update(ours[i1:i2])
             only_theirs += [(n, ours[i1]) for n in theirs[j1:j2]]
     only_theirs_nodes = {o for o, _ in only_theirs}
+    one_sided = only_ours | only_theirs_nodes
+    training_only = only_theirs_nodes if not own_modes[""] else only_ours
+    shared: set[fx.Node] = set()  # the model's own training-only ops: they run in both modes (see below)
     constants: dict[fx.Node, Any] = {}
     try:
-        output_owner = _output_owner(ours[-1], theirs[-1], only_ours | only_theirs_nodes, reads)
+        for n, side in [(n, only_ours) for n in ours if n in only_ours] + [(o, only_theirs_nodes) for o, _ in only_theirs]:
+            if n.op not in ("get_attr", "call_function", "call_method", "call_module") or not set(n.users) <= side | outputs:
+                raise _Unmergeable(n)
+            if (share_training_only and _owner(n, reads) == "" and n in training_only and not n.is_impure()
+                    and all(a in shared for a in n.all_input_nodes if a in one_sided)):
+                shared.add(n)
+            elif n.op == "call_function" and _function_name(n.target) is None:  # run_in_mode could not name it
+                raise _Unmergeable(n)
+        output_owner = _output_owner(ours[-1], theirs[-1], one_sided, shared, reads)
         for o, g in same.items():
             if g.op == "output" and output_owner is not None:
                 continue  # chosen by the flag below
-            for one_sided in [a for a in o.all_input_nodes if a not in same] + [a for a in g.all_input_nodes if a in only_ours]:
-                raise _Unmergeable(one_sided)  # where the paths part, inside the module that took another
+            for a in [a for a in o.all_input_nodes if a not in same] + [a for a in g.all_input_nodes if a in only_ours]:
+                raise _Unmergeable(a)  # where the paths part, inside the module that took another
             differs: list[_Differs] = []
             merged = _merge_constants((g.args, g.kwargs), fx.node.map_arg((o.args, o.kwargs), same.__getitem__), g, differs)
             if differs:
                 _owner(g, reads)
                 constants[g] = merged
-        for n, side in [(n, only_ours) for n in only_ours] + [(o, only_theirs_nodes) for o, _ in only_theirs]:
-            if n.op not in ("get_attr", "call_function", "call_method", "call_module") or not set(n.users) <= side | outputs:
-                raise _Unmergeable(n)
-            if n.op == "call_function" and _function_name(n.target) is None:  # run_in_mode could not name it
-                raise _Unmergeable(n)
-            _owner(n, reads)
     except _Unmergeable as failure:
         return failure.node
 
@@ -241,14 +253,18 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
         flag, mode = flag_of(g)
         g.args, g.kwargs = _resolve((args, kwargs), gm.graph, g, flag, mode)
     for n in ours:
-        if n in only_ours and n.op != "get_attr":
+        if n in shared:
+            n.meta[TRAINING_ONLY] = True
+        elif n in only_ours and n.op != "get_attr":
             flag, mode = flag_of(n)
             _run_only_in(n, flag, mode)
     copies: dict[fx.Node, fx.Node] = {}
     for o, before in only_theirs:
         with gm.graph.inserting_before(before):
             copies[o] = gm.graph.node_copy(o, lambda a: copies[a] if a in copies else same[a])
-        if o.op != "get_attr":
+        if o in shared:
+            copies[o].meta[TRAINING_ONLY] = True
+        elif o.op != "get_attr":
             flag, mode = flag_of(o)
             _run_only_in(copies[o], flag, not mode)
     if output_owner is not None:
@@ -260,17 +276,18 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
     return None
 
 
-def _output_owner(ours: fx.Node, theirs: fx.Node, one_sided: set[fx.Node], reads: dict[str, str]) -> fx.Node | None:
+def _output_owner(ours: fx.Node, theirs: fx.Node, one_sided: set[fx.Node], shared: set[fx.Node],
+                  reads: dict[str, str]) -> fx.Node | None:
     """A one-sided node whose module's flag chooses the output, where one output reads such nodes;
     None where neither does (their constants may still differ: merged as any node's). Raises
-    _Unmergeable where several modules' flags would choose, or the model's own: the ops of one
-    mode only are opaque to analysis (run_in_mode), which would freeze what a training-only
-    auxiliary head reads (googlenet's), where a submodule would otherwise be an opaque leaf."""
+    _Unmergeable where several modules' flags would choose, or the model's own with outputs of
+    one mode that ``shared`` does not compute in both: run_in_mode's ops are opaque to analysis,
+    which would freeze what they read, where trace.py's guarded eval path keeps it prunable."""
     feeding = [a for a in ours.all_input_nodes + theirs.all_input_nodes if a in one_sided]
     if not feeding:
         return None
-    if len({_owner(n, reads) for n in feeding}) != 1 or not _owner(feeding[0], reads):
-        raise _Unmergeable(ours)  # the model's own forward: trace.py keeps its eval path, whose channels stay prunable
+    if len({_owner(n, reads) for n in feeding}) != 1 or (not _owner(feeding[0], reads) and not set(feeding) <= shared):
+        raise _Unmergeable(ours)
     return feeding[0]
 
 
@@ -324,6 +341,23 @@ def _resolve(value: Any, graph: fx.Graph, node: fx.Node, flag: fx.Node, mode: bo
         return flag
     with graph.inserting_before(node):
         return graph.call_function(mode_select, (flag, if_training, if_eval))
+
+
+def defer_training_only(gm: fx.GraphModule) -> None:
+    """Run the model's own training-only ops (:data:`TRAINING_ONLY`) in training mode only: analysis
+    and slimming need them in both modes, to see and resize what they read; a slim model's eval
+    mode need not pay for them."""
+    deferred = [n for n in gm.graph.nodes if n.meta.pop(TRAINING_ONLY, False) and n.op != "get_attr"]
+    if not deferred:
+        return
+    flag = next((n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "training"), None)
+    if flag is None:
+        with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fx warns that a bool is not a parameter, buffer or module
+            flag = gm.graph.get_attr("training")
+    for n in deferred:
+        _run_only_in(n, flag, True)
+    gm.recompile()
 
 
 def _run_only_in(n: fx.Node, flag: fx.Node, mode: bool) -> None:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import equivalents, modes, rules, slim
-from .ops import OWN_CODE, define
+from .ops import NAMEDTUPLE, OWN_CODE, define
 
 # ------------------------------------------------------------------ modules
 
@@ -121,6 +121,7 @@ define("function", torch.chunk, rule=rules.movement, cost="free", rewrite=slim.r
 define("function", torch.narrow, rule=rules.movement, cost="free", rewrite=slim.rewrite_narrow, takes="slice")
 define("function", torch.reshape, rule=rules.movement, cost="free", rewrite=slim.rewrite_sizes, takes="shape")
 define("function", operator.setitem, rule=rules.assigns_in_place)  # no cost: it writes, stand-ins must not reach it
+define("named", NAMEDTUPLE, rule=rules.movement, cost="free")
 define("function", operator.getitem, rule=rules.movement, cost="free", rewrite=slim.rewrite_getitem, takes="slice")
 define("function", F.pad, rule=rules.movement, cost="free", rewrite=slim.rewrite_pad, on_labels=rules.pad_function)
 

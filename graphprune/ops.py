@@ -112,6 +112,8 @@ class Op:
 
 
 _TABLE: dict[tuple[str, Any], Op] = {}
+#: the entry of every namedtuple class: packing tensors into one
+NAMEDTUPLE = "collections.namedtuple"
 #: lookups by class and by function, remembered (analysis asks for every node); cleared when the table changes
 _FOUND: dict[tuple[str, Any], Op | None] = {}
 
@@ -169,6 +171,8 @@ def function_op(fn: Any) -> Op | None:
     except TypeError:  # unhashable: never an op
         return None
     found = _TABLE.get(key) or _TABLE.get(("named", f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}"))
+    if found is None and isinstance(fn, type) and issubclass(fn, tuple) and hasattr(fn, "_fields"):
+        found = _TABLE.get(("named", NAMEDTUPLE))  # every namedtuple class (googlenet's training outputs) packs alike
     _FOUND[key] = found
     return found
 

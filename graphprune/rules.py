@@ -770,10 +770,7 @@ def mode_only(ctx: "Analysis", node: fx.Node) -> None:
 def mode_output(ctx: "Analysis", node: fx.Node) -> None:
     """The graph's output in training or eval mode, chosen when it runs (modes.merge_mode_paths):
     the tensors of both are model outputs."""
-    for a in ctx.tensor_inputs(node):
-        m = ctx.map(a)
-        if m is not None:
-            ctx.atoms.freeze(m.labels, "model output")
+    ctx.freeze_outputs(node)
     ctx.set(node, None)
 
 

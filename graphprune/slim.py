@@ -32,9 +32,10 @@ from .channels import ChannelMap
 from .errors import GraphPruneError, SlimError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .groups import GroupGraph, _no_cyclic_gc
+from .modes import defer_training_only
 from .ops import OpDeclaration, declaration_of, inherited, node_op
 from .plan import Plan
-from .trace import AnalysisGraphModule, GraphRunner, TensorSpec
+from .trace import AnalysisGraphModule, GraphRunner, TensorSpec, value_spec
 
 
 class _Resizer:
@@ -228,23 +229,13 @@ class _ShapeCheck(GraphRunner):
             ) from exc
         if old is not None and old.op not in ("output", "get_attr"):
             r = self.resizer
-            got, want = _tensor_shapes(_spec_of(out)), _tensor_shapes(r.expected(old))
+            got, want = _tensor_shapes(value_spec(out)), _tensor_shapes(r.expected(old))
             if got != want:
                 raise r.error(
                     f"in the {r.model_name}, node '{old.name}' has shape {got} but {r.implied_by} implies {want}; "
                     f"{r.verb} here: {r.groups_at(old)}. graphprune could not rewrite a constant of this op. {r.advice}"
                 )
         return out
-
-
-def _spec_of(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return TensorSpec(tuple(value.shape), value.dtype)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_spec_of(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _spec_of(v) for k, v in value.items()}
-    return value
 
 
 def _channel_maps(value: Any) -> list[ChannelMap]:
@@ -270,6 +261,7 @@ def slim(gg: GroupGraph, plan: Plan, verify: bool = True) -> fx.GraphModule:
         gm = slimmer.run()
         if verify:
             slimmer.verify(gm)
+    defer_training_only(gm)
     return gm
 
 

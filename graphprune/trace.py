@@ -70,7 +70,7 @@ from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
 from .locations import FRAME, caller_location, describe_node, is_user_code, user_frame, user_location
 from .rules import module_rule
-from .modes import FLIPPED, ModeFlag, ModeGuard, in_eval, merge_mode_paths, mode_flags, owner_of, set_training
+from .modes import FLIPPED, TRAINING_ONLY, ModeFlag, ModeGuard, in_eval, merge_mode_paths, mode_flags, owner_of, set_training
 from .specs import TensorSpec
 
 try:  # analysis only interprets its graph: its Python code is generated if it is ever called
@@ -809,17 +809,17 @@ def _trace_example_path(
     return gm, fallbacks, tracer
 
 
-def _spec(value: Any) -> Any:
+def value_spec(value: Any) -> Any:
     """Replace tensors in a (nested) value by their TensorSpec, keep python values as they are."""
     if isinstance(value, torch.Tensor):
         return TensorSpec(tuple(value.shape), value.dtype)
     if isinstance(value, torch.Size):
         return tuple(value)
     if isinstance(value, (tuple, list)):
-        specs = [_spec(v) for v in value]
+        specs = [value_spec(v) for v in value]
         return tuple(specs) if isinstance(value, tuple) else specs
     if isinstance(value, dict):
-        return {k: _spec(v) for k, v in value.items()}
+        return {k: value_spec(v) for k, v in value.items()}
     return value
 
 
@@ -881,8 +881,8 @@ class _ShapeRecorder(GraphRunner):
             if self._shape_only is not None and (n in self._shape_only.closed or n in self._shape_only.tainted):
                 raise self._shape_only.restart(n, exc) from exc  # the real run decides what fails
             raise _node_failure(n, [self.env.get(a) for a in n.all_input_nodes], exc) from exc
-        self.values[n] = _spec(out)
-        self.flops[n] = flops
+        self.values[n] = value_spec(out)
+        self.flops[n] = 0 if n.meta.get(TRAINING_ONLY) else flops  # eval mode, which budgets are about, never runs it
         return out
 
 
@@ -971,16 +971,19 @@ class _Call:
         whether a condition on sizes keeps its guard because another size took a path the graph
         misses (see :func:`_unguard_size_branches`)."""
         model, example_values = self.model, self.bind(args, kwargs)
-        leaves, stale = list(self.leaf_modules), []
+        leaves, stale, share = list(self.leaf_modules), [], True
         with _unchanged(model):  # the graphs, propagation and _stale_module's run all run the model's code
             while True:
                 gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, self.concrete_args, example_values,
-                                                                      self.specialize_submodules)
+                                                                      self.specialize_submodules, share)
                 flat = example_values([n for n in gm.graph.nodes if n.op == "placeholder"])
                 try:
                     values, flops = propagate(gm, flat)
                     break
                 except ExampleInputError as exc:
+                    if share and any(n.meta.get(TRAINING_ONLY) for n in gm.graph.nodes):
+                        share = False  # inputs too small for the training-only path (inception_v3's auxiliary head under 299x299)
+                        continue
                     mismatch = mismatched_inputs(model, named_tensors(args, kwargs))
                     if mismatch is not None:
                         raise ExampleInputError(f"{mismatch}\n  (running the model on them failed: {str(exc).splitlines()[0]})") from exc
@@ -1063,6 +1066,7 @@ def _trace_mode_independent(
     concrete_args: Mapping[str, Any],
     example_values: Callable[[list[fx.Node]], list[Any]],
     specialize_submodules: bool = False,
+    share_training_only: bool = True,
 ) -> tuple[fx.GraphModule, list[Fallback], list[tuple[Specialization, fx.Node]], list[Specialization]]:
     """A graph that computes what the model computes in both training and eval mode.
 
@@ -1090,7 +1094,7 @@ def _trace_mode_independent(
             owners = [o for o in reads if o and not any(d.startswith(o + ".") for d in reads)]
         else:
             own_modes = {name: m.training for name, m in model.named_modules()}  # tracing gave them back
-            differing = merge_mode_paths(gm, other, own_modes, reads)
+            differing = merge_mode_paths(gm, other, own_modes, reads, share_training_only)
             if differing is None:
                 return analysis_graph_module(model, gm.graph, type(model).__name__), mode_leaves + fallbacks, guards, []
             owners = [owner for owner in [owner_of(differing, reads)] if owner]

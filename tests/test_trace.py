@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune.errors import GuardError
+from graphprune.exactness import exactness_error
 from graphprune.modes import run_in_mode
 from graphprune.trace import TensorSpec, guard, trace
 from helpers import EXACT, group_with, groups_with, random_plan, slim_error
@@ -467,6 +468,16 @@ class TrainingOutputs(nn.Module):
         return self.b(h)
 
 
+class EvalOutputs(TrainingOutputs):
+    """The model's own forward computes more in eval mode (torchvision's detectors post-process)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.training:
+            return self.b(h)
+        return self.b(h).softmax(1)
+
+
 class BatchNormAct(nn.BatchNorm2d):
     """timm's BatchNormAct2d: a BatchNorm subclass whose own forward branches on self.training."""
 
@@ -576,16 +587,33 @@ def test_a_path_that_does_not_change_with_the_mode_needs_no_leaf():
     assert gg.traced.fallbacks == [] and group_with(gg, "a").prunable
 
 
-def test_a_top_level_forward_branching_on_the_mode_keeps_its_eval_path_behind_a_guard():
+def test_a_top_level_forward_with_training_only_outputs_prunes_what_they_read_and_trains_as_its_own_class():
+    """The auxiliary head runs in both modes in the graph, so that its input channels follow the
+    plan, and costs nothing: eval mode, which the budget is about, never runs it."""
+    x = torch.randn(2, 3, 6, 6)
+    gg = analyze_and_check_exactness(TrainingOutputs, (x,))
+    assert gg.traced.specializations == [] and gg.traced.fallbacks == []
+    assert group_with(gg, "a").prunable and any(m.module == "aux" and m.dim == 1 for m in group_with(gg, "a").members)
+    assert gg.budget.macs() == 2 * 36 * (3 * 8 + 8 * 4)  # a and b: not aux
+    torch.manual_seed(0)
+    result = graphprune.apply(TrainingOutputs().train(), "l1", 0.5, x)
+    assert type(result.model) is TrainingOutputs and result.model.aux.in_channels == result.model.b.in_channels < 8
+    for training in (False, True):
+        torch.manual_seed(0)
+        assert exactness_error(TrainingOutputs(), gg, result.plan, (x,), result.model, training=training) <= EXACT
+    graph = graphprune.apply_plan(TrainingOutputs(), result.plan, x, output="graph")
+    assert [o.shape for o in graph.train()(x)] == [(2, 4, 6, 6), (2, 2, 6, 6)] and graph.eval()(x).shape == (2, 4, 6, 6)
+
+
+def test_a_top_level_forward_computing_more_in_eval_mode_keeps_its_eval_path_behind_a_guard():
     x = torch.randn(2, 3, 6, 6)
     torch.manual_seed(0)
-    gg = graphprune.analyze(TrainingOutputs().train(), x)
+    gg = graphprune.analyze(EvalOutputs().train(), x)
     (spec,) = gg.traced.specializations
     assert (spec.conversion, spec.value) == ("mode", False) and "if self.training" in spec.location
-    assert not any(m.module == "aux" for g in gg.groups for m in g.members)
-    analyze_and_check_exactness(TrainingOutputs, (x,))
-    result = graphprune.apply(TrainingOutputs().train(), "l1", 0.5, x)
-    assert result.model.eval()(x).shape == (2, 4, 6, 6)
+    analyze_and_check_exactness(EvalOutputs, (x,))
+    result = graphprune.apply(EvalOutputs().train(), "l1", 0.5, x, output="graph")
+    assert torch.allclose(result.model.eval()(x).sum(1), torch.ones(2, 6, 6))
     with pytest.raises(GuardError, match="takes another path in training mode"):
         result.model.train()(x)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from graphprune.exactness import exactness_error
 from graphprune.flops import flop_counter
+from graphprune.modes import TRAINING_ONLY
 from graphprune.rebuild import class_fit, user_class_model
 
 import graphprune
@@ -26,8 +27,8 @@ def input_for(name: str, reduced: bool) -> tuple[dict, torch.Tensor]:
     """Model kwargs and an example input: small inputs where the architecture allows them."""
     if name.startswith("vit"):
         return ({"image_size": 64}, torch.randn(1, 3, 64, 64)) if reduced else ({}, torch.randn(1, 3, 224, 224))
-    if name.startswith("inception"):
-        return {}, torch.randn(1, 3, 96, 96) if reduced else torch.randn(1, 3, 299, 299)
+    if name.startswith("inception"):  # its auxiliary head, which trains with it, needs 299x299
+        return {}, torch.randn(1, 3, 299, 299)
     if name.startswith(("swin", "maxvit")):
         return {}, torch.randn(1, 3, 224, 224)
     return {}, torch.randn(1, 3, 64, 64) if reduced else torch.randn(1, 3, 224, 224)
@@ -73,7 +74,7 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
     # the model of the user's class, pruned in every group its code can carry (see bench/results/own_class.md)
     carried = class_fit(gg).carried(plan, gg)
     if any(s.guarded and s.conversion == "mode" for s in gg.traced.specializations):
-        # a forward that branches on self.training (googlenet's aux heads): its training path was never checked
+        # the forward's training path was not traced (inception_v3's auxiliary head needs 299x299 inputs): never checked
         with pytest.raises(graphprune.ModelRebuildError, match="forward branches at .*mode False"):
             user_class_model(gg, carried)
         assert slim_error(model, gg, plan, (x,)) <= EXACT
@@ -83,6 +84,9 @@ def check_slim(model: torch.nn.Module, gg: graphprune.GroupGraph, x: torch.Tenso
     for inputs in ((x,), (other_batch(x),)):  # exact at the example's batch and another (zeroing a subset of plan's channels)
         assert exactness_error(model, gg, carried, inputs, own) <= EXACT
     assert slim_error(model, gg, plan, (x,)) <= EXACT
+    if any(n.meta.get(TRAINING_ONLY) for n in gg.gm.graph.nodes):  # auxiliary heads: the class trains with them
+        x2 = torch.cat([x, x.flip(-1)])  # BatchNorm on batch statistics needs two values a channel (1x1 maps)
+        assert exactness_error(model, gg, carried, (x2,), own, training=True) <= EXACT  # last: BatchNorm's statistics move
 
 
 def other_batch(x: torch.Tensor) -> torch.Tensor:
