@@ -7,7 +7,7 @@ analyze it: the groups whose sizes the model's own code cannot take and those it
 of every other group (a tie's groups together) gives a model of the user's class that verifies against the slim graph (example inputs,
 another batch size, another length). Writes bench/results/own_class.md and .json.
 
-    .venv/bin/python bench/own_class.py [--only NAME ...]
+    .venv/bin/python bench/own_class.py [--only NAME ...] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ def check(build) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="model names (as in the table) to run")
+    parser.add_argument("--jobs", type=int, default=1, help="models checked at once (nothing here is timed)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # one model, in a subprocess of the main run
     args = parser.parse_args()
     table = models()
@@ -91,11 +93,14 @@ def main() -> None:
         print(json.dumps(check(table[args.one])))
         return
     names = args.only or list(table)
-    rows = {}
-    for name in track(names, description="own class"):  # a fresh process each: no model's state leaks into the next
+
+    def one(name: str) -> dict:  # a fresh process each: no model's state leaks into the next
         done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
-        rows[name] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"own_class": False, "error": done.stderr.strip().splitlines()[-1:]}
+        return json.loads(lines[-1]) if done.returncode == 0 and lines else {"own_class": False, "error": done.stderr.strip().splitlines()[-1:]}
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = dict(zip(names, track(pool.map(one, names), total=len(names), description="own class")))
     commit = provenance.commit()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "own_class.json").write_text(json.dumps({"commit": commit, "models": rows}, indent=1))
