@@ -13,6 +13,9 @@ batch 1, 224x224) and thread count, with a fresh measurement cache:
   against a step model (the fit read at the next multiple of the width); per model, ``--plans``
   random plans (each group keeps a random share in [0.3, 1] at the measured width), slimmed and
   timed whole, against the prediction;
+- capacity at equal speed: l1 at ``Budget(macs=0.5)``, its measured latency ratio L, then l1 at
+  ``Budget(latency=L)``: the MACs and parameters each keeps at the same measured speed (both
+  pruned models timed again together with the unpruned one);
 - noise: the unpruned model timed against a second session of itself, ``--noise`` times: the
   spread of a measured ratio that should be 1.
 Load averages (``os.getloadavg``) are recorded before and after each model. Writes
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +42,8 @@ import graphprune
 import provenance
 from graphprune import Budget
 from graphprune.budget_target import Runtime
-from graphprune.latency import OP_REPEATS, measure, profile
+from graphprune.errors import BudgetError
+from graphprune.latency import OP_REPEATS, batched, measure, profile
 
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -108,6 +113,54 @@ def noise(model: torch.nn.Module, x: torch.Tensor, runtime: Runtime, times: int)
     return {"ratios": r.tolist(), "std": float(r.std(ddof=1)) if len(r) > 1 else 0.0, "max_abs_dev": float(np.abs(r - 1).max())}
 
 
+def equal_speed(model: torch.nn.Module, x: torch.Tensor, runtime: Runtime, prune: Callable[[Budget], graphprune.PruneResult],
+                macs: float = 0.5) -> tuple[dict, dict[str, torch.nn.Module]]:
+    """Capacity at equal speed: ``prune`` to ``macs`` of the MACs, time that model against ``model``
+    (interleaved medians) for its latency ratio L, then ``prune`` to ``Budget(latency=L)``. What
+    each keeps (MACs, params, measured latency ratio), and both pruned models timed again in one
+    interleaved run with the unpruned one ("together"): the two were measured apart, and the
+    comparison is only as good as their latencies are equal. A latency budget the latency model
+    cannot meet is recorded as its error, not raised. Returns the record and the pruned models."""
+    inputs = batched(x, runtime)
+    by_macs = prune(Budget(macs=macs))
+    before, after = measure([model, by_macs.model], [inputs, inputs], runtime, runtime.repeats)
+    target = after / before
+    out = {"macs_budget": macs, "target": target, "macs": kept(by_macs.report, target)}
+    pruned = {"macs": by_macs.model}
+    try:
+        by_latency = prune(Budget(latency=min(target, 1.0), runtime=runtime))  # a ratio over 1 (slower than unpruned) is refused
+    except BudgetError as exc:
+        out["latency"] = {"error": str(exc)}
+        return out, pruned
+    pruned["latency"] = by_latency.model
+    lat = by_latency.report.latency
+    out["latency"] = {**kept(by_latency.report, lat.measured_ratio), "predicted_ratio": lat.predicted_ratio}
+    together = measure([model, *pruned.values()], [inputs] * 3, runtime, runtime.repeats)
+    out["together"] = {k: t / together[0] for k, t in zip(pruned, together[1:])}
+    return out, pruned
+
+
+def kept(report: graphprune.PruneReport, latency_ratio: float) -> dict:
+    return {"macs_ratio": report.macs_ratio, "params_ratio": report.params_ratio, "latency_ratio": latency_ratio}
+
+
+CAPACITY_HEADER = ("MACs budget: MACs / params / latency | latency budget L: MACs / params / latency predicted / measured "
+                   "| timed together: MACs / latency budget | MACs kept, latency - MACs budget | params kept, latency - MACs budget")
+
+
+def capacity_cells(c: dict) -> str:
+    """The CAPACITY_HEADER columns of one :func:`equal_speed` record (differences in points of the full model, and as factors)."""
+    m, lat = c["macs"], c["latency"]
+    cells = [f"{m['macs_ratio']:.3f} / {m['params_ratio']:.3f} / {m['latency_ratio']:.3f}"]
+    if "error" in lat:
+        return " | ".join(cells + [f"L={c['target']:.3f}: not met ({lat['error'].splitlines()[0]})", "", "", ""])
+    t = c["together"]
+    cells += [f"{lat['macs_ratio']:.3f} / {lat['params_ratio']:.3f} / {lat['predicted_ratio']:.3f} / {lat['latency_ratio']:.3f}",
+              f"{t['macs']:.3f} / {t['latency']:.3f}"]
+    cells += [f"{lat[k] - m[k]:+.3f} (x{lat[k] / m[k]:.2f})" for k in ("macs_ratio", "params_ratio")]
+    return " | ".join(cells)
+
+
 def run(name: str, threads: int, args: argparse.Namespace) -> dict:
     x = torch.randn(1, 3, 224, 224)
     load_before = os.getloadavg()
@@ -124,6 +177,9 @@ def run(name: str, threads: int, args: argparse.Namespace) -> dict:
         ops = held_out_ops(latency, rng, runtime)
         plans = held_out_plans(gg, latency, x, runtime, args.plans, rng)
         spread = noise(model, x, runtime, args.noise)
+        started = time.perf_counter()
+        capacity, _ = equal_speed(model, x, runtime, lambda budget: graphprune.apply(model, "l1", budget, x, analysis=gg), args.macs)
+        capacity["seconds"] = time.perf_counter() - started
     lat = report.latency
     row = {
         "model": name, "threads": threads, "profiling_s": profiling, "configurations": latency.configurations,
@@ -131,10 +187,10 @@ def run(name: str, threads: int, args: argparse.Namespace) -> dict:
         "full_ms": 1e3 * latency.full_seconds, "ops_ms": 1e3 * latency.ops_seconds, "remainder_ms": 1e3 * latency.remainder_seconds,
         "macs_ratio": report.macs_ratio, "params_ratio": report.params_ratio, "predicted_ratio": lat.predicted_ratio,
         "measured_ratio": lat.measured_ratio, "measured_before_ms": lat.measured_before_ms, "measured_after_ms": lat.measured_after_ms,
-        "held_out_ops": ops, "held_out_plans": plans, "noise": spread,
+        "held_out_ops": ops, "held_out_plans": plans, "noise": spread, "capacity": capacity,
         "load_before": load_before, "load_after": os.getloadavg(),
     }
-    print(json.dumps({k: v for k, v in row.items() if k not in ("held_out_plans", "noise")}, default=float), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("held_out_plans", "noise", "capacity")}, default=float), flush=True)
     return row
 
 
@@ -170,6 +226,11 @@ def table(rows: list[dict], meta: dict) -> str:
               "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['threads']} | " + " | ".join(f"{r['slowdown'].get(str(w), float('nan')):.2f}" for w in (1, 2, 4, 8)) + " |")
+    lines += ["", "## Capacity at equal speed", "", f"l1 at `Budget(macs={meta['macs']})`, its latency ratio L measured against the "
+              "unpruned model, then l1 at `Budget(latency=L)`: the MACs and parameters each keeps (ratios of the unpruned model's) "
+              "at the same measured speed. Both pruned models are also timed together with the unpruned one, interleaved.", "",
+              "| model | threads | " + CAPACITY_HEADER + " |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['threads']} | {capacity_cells(r['capacity'])} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -187,15 +248,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--noise", type=int, default=5)
-    parser.add_argument("--out", default="latency")
+    parser.add_argument("--macs", type=float, default=0.5, help="the MACs budget whose measured latency the capacity table matches")
+    parser.add_argument("--out", default="latency", help="results name under bench/results/ (an absolute path writes elsewhere)")
     args = parser.parse_args()
     import onnxruntime
 
     meta = {"commit": provenance.commit(), "command": "python bench/latency.py " + " ".join(sys.argv[1:]), "target": args.target,
-            "repeats": args.repeats, "plans": args.plans, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "cpu": cpu_name()}
+            "macs": args.macs, "repeats": args.repeats, "plans": args.plans, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "cpu": cpu_name()}
     rows = []
-    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / args.out).parent.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         for threads in args.threads:
             rows.append(run(name, threads, args))

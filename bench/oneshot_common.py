@@ -35,14 +35,16 @@ def cached(model: torch.nn.Module, name: str, train: Callable[[torch.nn.Module],
 
 def prune_copy(model: torch.nn.Module, method: str, budget: graphprune.Budget, example: Any, calibration: list,
                loss_fn: Callable, **options: Any) -> tuple[graphprune.PruneResult, float]:
-    """``method``'s one-shot prune of a copy of ``model`` (seeded, ``round_to=1``) and the seconds it
-    took; the methods that read data (taylor, hessian, flap; nap's statistics rounds) read ``calibration``."""
+    """``method``'s one-shot prune of a copy of ``model`` (seeded, ``round_to=1`` unless ``options``
+    give another) and the seconds it took; the methods that read data (taylor, hessian, flap; nap's
+    statistics rounds) read ``calibration``."""
     torch.manual_seed(0)
     started = time.perf_counter()
     cls = passes.get(method)
     if cls.reads_data or cls.trains:
         options.update(calib_data=calibration, loss_fn=loss_fn)
-    result = graphprune.apply(copy.deepcopy(model), method, budget, example, round_to=1, **options)
+    options.setdefault("round_to", 1)
+    result = graphprune.apply(copy.deepcopy(model), method, budget, example, **options)
     return result, round(time.perf_counter() - started, 1)
 
 
