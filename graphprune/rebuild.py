@@ -195,10 +195,12 @@ class ClassFit:
 def class_fit(gg: GroupGraph) -> ClassFit:
     """The ties and the whole groups under which any plan carries over to the model's own class.
 
-    Probe plans look for what cannot be carried: every group keeps half its channels, then every
-    other one three quarters, odd then even (so that groups one attribute sizes together are also
-    seen at different counts, either one larger). The groups whose problems arise together and have one size are tied, and
-    probed again tied: what still fails is kept whole, with its ties.
+    Probe plans look for what cannot be carried: every group keeps half its channels, then, for
+    each bit of the groups' (or ties') index, those with the bit set three quarters, then those
+    without it (so that any two are also seen at different counts, either one larger: YOLO11s'
+    attention views its 4 heads of 64 as its input's 256 channels, equal at equal fractions).
+    The groups whose problems arise together and have one size are tied, and probed again tied:
+    what still fails is kept whole, with its ties.
     """
     sizes = {g.id: g.size for g in gg.prunable_groups if g.size > 1}
     together = [[gid for gid in gids if sizes[gid] == size]
@@ -219,7 +221,9 @@ def _probe(gg: GroupGraph, units: list[list[int]]) -> list[tuple[list[int], str]
     """(the changed groups at the ops involved, why) for what the model's class cannot take of two
     probe plans, each unit of groups keeping one count."""
     found = []
-    for fraction in (lambda i: 0.5, lambda i: 0.75 if i % 2 else 0.5, lambda i: 0.5 if i % 2 else 0.75):
+    bits = range(max(1, (len(units) - 1).bit_length()))
+    fractions = [lambda i: 0.5] + [lambda i, b=b, on=on: 0.75 if (i >> b) & 1 == on else 0.5 for b in bits for on in (1, 0)]
+    for fraction in fractions:
         probe = Plan({gid: list(range(max(1, int(gg.groups[gid].size * fraction(i))))) for i, unit in enumerate(units) for gid in unit})
         resizer = plan_resizer(gg, probe)
         carried = _carried(resizer, resizer.rewritten_graph(), gg.traced.model)

@@ -49,6 +49,7 @@ def check_counts(model: torch.nn.Module, gg: graphprune.GroupGraph, inputs: tupl
 YOLO = [
     ("yolov8n.yaml", "DetectionModel"), ("yolov8n-seg.yaml", "SegmentationModel"), ("yolov8n-pose.yaml", "PoseModel"),
     ("yolo11n.yaml", "DetectionModel"), ("yolo11n-seg.yaml", "SegmentationModel"), ("yolo11n-pose.yaml", "PoseModel"),
+    ("yolo11s.yaml", "DetectionModel"),  # 4 attention heads of 64 viewed as 256 channels: the tie only unequal probes find
 ]
 #: why YOLO's frozen groups are frozen: the image, what the model returns (raw head outputs, the
 #: feature maps its loss reads), the decoding its eval mode adds (anchors, DFL, strides) and the
