@@ -536,9 +536,10 @@ def symbolic_trace(
 
 
 _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
-    "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v, "keys": tuple,
+    "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v, "keys": tuple, "range": int,
 }
-_WHAT = {"bool": "condition", "int": "int()", "float": "float()", "len": "length", "value": "value", "keys": "keys"}
+_WHAT = {"bool": "condition", "int": "int()", "float": "float()", "len": "length", "value": "value", "keys": "keys",
+         "range": "range() bound"}
 
 
 def guard(value: Any, conversion: str, expected: Any, location: str) -> None:
@@ -631,7 +632,7 @@ class _ExamplePathTracer(_FallbackTracer):
 
     def trace(self, root, concrete_args=None):
         try:
-            with _example_isinstance(self):
+            with _example_isinstance(self), _example_range():
                 return super().trace(root, concrete_args)
         finally:  # the example values of every node: a failed trace stays alive in reference cycles
             self._interpreter = None  # while the collector pauses (groups._no_cyclic_gc), one per retry
@@ -766,6 +767,47 @@ def _example_isinstance(tracer: _ExamplePathTracer) -> Iterator[None]:
         yield
     finally:
         builtins.isinstance = _ISINSTANCE
+
+
+_RANGE = builtins.range
+
+
+class _RangeType(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return _ISINSTANCE(obj, _RANGE)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, _RANGE)
+
+
+class _ExampleRange(metaclass=_RangeType):
+    """``range`` while tracing along the example path. In the model's own forward, a traced bound
+    takes the example's value (a proxy has no ``__index__``, see :class:`_ExamplePathProxy`, so the
+    builtin refuses it and the whole trace would fail). :meth:`_Call.trace` accepts it, guarded,
+    where it is computed from sizes of dims other than the batch dim (torchvision's SSD:
+    ``range(1, num_classes)`` over ``scores.size(-1)``), and refuses any other as before, asking for
+    ``int(...)``: a loop over the batch would pin the graph to the example's batch size, and a count
+    from tensor data would rarely pass its guard. The guard stays where the bound is a channel count
+    too: the graph holds the loop unrolled as many times as the example's count, which pruning could
+    not change, so the guard's read of the count freezes those channels. In a
+    submodule the builtin still refuses it and the submodule becomes a leaf, which runs its loop
+    for every input (torchvision's image-list transform, ``for i in range(batched_imgs.shape[0])``,
+    then takes any image size). ``isinstance(r, range)`` holds; the object made is the builtin's."""
+
+    def __new__(cls, *args: Any) -> Any:
+        return _RANGE(*(a.tracer.concretize(a, "range") if type(a) in (_ExamplePathProxy, _ExamplePathAttribute)
+                        and not a.tracer._stack else a for a in args))
+
+
+@contextlib.contextmanager
+def _example_range() -> Iterator[None]:
+    """``range`` as :class:`_ExampleRange` makes it, for the block (torchvision's SSD loops
+    ``for label in range(1, num_classes)`` over ``num_classes = scores.size(-1)`` in its own forward)."""
+    builtins.range = _ExampleRange
+    try:
+        yield
+    finally:
+        builtins.range = _RANGE
 
 
 class _UncomputableTrace(Exception):
@@ -997,6 +1039,13 @@ class _Call:
         if not guards:
             return traced, False
         _unguard_channel_counts(traced, guards)
+        bound = next((spec for spec, node in guards if spec.conversion == "range" and not _off_the_batch(node, traced)), None)
+        if bound is not None:  # see _ExampleRange
+            raise TraceError(
+                f"cannot trace {type(model).__name__}.forward, even along the example inputs' path: range() of a "
+                f"traced value other than a size off the batch dim\n  at {bound.location}\n{_hint(TypeError('Proxy'))}"
+                "  Move that code into a submodule: a submodule graphprune cannot trace becomes an opaque leaf "
+                "and the rest of the model is still analyzed (or list it in leaf_modules).")
         return traced, _unguard_size_branches(traced, guards, args, kwargs, self)
 
 
@@ -1159,8 +1208,16 @@ def _stale_module(exc: ExampleInputError, model: torch.nn.Module, args: tuple, k
     return candidates[0]
 
 
+def _off_the_batch(node: fx.Node, traced: TracedModel) -> bool:
+    """Whether a guard's value is computed from sizes of dims other than the batch dim only."""
+    sources = _size_sources(node.args[0], traced.values)
+    return sources is not None and all(d not in (None, 0) for _, d in sources)
+
+
 def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specialization, fx.Node]]) -> None:
-    """Remove the guards of values computed from channel counts only (and ranks).
+    """Remove the guards of values computed from channel counts only (and ranks), but for
+    ``range()`` bounds: the graph holds their loops unrolled, which a pruned count would not
+    change, so their guards stay and the analysis freezes the channels they read (see :class:`_ExampleRange`).
 
     No input changes a model's channel counts, so such a value needs no check; a guard would read
     the channel count where pruning changes it, and the analysis would freeze those channels.
@@ -1179,7 +1236,7 @@ def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specializati
             sources = [(_shape_tuple_of(value), None)]  # len(x.shape) is the rank
         elif spec.conversion == "len" and _shape_slice_of(value) is not None:
             sources = [(_shape_slice_of(value), None)]  # len(x.shape[:-1]) too
-        if sources is None or not all(holds_channels(t, d) for t, d in sources):
+        if sources is None or not all(holds_channels(t, d) for t, d in sources) or spec.conversion == "range":
             continue
         spec.guarded = False
         _erase_with_dead_inputs(node, traced)

@@ -142,3 +142,59 @@ def test_faster_rcnn_on_a_list_of_images_prunes_exactly_to_budget_and_exports(tm
     with pytest.warns(UserWarning, match="follows the path the example inputs took"):
         report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), (images,))
     assert report.relative_diff <= 1e-4 and report.unchecked_guards
+
+
+#: one-stage detectors, each with a member of its feature pyramid (SSDlite has none: its backbone's
+#: extra blocks) and of both heads' towers that must be prunable
+ONE_STAGE = {
+    "retinanet_resnet50_fpn": ("backbone.fpn.layer_blocks.0.0", "head.classification_head.conv.0.0", "head.regression_head.conv.3.0"),
+    "fcos_resnet50_fpn": ("backbone.fpn.layer_blocks.0.0", "head.classification_head.conv.0", "head.regression_head.conv.9"),
+    "ssdlite320_mobilenet_v3_large": ("backbone.extra.0.1.0", "head.classification_head.module_list.0.0.0", "head.regression_head.module_list.5.0.0"),
+}
+
+
+def one_stage(name: str) -> torch.nn.Module:
+    """A RetinaNet, FCOS or SSDlite whose counts no data decides: every candidate scored and none
+    suppressed, so a pruned model returns as many boxes as the original; its box regression stays
+    live (the boxes read those channels). The ResNet-50 ones resize images to 256 pixels (2 CPU cores).
+
+    torchvision initializes an untrained SSDlite's convolutions with std 0.03, which shrinks its
+    activations about a thousandfold per block: every location of its deep maps then scores alike
+    to rounding, and which of the tied detections come first would be rounding's choice.
+    Variance-preserving weights keep its top scores apart by 1e-5 and more. Its forward loops over
+    the classes (one unrolled step each): Pascal VOC's 21 keep the graph small."""
+    from torchvision.models import detection
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 21} if name.startswith("ssdlite") else {"min_size": 256, "max_size": 256}
+    model = getattr(detection, name)(weights=None, weights_backbone=None, score_thresh=-1.0, nms_thresh=1.0,
+                                     topk_candidates=50, detections_per_img=50, **kwargs).eval()
+    if name.startswith("ssdlite"):
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+    randomize_small_tensors(model)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ONE_STAGE))
+def test_one_stage_detector_on_a_list_of_images_prunes_exactly_to_budget_and_exports(name, tmp_path):
+    """RetinaNet, FCOS and SSDlite as the Faster R-CNN above: backbone, pyramid and both heads'
+    towers prunable; the image-list transform a leaf; anchors, per-level top-k, NMS and SSD's loop
+    over its classes (``range(1, num_classes)`` in its own forward) traced along the example's path."""
+    model = one_stage(name)
+    images = [torch.rand(3, 320, 320) if name.startswith("ssdlite") else torch.rand(3, 256, 256)]
+    gg = graphprune.analyze(model, (images,), specialize_submodules=True)
+    check_counts(model, gg, (images,))
+    assert [f.module for f in gg.fallbacks] == ["transform"]
+    assert gg.prunable_mac_share() == 1.0  # the stems' image channels and the outputs are all that is frozen
+    for member in ONE_STAGE[name]:
+        assert any(g.prunable for g in gg.groups if any(m.module == member for m in g.members)), member
+    assert any(s.guarded and s.conversion == "mode" for s in gg.traced.specializations)  # losses in training mode
+    assert slim_error(model, gg, half_plan(gg), (images,)) <= EXACT  # it zeroed half of every group: prune a new one
+    result = graphprune.apply(one_stage(name), "l1", 0.5, (images,), specialize_submodules=True)
+    assert abs(result.report.macs_after / result.report.macs_before - 0.5) <= 0.005
+    with pytest.warns(UserWarning, match="follows the path the example inputs took"):
+        report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), (images,))
+    assert report.relative_diff <= 1e-4 and report.unchecked_guards

@@ -96,7 +96,7 @@ class FailsAfterStoring(Stateful):
         self.seen.append(x)
         self.calls += 1
         h = self.conv(x)
-        for _ in range(h.size(1)):  # range() of a traced value: tracing fails
+        for _ in range(h.size(0)):  # range() of the batch size: tracing fails (of a channel count it would not)
             pass
         return h
 

@@ -191,6 +191,31 @@ def test_untraceable_top_level_code_raises_trace_error_with_location():
     assert "RootLoopOverBatch" in message and "for i in range(x.size(0))" in message and "submodule" in message
 
 
+class RootLoopOverChannels(nn.Module):
+    """``range()`` of a channel count (torchvision's SSD loops over its classes this way)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(5, 6, 1)
+
+    def forward(self, x):
+        y, s = self.b(self.a(x)), 0
+        for _ in range(y.size(1)):
+            s = s + 1
+        return self.c(y) + s
+
+
+def test_root_range_over_a_channel_count_is_unrolled_and_freezes_those_channels():
+    """The graph holds the loop five times, which pruning ``b`` could not change: its guard stays, and reads them."""
+    model, x = RootLoopOverChannels().eval(), torch.randn(2, 3, 4, 4)
+    gg = graphprune.analyze(model, x)
+    (spec,) = gg.traced.specializations
+    assert spec.conversion == "range" and spec.value == 5 and spec.guarded and "range(y.size(1))" in spec.location
+    assert group_with(gg, "a").prunable
+    assert not group_with(gg, "b").prunable and "range(y.size(1))" in group_with(gg, "b").reason
+    assert torch.equal(gg.gm(x[:1]), model(x[:1]))
+
+
 def test_wrong_input_shape_raises_a_clear_error():
     with pytest.raises(graphprune.ExampleInputError) as info:
         graphprune.analyze(WithUntraceable(), torch.randn(1, 5, 10, 10))
