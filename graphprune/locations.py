@@ -6,6 +6,7 @@ import linecache
 import os
 import sys
 import traceback
+from types import FrameType
 
 import torch
 import torch.fx as fx
@@ -33,10 +34,16 @@ def user_frame() -> tuple[str, int] | None:
     Walks the live frames instead of extracting a traceback: tracing records it for every node it
     makes, and fx's own ``record_stack_traces`` made analyzing a ResNet-50 about 60% slower.
     """
+    frame = innermost_user_frame()
+    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
+
+
+def innermost_user_frame() -> FrameType | None:
+    """The innermost frame of the running stack outside torch and graphprune."""
     frame = sys._getframe(1)
     while frame is not None and not is_user_code(frame.f_code.co_filename):
         frame = frame.f_back
-    return None if frame is None else (frame.f_code.co_filename, frame.f_lineno)
+    return frame
 
 
 def format_location(frame: tuple[str, int] | None) -> str:

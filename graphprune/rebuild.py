@@ -47,7 +47,7 @@ from .hf_config import UNSTATED, describe_pruned_config
 from .locations import FRAME, describe_node, qualified_name, user_location
 from .plan import Plan
 from .slim import _deepcopy, _layer_norm_compensation, _Resizer, _set_tensor, _slice_in_place, plan_resizer
-from .trace import InputSizes, Specialization, guard, split_inputs
+from .trace import InputSizes, Specialization, guard, reads_values, split_inputs
 
 #: how far the user's model may be from the slim graph, relative to the largest output (float32 rounding)
 TOLERANCE = 1e-4
@@ -147,28 +147,9 @@ def _value_branches(gg: GroupGraph) -> list[Specialization]:
     ordinary inputs (and in training), which nothing checked. Conditions on dtypes, devices and
     sizes (``if pixel_values.dtype != expected_dtype``) and argument values are left to the note."""
     on_metadata = {n.args[3] for n in gg.gm.graph.nodes if n.op == "call_function" and n.target is guard
-                   and _reads_metadata_only(n.args[0])}
+                   and not reads_values(n.args[0])}
     return [spec for spec in gg.traced.specializations if spec.guarded and not spec.location.startswith("argument ")
             and (spec.conversion == "mode" or spec.location not in on_metadata)]
-
-
-def _reads_metadata_only(value: Any) -> bool:
-    """Whether ``value`` (a node or constant) is computed from tensors' dtypes, devices and sizes only."""
-    stack, seen = [value], set()
-    while stack:
-        n = stack.pop()
-        if not isinstance(n, fx.Node) or n in seen:
-            continue
-        seen.add(n)
-        if (n.op == "call_function" and n.target is getattr and n.args[1] in _METADATA) or (n.op == "call_method" and n.target in ("size", "dim")):
-            continue
-        if n.op in ("placeholder", "get_attr", "call_module"):
-            return False
-        stack.extend(n.all_input_nodes)
-    return True
-
-
-_METADATA = ("dtype", "device", "shape", "ndim", "is_cuda", "layout")
 
 
 @dataclasses.dataclass

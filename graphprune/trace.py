@@ -68,7 +68,7 @@ from .equivalents import function_form, module_form
 from .ops import declaration_of, declared_functions, takes
 from .errors import ExampleInputError, GraphPruneError, GuardError, TraceError
 from .flops import NodeFlops, Restart, ShapeOnlyRuns
-from .locations import FRAME, caller_location, describe_node, is_user_code, user_frame, user_location
+from .locations import FRAME, caller_location, describe_node, innermost_user_frame, is_user_code, qualified_name, user_frame, user_location
 from .rules import module_rule
 from .modes import FLIPPED, TRAINING_ONLY, ModeFlag, ModeGuard, in_eval, merge_mode_paths, mode_flags, owner_of, set_training
 from .specs import TensorSpec
@@ -116,7 +116,8 @@ def analysis_graph_module(root: torch.nn.Module, graph: fx.Graph, class_name: st
 
 @dataclasses.dataclass
 class Fallback:
-    """A submodule that was made a leaf because tracing through it failed.
+    """A submodule that was made a leaf because tracing through it failed, or a function whose calls
+    stay opaque (``module``: its qualified name; see :class:`_FunctionLeaf`).
 
     ``needs_value``: it failed because its Python needed a value from a traced tensor (a branch,
     a loop, ``int()``): ``specialize_submodules=True`` traces it along the example inputs' path.
@@ -329,6 +330,13 @@ class _FallbackTracer(fx.Tracer):
                 out.node.meta.pop("is_wrapped", None)
         return graph
 
+    def keep_calls(self, functions: Iterable[Callable]) -> None:
+        """Calls of ``functions`` become nodes (fx's autowrap), looked up in the globals of the
+        modules that define them and of every module whose forward is traced."""
+        for function in functions:
+            self._autowrap_function_ids.add(id(function))
+            self._autowrap_search.append(sys.modules[function.__module__])
+
     def get_fresh_qualname(self, prefix: str) -> str:
         """fx stores a constant it makes (a tensor created in forward) on the model under this name:
         it stays there, for the graphs built from the model to copy, until the analysis ends."""
@@ -481,6 +489,29 @@ class _RootFailure(Exception):
         self.error, self.location = error, location
 
 
+class _FunctionLeaf(Exception):
+    """A plain function of the model's code turns tensor values into a Python number (Mask R-CNN's
+    ``int(box[2] - box[0])`` per detected box): traced, the graph would hold the example's numbers
+    under guards that other inputs, and a pruned model's own example, fail. Its calls become opaque
+    nodes instead, which run its Python for every input (and freeze the channels they read)."""
+
+    def __init__(self, function: Callable, location: str):
+        super().__init__(qualified_name(function))
+        self.function, self.location = function, location
+
+
+def _calling_function() -> Callable | None:
+    """The function running at the innermost frame of the user's code, where it is one that
+    ``torch.fx`` can keep as a call: defined at a module's top level under a public name (not a
+    method, a lambda or a nested function)."""
+    frame = innermost_user_frame()
+    if frame is None:
+        return None
+    code = frame.f_code
+    function = frame.f_globals.get(code.co_name)
+    return function if getattr(function, "__code__", None) is code and not code.co_name.startswith("_") else None
+
+
 def _trace_with_leaf_fallbacks(
     model: torch.nn.Module,
     make_tracer: Callable[[set[str], tuple[type, ...]], "_FallbackTracer"],
@@ -491,14 +522,26 @@ def _trace_with_leaf_fallbacks(
     """Trace, making every submodule whose forward fails a leaf and retrying; raises _RootFailure."""
     leaf_names = {m for m in leaf_modules if isinstance(m, str)}
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
+    leaf_functions: list[Callable] = []
     fallbacks: list[Fallback] = []
     while True:
         tracer = make_tracer(leaf_names, leaf_types)
         tracer.training = training
+        tracer.keep_calls(leaf_functions)
         try:
             graph = tracer.trace(model, concrete_args=dict(concrete_args) if concrete_args else None)
         except GraphPruneError:
             raise
+        except _FunctionLeaf as leaf:
+            if leaf.function in leaf_functions:  # its caller does not reach it through a module's globals
+                raise TraceError(
+                    f"cannot keep {leaf}, which turns tensor values into Python numbers, as one call: its caller "
+                    f"reaches it other than by its name in a module\n  at {leaf.location}\n  Move that code into a "
+                    "submodule: a submodule graphprune cannot trace becomes an opaque leaf (or list it in leaf_modules).") from leaf
+            fallbacks.append(Fallback(str(leaf), "it turns tensor values into Python numbers, so its calls run it as "
+                                                 "it is, opaque", leaf.location))
+            leaf_functions.append(leaf.function)
+            continue
         except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError, ...
             failed = tracer.failed_module
             location = user_location(exc)
@@ -705,6 +748,10 @@ class _ExamplePathTracer(_FallbackTracer):
             if conversion == "bool":
                 return super().to_bool(proxy)
             raise TypeError(f"symbolic tracing cannot compute {conversion}() of a traced value")
+        if conversion in ("int", "float") and reads_values(proxy.node):
+            function = _calling_function()
+            if function is not None:
+                raise _FunctionLeaf(function, caller_location())
         value = _CONVERSIONS[conversion](self._example_value(proxy.node))
         self._add_guard(proxy, conversion, value, caller_location())
         return value
@@ -1394,6 +1441,26 @@ def _leaves(out: Any) -> list[Any]:
     if isinstance(out, (tuple, list)):
         return [leaf for o in out for leaf in _leaves(o)]
     return [out]
+
+
+_METADATA = ("dtype", "device", "shape", "ndim", "is_cuda", "layout")
+
+
+def reads_values(value: Any) -> bool:
+    """Whether ``value`` (a node or constant) is computed from tensors' values, not from their
+    dtypes, devices and sizes alone."""
+    stack, seen = [value], set()
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        if (n.op == "call_function" and n.target is getattr and n.args[1] in _METADATA) or (n.op == "call_method" and n.target in ("size", "dim")):
+            continue
+        if n.op in ("placeholder", "get_attr", "call_module"):
+            return True
+        stack.extend(n.all_input_nodes)
+    return False
 
 
 def _size_sources(value: Any, values: Mapping[fx.Node, Any]) -> list[tuple[fx.Node, int | None]] | None:

@@ -643,6 +643,35 @@ def test_a_top_level_forward_computing_more_in_eval_mode_keeps_its_eval_path_beh
         result.model.train()(x)
 
 
+def first_columns(h, x):
+    """How many columns it averages, the input's values decide (Mask R-CNN pastes each mask at its box's size)."""
+    n = int((x[0, 0, 0] > 0).sum()) + 1
+    return h[..., :n].mean(-1)
+
+
+class DataSizedByAFunction(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv(3, 8, 1), conv(8, 4, 1)
+
+    def forward(self, x):
+        return first_columns(self.b(torch.relu(self.a(x))), x)
+
+
+def test_a_function_turning_tensor_values_into_numbers_runs_as_one_opaque_call():
+    """Traced, the graph would hold the example's count under a guard that most inputs fail."""
+    x = torch.randn(2, 3, 6, 6)
+    gg = analyze_and_check_exactness(DataSizedByAFunction, (x,))
+    (fallback,) = gg.fallbacks
+    assert fallback.module == "test_trace.first_columns" and "n = int((x[0, 0, 0] > 0).sum()) + 1" in fallback.location
+    assert not any(s.guarded for s in gg.traced.specializations)
+    assert group_with(gg, "a").prunable and not group_with(gg, "b").prunable  # what the call reads is frozen
+    other = x.clone()
+    other[0, 0, 0] = torch.arange(6) - 4.5  # one positive value where the example had another count
+    torch.manual_seed(0)
+    assert torch.allclose(gg.gm(other), DataSizedByAFunction()(other))
+
+
 class _Attrs(nn.Module):
     """Nested submodules, a submodule called whole and read from, a buffer, a plain tensor attribute."""
 
