@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")  # noqa: E402 - before Ultralytics reads its settings
 
 import onnxruntime as ort
+import provenance
 import torch
 from ort_speed import interleaved_medians, sessions
 from ultralytics.nn import tasks
@@ -98,9 +98,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout:
-        commit += " with uncommitted changes"
+    commit = provenance.commit()
     command = "python bench/detection.py" + ("" if args.models == ",".join(MODELS) else f" --models {args.models}") \
         + ("" if args.repeats == 20 else f" --repeats {args.repeats}")
     rows = []
