@@ -32,7 +32,7 @@ import torch.fx as fx
 from .distributed import main_only
 from .errors import ExampleInputError, ExportError, GuardError
 from .ops import declaration_of, declared_functions
-from .trace import InputSizes, guard, mismatched_inputs, named_tensors, split_inputs
+from .trace import OPAQUE_CALL, InputSizes, guard, mismatched_inputs, named_tensors, split_inputs
 
 
 @dataclasses.dataclass
@@ -87,12 +87,12 @@ class _TensorsOnly(torch.nn.Module):
 
 
 def _unchecked_guards(model: torch.nn.Module) -> list[str]:
-    """Locations of guards on traced values in ``model``'s graphs: ONNX keeps the example's path
-    without them. Guards on non-tensor inputs are left out: those inputs are baked in anyway."""
-    return [
-        n.args[3] for m in model.modules() if isinstance(m, fx.GraphModule) for n in m.graph.nodes
-        if n.op == "call_function" and n.target is guard and n.args[1] != "value"
-    ]
+    """Locations of guards on traced values in ``model``'s graphs, and of the numbers its opaque
+    calls compute (trace.OPAQUE_CALL): ONNX keeps the example's path and numbers without them.
+    Guards on non-tensor inputs are left out: those inputs are baked in anyway."""
+    nodes = [n for m in model.modules() if isinstance(m, fx.GraphModule) for n in m.graph.nodes]
+    return ([n.args[3] for n in nodes if n.op == "call_function" and n.target is guard and n.args[1] != "value"]
+            + list(dict.fromkeys(f"{n.meta[OPAQUE_CALL]} (ONNX holds the example's numbers)" for n in nodes if OPAQUE_CALL in n.meta)))
 
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")

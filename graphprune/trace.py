@@ -301,6 +301,7 @@ class _FallbackTracer(fx.Tracer):
     def __init__(self, leaf_names: set[str] = frozenset(), leaf_types: tuple[type, ...] = ()):
         super().__init__()  # defaults: GraphModule unpickling builds a tracer with no arguments
         self._autowrap_function_ids.update(id(f) for f in declared_functions())  # calls stay nodes (ops.py)
+        self._kept: dict[int, str] = {}  # see keep_calls
         self.leaf_names = leaf_names
         self.leaf_types = leaf_types
         self._stack: list[str] = []
@@ -330,9 +331,11 @@ class _FallbackTracer(fx.Tracer):
                 out.node.meta.pop("is_wrapped", None)
         return graph
 
-    def keep_calls(self, functions: Iterable[Callable]) -> None:
+    def keep_calls(self, functions: Mapping[Callable, str]) -> None:
         """Calls of ``functions`` become nodes (fx's autowrap), looked up in the globals of the
-        modules that define them and of every module whose forward is traced."""
+        modules that define them and of every module whose forward is traced; each node's
+        ``meta[OPAQUE_CALL]`` is where its function needed a Python number (the value)."""
+        self._kept = {id(function): where for function, where in functions.items()}
         for function in functions:
             self._autowrap_function_ids.add(id(function))
             self._autowrap_search.append(sys.modules[function.__module__])
@@ -348,6 +351,8 @@ class _FallbackTracer(fx.Tracer):
     def create_node(self, *args, **kwargs) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         node.meta[FRAME] = user_frame()  # messages about the node name the user's line (locations.describe_node)
+        if node.op == "call_function" and id(node.target) in self._kept:
+            node.meta[OPAQUE_CALL] = self._kept[id(node.target)]
         return node
 
     def create_proxy(self, kind, target, args, kwargs, *rest, **options):
@@ -522,7 +527,7 @@ def _trace_with_leaf_fallbacks(
     """Trace, making every submodule whose forward fails a leaf and retrying; raises _RootFailure."""
     leaf_names = {m for m in leaf_modules if isinstance(m, str)}
     leaf_types = tuple(m for m in leaf_modules if isinstance(m, type))
-    leaf_functions: list[Callable] = []
+    leaf_functions: dict[Callable, str] = {}
     fallbacks: list[Fallback] = []
     while True:
         tracer = make_tracer(leaf_names, leaf_types)
@@ -540,7 +545,7 @@ def _trace_with_leaf_fallbacks(
                     "submodule: a submodule graphprune cannot trace becomes an opaque leaf (or list it in leaf_modules).") from leaf
             fallbacks.append(Fallback(str(leaf), "it turns tensor values into Python numbers, so its calls run it as "
                                                  "it is, opaque", leaf.location))
-            leaf_functions.append(leaf.function)
+            leaf_functions[leaf.function] = leaf.location
             continue
         except Exception as exc:  # fx raises many types: TraceError, TypeError, RuntimeError, ...
             failed = tracer.failed_module
@@ -577,6 +582,9 @@ def symbolic_trace(
         ) from failure.error
     return gm, fallbacks
 
+
+#: ``node.meta`` key of a call of a function kept opaque (see :class:`_FunctionLeaf`): where it needed a number
+OPAQUE_CALL = "opaque_call"
 
 _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "bool": bool, "int": int, "float": float, "len": len, "value": lambda v: v, "keys": tuple, "range": int,

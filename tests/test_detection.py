@@ -198,3 +198,51 @@ def test_one_stage_detector_on_a_list_of_images_prunes_exactly_to_budget_and_exp
     with pytest.warns(UserWarning, match="follows the path the example inputs took"):
         report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), (images,))
     assert report.relative_diff <= 1e-4 and report.unchecked_guards
+
+
+#: Faster R-CNN's family with a mask or keypoint head, a member of that head that must be prunable, and the
+#: function each runs per detected box that turns its box's coordinates into Python numbers (kept as one call)
+MASK_OR_KEYPOINTS = {
+    "maskrcnn_resnet50_fpn": ("roi_heads.mask_head.1.0", "paste_mask_in_image"),
+    "keypointrcnn_resnet50_fpn": ("roi_heads.keypoint_head.2", "heatmaps_to_keypoints"),
+}
+
+
+def mask_or_keypoints(name: str) -> torch.nn.Module:
+    """A Mask or Keypoint R-CNN whose counts no data decides, as :func:`faster_rcnn`; images resized
+    to 256 pixels (2 CPU cores)."""
+    from torchvision.models import detection
+
+    torch.manual_seed(0)
+    model = getattr(detection, name)(weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_nms_thresh=1.0,
+                                     box_score_thresh=-1.0, box_detections_per_img=20, min_size=256, max_size=256).eval()
+    randomize_small_tensors(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bbox_pred" in name:
+                p.zero_()
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MASK_OR_KEYPOINTS))
+def test_mask_and_keypoint_rcnn_keep_their_per_box_python_as_one_call(name, tmp_path):
+    """Pasting a mask, or reading a keypoint heatmap, at each box's size in pixels (``int(box[2] - box[0])``)
+    would hold the example's boxes under guards that any other image, and the pruned model's own example,
+    fail: that function runs as one opaque call instead, for any boxes."""
+    model, images = mask_or_keypoints(name), [torch.rand(3, 256, 256)]
+    member, function = MASK_OR_KEYPOINTS[name]
+    gg = graphprune.analyze(model, (images,), specialize_submodules=True)
+    check_counts(model, gg, (images,))
+    assert [f.module for f in gg.fallbacks] == ["transform", f"torchvision.models.detection.roi_heads.{function}"]
+    assert "turns tensor values into Python numbers" in gg.fallbacks[1].error
+    assert gg.prunable_mac_share() == 1.0
+    assert any(g.prunable for g in gg.groups if any(m.module == member for m in g.members)), member
+    assert slim_error(model, gg, half_plan(gg), (images,)) <= EXACT
+    result = graphprune.apply(mask_or_keypoints(name), "l1", 0.5, (images,), specialize_submodules=True)
+    assert abs(result.report.macs_after / result.report.macs_before - 0.5) <= 0.005
+    (found,) = result.model([torch.rand(3, 256, 256)])  # another image: other boxes, other sizes in pixels
+    assert len(found["boxes"]) == 20 and len(found["masks" if "mask" in name else "keypoints"]) == 20
+    with pytest.warns(UserWarning, match="follows the path the example inputs took.*ONNX holds the example's numbers"):
+        report = graphprune.export_onnx(result.model, str(tmp_path / "pruned.onnx"), (images,))
+    assert report.relative_diff <= 1e-4 and f"{gg.fallbacks[1].location} (ONNX holds the example's numbers)" in report.unchecked_guards
