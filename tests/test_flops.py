@@ -32,7 +32,7 @@ class _Reference(fx.Interpreter):
         with counter:
             out = super().run_node(n)
         out = T._detach(out)
-        self.values[n], self.flops[n] = T._spec(out), int(counter.get_total_flops())
+        self.values[n], self.flops[n] = T.value_spec(out), int(counter.get_total_flops())
         return out
 
 
