@@ -49,7 +49,9 @@ def check_counts(model: torch.nn.Module, gg: graphprune.GroupGraph, inputs: tupl
 YOLO = [
     ("yolov8n.yaml", "DetectionModel"), ("yolov8n-seg.yaml", "SegmentationModel"), ("yolov8n-pose.yaml", "PoseModel"),
     ("yolo11n.yaml", "DetectionModel"), ("yolo11n-seg.yaml", "SegmentationModel"), ("yolo11n-pose.yaml", "PoseModel"),
-    ("yolo11s.yaml", "DetectionModel"),  # 4 attention heads of 64 viewed as 256 channels: the tie only unequal probes find
+    ("yolov8s.yaml", "DetectionModel"), ("yolov8s-seg.yaml", "SegmentationModel"), ("yolov8s-pose.yaml", "PoseModel"),
+    # 4 attention heads of 64 viewed as 256 channels: the tie only unequal probes find
+    ("yolo11s.yaml", "DetectionModel"), ("yolo11s-seg.yaml", "SegmentationModel"), ("yolo11s-pose.yaml", "PoseModel"),
 ]
 #: why YOLO's frozen groups are frozen: the image, what the model returns (raw head outputs, the
 #: feature maps its loss reads), the decoding its eval mode adds (anchors, DFL, strides) and the
@@ -104,21 +106,26 @@ def test_yolo_wrapper_predicts_with_the_pruned_model(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------- torchvision
 
-def faster_rcnn() -> torch.nn.Module:
-    """A Faster R-CNN whose counts no data decides: thresholds that keep every candidate and no box
-    regression (boxes are the anchors, none degenerate), so a pruned model's boxes are as many as the
-    original's (the slim pass checks every shape); its scores and labels still read every channel."""
+def two_stage(name: str = "fasterrcnn_mobilenet_v3_large_320_fpn", **options) -> torch.nn.Module:
+    """A Faster R-CNN (or Mask, Keypoint R-CNN: ``name``) whose counts no data decides: thresholds
+    that keep every candidate and no box regression (boxes are the anchors, none degenerate), so a
+    pruned model's boxes are as many as the original's (the slim pass checks every shape); its scores
+    and labels still read every channel. ``options``: the builder's (image size, boxes per image)."""
     from torchvision.models import detection
 
     torch.manual_seed(0)
-    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_nms_thresh=1.0, box_score_thresh=-1.0).eval()
+    model = getattr(detection, name)(weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_nms_thresh=1.0,
+                                     box_score_thresh=-1.0, **options).eval()
     randomize_small_tensors(model)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "bbox_pred" in name:
+        for path, p in model.named_parameters():
+            if "bbox_pred" in path:
                 p.zero_()
     return model
+
+
+def faster_rcnn() -> torch.nn.Module:
+    return two_stage()
 
 
 @pytest.mark.slow
@@ -209,19 +216,8 @@ MASK_OR_KEYPOINTS = {
 
 
 def mask_or_keypoints(name: str) -> torch.nn.Module:
-    """A Mask or Keypoint R-CNN whose counts no data decides, as :func:`faster_rcnn`; images resized
-    to 256 pixels (2 CPU cores)."""
-    from torchvision.models import detection
-
-    torch.manual_seed(0)
-    model = getattr(detection, name)(weights=None, weights_backbone=None, rpn_nms_thresh=1.0, box_nms_thresh=1.0,
-                                     box_score_thresh=-1.0, box_detections_per_img=20, min_size=256, max_size=256).eval()
-    randomize_small_tensors(model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "bbox_pred" in name:
-                p.zero_()
-    return model
+    """A Mask or Keypoint R-CNN as :func:`two_stage`, images resized to 256 pixels (2 CPU cores)."""
+    return two_stage(name, box_detections_per_img=20, min_size=256, max_size=256)
 
 
 @pytest.mark.slow
