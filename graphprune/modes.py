@@ -238,16 +238,9 @@ def merge_mode_paths(gm: fx.GraphModule, other: fx.GraphModule, own_modes: dict[
     except _Unmergeable as failure:
         return failure.node
 
-    first = next(n for n in ours if n.op != "placeholder")
-    flags: dict[str, fx.Node] = {}
-
     def flag_of(n: fx.Node) -> tuple[fx.Node, bool]:
         owner = _owner(n, reads)
-        if owner not in flags:
-            with gm.graph.inserting_before(first), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # fx warns that a bool is not a parameter, buffer or module
-                flags[owner] = gm.graph.get_attr(f"{owner}.training" if owner else "training")
-        return flags[owner], own_modes[owner]
+        return _flag(gm.graph, owner), own_modes[owner]
 
     for g, (args, kwargs) in constants.items():
         flag, mode = flag_of(g)
@@ -350,14 +343,20 @@ def defer_training_only(gm: fx.GraphModule) -> None:
     deferred = [n for n in gm.graph.nodes if n.meta.pop(TRAINING_ONLY, False) and n.op != "get_attr"]
     if not deferred:
         return
-    flag = next((n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "training"), None)
-    if flag is None:
-        with gm.graph.inserting_before(next(n for n in gm.graph.nodes if n.op != "placeholder")), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fx warns that a bool is not a parameter, buffer or module
-            flag = gm.graph.get_attr("training")
     for n in deferred:
-        _run_only_in(n, flag, True)
+        _run_only_in(n, _flag(gm.graph, ""), True)
     gm.recompile()
+
+
+def _flag(graph: fx.Graph, owner: str) -> fx.Node:
+    """The node reading ``owner``'s training flag (the model's own: ""), made once, first in the graph."""
+    target = f"{owner}.training" if owner else "training"
+    found = next((n for n in graph.nodes if n.op == "get_attr" and n.target == target), None)
+    if found is None:
+        with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fx warns that a bool is not a parameter, buffer or module
+            found = graph.get_attr(target)
+    return found
 
 
 def _run_only_in(n: fx.Node, flag: fx.Node, mode: bool) -> None:

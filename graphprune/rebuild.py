@@ -45,6 +45,7 @@ from .records import record
 from .specs import TensorSpec
 from .hf_config import UNSTATED, describe_pruned_config
 from .locations import FRAME, describe_node, qualified_name, user_location
+from .modes import in_eval
 from .plan import Plan
 from .slim import _deepcopy, _layer_norm_compensation, _Resizer, _set_tensor, _slice_in_place, plan_resizer
 from .trace import InputSizes, Specialization, guard, reads_values, split_inputs
@@ -609,26 +610,19 @@ def _scaled(current: torch.Tensor, factor: float) -> torch.Tensor:
 def verify(model: nn.Module, graph: fx.GraphModule, gg: GroupGraph) -> str | None:
     """Why ``model`` does not compute what ``graph`` computes (None: it does) on the example
     inputs, another batch size and, for token inputs, another length."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    graph.eval()
-    try:
-        with torch.no_grad():
-            for what, args, kwargs in input_variants(gg.example_inputs):
-                try:
-                    want = flat_outputs(graph(*args, **kwargs))
-                except GuardError:
-                    continue  # the graph takes one path only; the user's code takes every path
-                try:
-                    got = flat_outputs(model(*args, **kwargs))
-                except Exception as exc:
-                    return (f"the model of its own class fails on {what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                            f"at {user_location(exc)}")
-                if got.shape != want.shape or (want.numel() and (got - want).abs().max() > TOLERANCE * max(want.abs().max(), 1e-6)):
-                    return f"the model of its own class computes other outputs than the slim graph on {what}{_first_difference(model, graph, args, kwargs)}"
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with in_eval(model, graph), torch.no_grad():
+        for what, args, kwargs in input_variants(gg.example_inputs):
+            try:
+                want = flat_outputs(graph(*args, **kwargs))
+            except GuardError:
+                continue  # the graph takes one path only; the user's code takes every path
+            try:
+                got = flat_outputs(model(*args, **kwargs))
+            except Exception as exc:
+                return (f"the model of its own class fails on {what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                        f"at {user_location(exc)}")
+            if got.shape != want.shape or (want.numel() and (got - want).abs().max() > TOLERANCE * max(want.abs().max(), 1e-6)):
+                return f"the model of its own class computes other outputs than the slim graph on {what}{_first_difference(model, graph, args, kwargs)}"
     return None
 
 
