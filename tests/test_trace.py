@@ -630,6 +630,29 @@ def test_a_top_level_forward_with_training_only_outputs_prunes_what_they_read_an
     assert [o.shape for o in graph.train()(x)] == [(2, 4, 6, 6), (2, 2, 6, 6)] and graph.eval()(x).shape == (2, 4, 6, 6)
 
 
+class PooledTrainingOutputs(TrainingOutputs):
+    """An auxiliary head that needs inputs of 5x5 and more (inception_v3's needs 299x299 images)."""
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if self.training:
+            return self.b(h), self.aux(F.avg_pool2d(h, 5))
+        return self.b(h)
+
+
+def test_inputs_too_small_for_the_training_only_outputs_keep_the_eval_path_behind_a_guard():
+    """Run in both modes, the head would fail on the example: the graph holds the eval path, and
+    the model's class, whose training path nothing checked, is refused."""
+    small = graphprune.analyze(PooledTrainingOutputs().train(), torch.randn(2, 3, 4, 4))
+    (spec,) = small.traced.specializations
+    assert (spec.conversion, spec.value) == ("mode", False) and "if self.training" in spec.location
+    assert not any(m.module == "aux" for g in small.groups for m in g.members)
+    with pytest.raises(graphprune.ModelRebuildError, match="forward branches at .*mode False"):
+        graphprune.apply(PooledTrainingOutputs().train(), "l1", 0.5, torch.randn(2, 3, 4, 4), output="module")
+    large = graphprune.analyze(PooledTrainingOutputs().train(), torch.randn(2, 3, 6, 6))
+    assert large.traced.specializations == [] and any(m.module == "aux" for m in group_with(large, "a").members)
+
+
 def test_a_top_level_forward_computing_more_in_eval_mode_keeps_its_eval_path_behind_a_guard():
     x = torch.randn(2, 3, 6, 6)
     torch.manual_seed(0)
@@ -661,13 +684,14 @@ class DataSizedByAFunction(nn.Module):
 def test_a_function_turning_tensor_values_into_numbers_runs_as_one_opaque_call():
     """Traced, the graph would hold the example's count under a guard that most inputs fail."""
     x = torch.randn(2, 3, 6, 6)
+    x[0, 0, 0] = torch.arange(6) - 2.5  # three positive values: four columns
     gg = analyze_and_check_exactness(DataSizedByAFunction, (x,))
     (fallback,) = gg.fallbacks
     assert fallback.module == "test_trace.first_columns" and "n = int((x[0, 0, 0] > 0).sum()) + 1" in fallback.location
     assert not any(s.guarded for s in gg.traced.specializations)
     assert group_with(gg, "a").prunable and not group_with(gg, "b").prunable  # what the call reads is frozen
     other = x.clone()
-    other[0, 0, 0] = torch.arange(6) - 4.5  # one positive value where the example had another count
+    other[0, 0, 0] = torch.arange(6) - 4.5  # one positive value: two columns
     torch.manual_seed(0)
     assert torch.allclose(gg.gm(other), DataSizedByAFunction()(other))
 
