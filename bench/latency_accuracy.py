@@ -17,9 +17,9 @@ at batch 1 the runtime's per-op overhead is a large share of the time and a MACs
 speed than its MACs suggest (the case a latency budget should win); at batch 64 the convolutions'
 work dominates. The default runs both: the first is single-picture latency, the second
 throughput. nap (the best one-shot method in bench/results/oneshot.md) is not run by default:
-it took about 10 minutes per prune there, and each row prunes twice; and its ``round_to="auto"``
-keeps the MACs steps (8, 4, 2), not the measured width, so its latency-budgeted model runs slower
-than predicted (ResNet-20 at batch 1: predicted 0.80, measured 0.95; l1 0.80). Writes
+its statistics rounds take minutes per prune, and each row prunes twice; and it removes channels
+one at a time, not in multiples of the measured width, so its latency-budgeted model lands off the
+widths the latency model predicts for. Writes
 bench/results/latency_accuracy.md and .json (``--out``: another name, or an absolute path).
 """
 

@@ -105,7 +105,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "own_class.json").write_text(json.dumps({"commit": commit, "models": rows}, indent=1))
     own = sum(r.get("own_class", False) for r in rows.values())
-    lines = [f"# The pruned model as its own class (commit {commit}, `python bench/own_class.py`)", "",
+    command = " ".join(["python bench/own_class.py", *sys.argv[1:]])
+    lines = [f"# The pruned model as its own class (commit {commit}, `{command}`)", "",
              f"{own} of {len(rows)} models come back as their own class with every other carriable group pruned "
              "(verified against the slim graph: example inputs, another batch size, another length).", "",
              "Groups the model's own code sizes together (a chunk into equal parts, one `head_dim` for q/k's and v's head "
