@@ -104,7 +104,8 @@ def user_class_model(gg: GroupGraph, plan: Plan, graph: fx.GraphModule | None = 
         raise ModelRebuildError(
             f"the model's forward branches at {branches[0].location} ({branches[0].conversion} {branches[0].value!r} on the "
             "example inputs): graphprune checked the pruned model on that path, which the slim graph guards, and the "
-            "model's own code would take the other paths unchecked")
+            "model's own code would take the other paths unchecked. Take the slim graph (output='graph'), or move the "
+            "branching code into a submodule, which runs its Python for every input")
     resizer = plan_resizer(gg, plan)
     with _no_cyclic_gc():
         rewritten = resizer.rewritten_graph()

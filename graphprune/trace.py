@@ -1068,7 +1068,7 @@ class _Call:
         whether a condition on sizes keeps its guard because another size took a path the graph
         misses (see :func:`_unguard_size_branches`)."""
         model, example_values = self.model, self.bind(args, kwargs)
-        leaves, stale, share = list(self.leaf_modules), [], True
+        leaves, stale, share, unshared = list(self.leaf_modules), [], True, ""
         with _unchanged(model):  # the graphs, propagation and _stale_module's run all run the model's code
             while True:
                 gm, fallbacks, guards, mode = _trace_mode_independent(model, leaves, self.concrete_args, example_values,
@@ -1080,6 +1080,8 @@ class _Call:
                 except ExampleInputError as exc:
                     if share and any(n.meta.get(TRAINING_ONLY) for n in gm.graph.nodes):
                         share = False  # inputs too small for the training-only path (inception_v3's auxiliary head under 299x299)
+                        unshared = (f" (its training-only outputs fail at the example inputs' sizes, {str(exc).splitlines()[0]}: "
+                                    "larger example inputs let graphprune analyze and resize them)")
                         continue
                     mismatch = mismatched_inputs(model, named_tensors(args, kwargs))
                     if mismatch is not None:
@@ -1090,6 +1092,7 @@ class _Call:
                     leaves.append(leaf)
                     stale.append(Fallback(leaf, f"its traced graph failed where the model runs: {str(exc).splitlines()[0]}",
                                           "<traced graph>"))
+        mode = [dataclasses.replace(spec, location=spec.location + unshared) for spec in mode]
         traced = TracedModel(model, gm, values, flops, stale + fallbacks, flat, [s for s, _ in guards] + mode)
         if not guards:
             return traced, False

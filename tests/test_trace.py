@@ -646,6 +646,7 @@ def test_inputs_too_small_for_the_training_only_outputs_keep_the_eval_path_behin
     small = graphprune.analyze(PooledTrainingOutputs().train(), torch.randn(2, 3, 4, 4))
     (spec,) = small.traced.specializations
     assert (spec.conversion, spec.value) == ("mode", False) and "if self.training" in spec.location
+    assert "training-only outputs fail at the example inputs' sizes" in spec.location and "larger example inputs" in spec.location
     assert not any(m.module == "aux" for g in small.groups for m in g.members)
     with pytest.raises(graphprune.ModelRebuildError, match="forward branches at .*mode False"):
         graphprune.apply(PooledTrainingOutputs().train(), "l1", 0.5, torch.randn(2, 3, 4, 4), output="module")
