@@ -18,7 +18,7 @@ from .data import hold_out
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
 from .groups import GroupGraph, analyze
-from .latency import LatencyModel, LatencyReport, measure_pruned, profile
+from .latency import LatencyModel, LatencyReport, measure_pruned, meet_measured, profile
 from .plan import Plan
 from .rebuild import class_fit, user_class_model
 from .slim import slim
@@ -179,7 +179,13 @@ class Session:
                 f"{unready}. Train with this session until session.method.ready(): graphprune.fit(model, data, loss_fn, "
                 f"epochs, callbacks=[session]) or your own loop calling its hooks, or let graphprune.apply(..., train_data=, "
                 f"loss_fn=, epochs=) do it; session.finish(force=True) slims the model from what the method has now")
-        plan = broadcast_object(self.method.plan())
+        if self.latency is not None and self.method.replans and is_main():
+            plan, notes = meet_measured(self.latency, self.gg, self.method.budget, self.method.allocate, self.example_inputs)
+            self.notes.extend(notes)
+        else:
+            plan = self.method.plan()
+        plan = broadcast_object(plan)
+        self.method.commit(plan)
         self.method.detach()
         planned_on = self.method.planned_on()
         report = report_for(planned_on, plan, self.method.name, self.method.budget, time.perf_counter() - self._start, self.gg)
@@ -246,7 +252,9 @@ def prepare(
     ``groups.auto_round_to``; l1, l2, uniform and random use finer steps where these would leave
     the plan more than half a point under the budget); None: the method's default (``"auto"`` for
     l1, l2, uniform and random, whose results are for deployment; 1 for the paper methods, whose
-    searches and budget landings work channel by channel as in their papers).
+    searches and budget landings work channel by channel as in their papers); under a latency
+    budget, None and ``"auto"`` are the width the runtime was measured fast at, for every method
+    (docs/latency.md).
     Per layer (a module, its path or a path prefix, or a class; see ``graphprune/controls.py``):
     ``ignored_layers`` keep every group they reach whole; ``ratios={layer: keep ratio}`` fix the
     groups they reach, the method allocating the rest of the budget; ``round_to`` and ``min_ratio``
@@ -284,6 +292,8 @@ def prepare(
     uncarried = _fit_class(gg, controls, output) if output != "graph" and pass_cls.planned_on is _default_planned_on() else {}
     gg = gg.keeping_whole({**uncarried, **controls.kept_whole})
     latency = _latency_model(gg, example_inputs, budget, pass_cls, method) if budget.metric == "latency" else None
+    if latency is not None and round_to in (None, "auto") and pass_cls.default_round_to != "auto":
+        round_to = latency.width  # the methods that work channel by channel keep the measured width too (score methods: fitted_rounding)
     method_pass = pass_cls(gg, budget, model, min_channels=min_channels, min_ratio=min_ratio if not isinstance(min_ratio, Mapping) else 0.0,
                            round_to=round_to if not isinstance(round_to, Mapping) else None, controls=controls, **method_options)
     session = Session(model, gg, method_pass, budget, started, output, inplace, latency, example_inputs)

@@ -34,6 +34,10 @@ class Runtime:
     per-op measurements (True: ``~/.cache/graphprune/latency``, False: measure every time).
     ``timer``: replaces the measurement, ``timer(modules, inputs, runtime, repeats) -> seconds``
     per module (median, runs interleaved): tests give a deterministic one.
+    ``tolerance`` and ``replans``: a method that allocates by score re-plans where the pruned model,
+    measured, misses a ratio target by more than ``tolerance`` (0.01: what the medians of 50
+    interleaved runs vary by at one thread, bench/results/latency.md), up to ``replans`` times, the
+    latency model rescaled to each measurement (docs/latency.md).
     """
 
     name: str = "onnxruntime"
@@ -43,14 +47,19 @@ class Runtime:
     repeats: int = 50
     cache: str | os.PathLike | bool = True
     timer: Callable[..., list[float]] | None = None
+    tolerance: float = 0.01
+    replans: int = 2
 
     def __post_init__(self) -> None:
         if self.name not in RUNTIMES:
             raise OptionError(f"unknown runtime {self.name!r}; latency is measured on one of: "
                               + ", ".join(f"{k!r} ({v})" for k, v in RUNTIMES.items()))
-        for what, value, low in (("threads", self.threads, 1), ("repeats", self.repeats, 1), ("batch", self.batch, 1)):
+        for what, value, low in (("threads", self.threads, 1), ("repeats", self.repeats, 1), ("batch", self.batch, 1),
+                                 ("replans", self.replans, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise OptionError(f"Runtime {what} is an int >= {low}, got {value!r}")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, numbers.Real) or not 0 < self.tolerance < 1:
+            raise OptionError(f"Runtime tolerance is a ratio of the unpruned latency in (0, 1), got {self.tolerance!r}")
         if self.device not in ("cpu", "cuda"):
             raise OptionError(f"Runtime device is 'cpu' or 'cuda', got {self.device!r}")
         if self.name.startswith("onnxruntime"):  # the provider names the device

@@ -34,6 +34,7 @@ class MethodPass:
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
     ties_layers: ClassVar[bool] = False  # takes uniform_layers=True: ties its counts per role where it decides them
     takes_controls: ClassVar[bool] = True  # honours per-group floors and fixed counts (self.bounds) where it allocates
+    replans: ClassVar[bool] = False  # has allocate(budget): a latency budget allocates again to targets corrected by measurement
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
                  round_to: int | str | None = None, uniform_layers: bool = False, controls: Controls | None = None,
@@ -112,9 +113,11 @@ class MethodPass:
     def end_epoch(self, epoch: int) -> None:
         """Called at the end of each epoch."""
 
-    def rounded(self, allocate: Callable[[], Plan]) -> Plan:
-        """``allocate()``'s plan; under ``round_to="auto"`` with steps made finer where the budget needs them."""
-        return fitted_rounding(self.gg, self.budget, allocate, self.controls.round_to) if self.round_to == "auto" else allocate()
+    def rounded(self, allocate: Callable[[], Plan], budget: Budget | None = None) -> Plan:
+        """``allocate()``'s plan; under ``round_to="auto"`` with steps made finer where ``budget``
+        (default the method's) needs them."""
+        budget = budget or self.budget
+        return fitted_rounding(self.gg, budget, allocate, self.controls.round_to) if self.round_to == "auto" else allocate()
 
     def ready(self) -> bool:
         """Whether the method can decide its plan now (training methods: once the budget is met)."""
@@ -130,6 +133,15 @@ class MethodPass:
 
     def plan(self) -> Plan:
         raise NotImplementedError
+
+    def allocate(self, budget: Budget) -> Plan:
+        """The plan for ``budget`` from what the method knows now, changing nothing (``replans``
+        methods: ``plan()`` is this for their own budget)."""
+        raise NotImplementedError
+
+    def commit(self, plan: Plan) -> None:
+        """Called once with the plan every rank slims to, before the model is slimmed: a method that
+        edits the model for its plan (flap's bias compensation) does it here."""
 
     def planned_on(self) -> GroupGraph:
         """The analysis the plan refers to: the model's own (LW-DNA: its widened copy's)."""

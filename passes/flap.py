@@ -14,7 +14,8 @@ standardizes per layer), the globally lowest channels go until the budget is met
 Bias compensation (``compensate``, default True). For each removed channel j and each layer reading
 it, W[:, j] · mean_j is added to that layer's bias, so its output keeps its mean over the calibration
 data: FLAP's way of pruning without retraining. Like NAP's OBS updates (nap_channel.py), it is written
-into the model the pass was given, before the plan is returned, with the removed channels' slices
+into the model the pass was given, once the plan is final (``commit``: after a latency budget's
+re-plans, before slimming), with the removed channels' slices
 zeroed in every member (``exactness.zero_pruned``): that model then computes what the slim model does,
 and the slim pass copies it. Exact in expectation where the reading layer is linear in what it reads
 and removing j changes none of its other inputs, which the statistics (taken at the layer's own
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from graphprune.distributed import broadcast_module, broadcast_object
+from graphprune.distributed import broadcast_module
 from graphprune.exactness import zero_pruned
 from graphprune.groups import GroupGraph
 from graphprune.locations import describe_node
@@ -78,12 +79,10 @@ class FlapPass(CalibratedScorePass):
                               "(or every channel is constant there): their channels rank as equals")
         return scores
 
-    def plan(self) -> Plan:
-        plan = broadcast_object(super().plan())  # under torchrun: rank 0's, the plan every rank slims to
+    def commit(self, plan: Plan) -> None:
         if self.compensate:
             self.notes.extend(compensate_biases(self.model, self.gg, plan, self.statistics))
-            broadcast_module(self.model)  # and rank 0's compensated weights, as nap's OBS-updated ones
-        return plan
+            broadcast_module(self.model)  # rank 0's compensated weights, as nap's OBS-updated ones
 
     def refine_report(self, report: Any) -> Any:
         return dataclasses.replace(report, notes=[*report.notes, *self.notes])

@@ -15,6 +15,7 @@ activation-aware criteria (flap, a user's own).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from graphprune.allocate import allocate_by_score
+from graphprune.budget_target import Budget
 from graphprune.errors import OptionError
 from graphprune.groups import GroupGraph
 from graphprune.modes import in_eval
@@ -238,14 +240,22 @@ class ScorePass(MethodPass):
 
     default_round_to = "auto"  # a one-shot prune is for deployment: widths the kernels run fast
     ties_layers = True
+    replans = True
 
     def scores(self) -> dict[int, np.ndarray]:
         raise NotImplementedError
 
+    @functools.cached_property
+    def _normalized_scores(self) -> dict[int, np.ndarray]:
+        return normalized(self.scores())  # scored once: a latency budget may allocate them again
+
     def plan(self) -> Plan:
-        scores = normalized(self.scores())
-        return self.rounded(lambda: allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio,
-                                                      roles=self.roles, **self.bounds))
+        return self.allocate(self.budget)
+
+    def allocate(self, budget: Budget) -> Plan:
+        scores = self._normalized_scores
+        return self.rounded(lambda: allocate_by_score(self.gg, scores, budget, self.min_channels, self.min_ratio,
+                                                      roles=self.roles, **self.bounds), budget)
 
 
 class CalibratedScorePass(ScorePass):

@@ -9,6 +9,7 @@ the largest l1 norm (over all members) stay.
 from __future__ import annotations
 
 from graphprune.allocate import Allocation, allocate_by_ratios
+from graphprune.budget_target import Budget
 from graphprune.plan import Plan
 
 from .base import MethodPass, register
@@ -20,13 +21,17 @@ class UniformPass(MethodPass):
     name = "uniform"
     default_round_to = "auto"  # as the score methods: widths the kernels run fast
     ties_layers = True  # equal sizes keep equal counts already; fill_up steps a role's groups together
+    replans = True
 
     def plan(self) -> Plan:
+        return self.allocate(self.budget)
+
+    def allocate(self, budget: Budget) -> Plan:
         scores = member_norms(self.model, self.gg, 1)
         order = sorted((g.id for g in self.gg.prunable_groups), key=lambda g: -self.gg.groups[g].size)
 
         def allocate() -> Plan:
             alloc = Allocation(self.gg, scores, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds)
-            return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, self.budget, order)
+            return allocate_by_ratios(self.gg, alloc, {g.id: 1.0 for g in alloc.groups}, budget, order)
 
-        return self.rounded(allocate)
+        return self.rounded(allocate, budget)
