@@ -187,6 +187,7 @@ def run(name: str, threads: int, args: argparse.Namespace) -> dict:
         "full_ms": 1e3 * latency.full_seconds, "ops_ms": 1e3 * latency.ops_seconds, "remainder_ms": 1e3 * latency.remainder_seconds,
         "macs_ratio": report.macs_ratio, "params_ratio": report.params_ratio, "predicted_ratio": lat.predicted_ratio,
         "measured_ratio": lat.measured_ratio, "measured_before_ms": lat.measured_before_ms, "measured_after_ms": lat.measured_after_ms,
+        "attempts": lat.attempts,
         "held_out_ops": ops, "held_out_plans": plans, "noise": spread, "capacity": capacity,
         "load_before": load_before, "load_after": os.getloadavg(),
     }
@@ -202,14 +203,18 @@ def table(rows: list[dict], meta: dict) -> str:
         f"{meta['cpu']}. Batch 1, 224x224, l1 at `Budget(latency={meta['target']})`; measured ratios are medians of "
         f"{meta['repeats']} interleaved runs (pruned and unpruned alternating in random order).",
         "",
-        "| model | threads | profiling s | configs | width | scale | MACs ratio | predicted | measured | error | noise (sd) | load before / after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | threads | profiling s | configs | width | scale | MACs ratio | predicted | measured | error | plans: allocated to → measured "
+        "| noise (sd) | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        attempts = ", ".join(f"{a:.3f} → {m:.3f}" for a, m in r["attempts"]) or "not re-planned"
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['profiling_s']:.0f} | {r['configurations']} | {r['width']} | {r['scale']:.2f} | {r['macs_ratio']:.3f} "
-            f"| {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | {r['measured_ratio'] - r['predicted_ratio']:+.3f} "
+            f"| {r['predicted_ratio']:.3f} | {r['measured_ratio']:.3f} | {r['measured_ratio'] - r['predicted_ratio']:+.3f} | {attempts} "
             f"| {r['noise']['std']:.3f} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
+    lines += ["", "Plans: each plan the method allocated (to the target, then to targets corrected by the measurements) and its "
+              "ratio measured against the unpruned model while planning; the kept one is then timed again for 'measured'."]
     lines += ["", "Held-out accuracy of the latency model: ops (median |relative error| of one random count per op configuration) and "
               f"whole models ({meta['plans']} random plans at the measured width: predicted - measured latency ratio, with the "
               "ops' sum scaled to the model at half width, and as the ops are timed alone).", "",

@@ -179,8 +179,9 @@ class Session:
                 f"{unready}. Train with this session until session.method.ready(): graphprune.fit(model, data, loss_fn, "
                 f"epochs, callbacks=[session]) or your own loop calling its hooks, or let graphprune.apply(..., train_data=, "
                 f"loss_fn=, epochs=) do it; session.finish(force=True) slims the model from what the method has now")
+        attempts: list[tuple[float, float]] = []
         if self.latency is not None and self.method.replans and is_main():
-            plan, notes = meet_measured(self.latency, self.gg, self.method.budget, self.method.allocate, self.example_inputs)
+            plan, attempts, notes = meet_measured(self.latency, self.gg, self.method.budget, self.method.allocate, self.example_inputs)
             self.notes.extend(notes)
         else:
             plan = self.method.plan()
@@ -195,8 +196,8 @@ class Session:
         report.notes.extend(self.notes)
         small = self._deliver(plan, report)
         if self.latency is not None and is_main():
-            report.latency = measure_pruned(self.latency, report.latency, None if self.inplace else self.model, small,
-                                            self.example_inputs)
+            report.latency = measure_pruned(self.latency, dataclasses.replace(report.latency, attempts=attempts),
+                                            None if self.inplace else self.model, small, self.example_inputs)
             report.notes.extend(self.latency.notes)
         report.seconds = time.perf_counter() - self._start
         return PruneResult(small, plan, report, planned_on, self.method)

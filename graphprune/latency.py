@@ -675,7 +675,7 @@ def _progress(total: int, description: str) -> Iterator[Callable[[], None]]:
 # ----------------------------------------------------------------------------------- after slimming
 
 def meet_measured(model: LatencyModel, gg: GroupGraph, budget: Budget, allocate: Callable[[Budget], Plan],
-                  example_inputs: Any) -> tuple[Plan, list[str]]:
+                  example_inputs: Any) -> tuple[Plan, list[tuple[float, float]], list[str]]:
     """The plan ``allocate(budget)`` gives, allocated again to corrected targets until the slim
     model, measured beside the unpruned one, is within ``runtime.tolerance`` of the target ratio
     (an absolute target: of the unpruned model's profiled latency), at most ``runtime.replans`` times.
@@ -685,7 +685,7 @@ def meet_measured(model: LatencyModel, gg: GroupGraph, budget: Budget, allocate:
     over): the target the method allocates to is moved by the measurements, proportionally after
     the first, by the secant through the last two after that. Of the plans measured, the one
     closest to the target within the tolerance is kept, else the slowest under it, else the
-    fastest. Returns the plan and what the report says."""
+    fastest. Returns the plan, each (target allocated to, measured ratio) and what the report says."""
     runtime = model.runtime
     timer: Timer = runtime.timer or measure
     inputs = batched(example_inputs, runtime)
@@ -718,7 +718,7 @@ def meet_measured(model: LatencyModel, gg: GroupGraph, budget: Budget, allocate:
         notes.append(f"latency: the pruned model measured {ratio:.3f} of the unpruned one, over the target {target:.3f} by more "
                      f"than the tolerance {runtime.tolerance:g} after {len(tried) - 1} re-plans: lower the budget, or raise "
                      "Runtime(replans=)")
-    return plan, notes
+    return plan, [(a, m) for a, m, _ in tried], notes
 
 
 @dataclasses.dataclass
@@ -733,6 +733,7 @@ class LatencyReport:
     measured_after_ms: float | None = None
     repeats: int = 0
     interleaved: bool = True  # False: the unpruned model was resized in place; its time from profiling stands in
+    attempts: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # re-plans: (ratio allocated to, measured)
 
     @property
     def predicted_ratio(self) -> float:

@@ -217,6 +217,8 @@ def test_a_plan_measured_off_the_target_is_allocated_again_to_a_corrected_target
     result = graphprune.apply(model, "uniform", fake_budget(tmp_path, timer=DepthwiseInGraph()), x)
     report = result.report.latency
     assert abs(report.measured_ratio - 0.5) <= 0.01
+    assert len(report.attempts) >= 2 and report.attempts[0] == (0.5, pytest.approx(once.latency.measured_ratio))
+    assert report.attempts[-1][1] == pytest.approx(report.measured_ratio)
     assert report.measured_after_ms == pytest.approx(1e3 * DepthwiseInGraph.seconds(result.model), rel=1e-9)
     (note,) = [n for n in result.report.notes if n.startswith("latency: the pruned model measured")]
     assert f"{once.latency.measured_ratio:.3f}" in note and f"the plan measured at {report.measured_ratio:.3f} is kept" in note
