@@ -31,7 +31,7 @@ from graphprune.train import batch_loss, batch_output
 
 from .base import MethodPass
 from .kfac import covered
-from .masks import unmasked
+from .masks import by_tensor_name, unmasked
 
 #: per (parameter tensor, its dim, the other dims): one value per index along the dim
 Reduction = Callable[[str, str, torch.Tensor, int, list[int]], torch.Tensor]
@@ -119,12 +119,12 @@ def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
 def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Callable | None, limit: int, method: str,
               per_sample: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """The loss's gradient on each of up to ``limit`` calibration batches (or single samples of
-    them), by parameter name. The model runs in eval mode (norm statistics untouched) and is left
-    as it was, its gradients included."""
+    them), by parameter name (a weight under DSA's masks by its own: ``masks.by_tensor_name``). The
+    model runs in eval mode (norm statistics untouched) and is left as it was, its gradients included."""
     if batches is None:
         raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
                           "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
-    params = dict(model.named_parameters())
+    params = by_tensor_name(model)
     saved = {name: p.grad for name, p in params.items()}
     device = next(iter(params.values())).device
     count = 0
@@ -147,7 +147,7 @@ def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Ca
 def _mean_over(each_batch: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module,
                each: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
     """``each(gradient)`` averaged over the batches, by parameter name (zero where a parameter had none)."""
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in model.named_parameters()}
+    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in by_tensor_name(model).items()}
     count = 0
     for grads in each_batch:
         for name, g in grads.items():

@@ -14,12 +14,21 @@ magnitude.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
+import torch
+
+from graphprune.groups import GroupGraph
 
 from .base import register
 from .importance import CalibratedScorePass, gradients, mean_squared_change
+
+
+def taylor_scores(model: torch.nn.Module, gg: GroupGraph, data: Iterable[Any] | None, loss_fn: Callable | None, batches: int,
+                  method: str = "taylor") -> dict[int, np.ndarray]:
+    """Per prunable group, each channel's first-order loss change of zeroing it, squared per batch and averaged."""
+    return mean_squared_change(model, gg, gradients(model, data, loss_fn, batches, method))
 
 
 @register
@@ -33,4 +42,4 @@ class TaylorPass(CalibratedScorePass):
         self.batches = batches
 
     def scores(self) -> dict[int, np.ndarray]:
-        return mean_squared_change(self.model, self.gg, gradients(self.model, self.data, self.loss_fn, self.batches, self.name))
+        return taylor_scores(self.model, self.gg, self.data, self.loss_fn, self.batches, self.name)
