@@ -36,6 +36,7 @@ from graphprune.groups import GroupGraph, Member
 
 from .base import register
 from .importance import CalibratedScorePass, InputStatistics, calibration_gradients, input_statistics
+from .masks import unmasked
 
 
 class _Calibration:
@@ -62,7 +63,7 @@ class MemberTensor:
     name: str  # the module's parameter or buffer
     dim: int
     role: str  # "out" (a producer's channels), "in" (a consumer's inputs), "channelwise" (a norm's scale)
-    tensor: torch.Tensor
+    tensor: torch.Tensor  # as trained (inside DSA's search: past its masks)
     size: int  # the group's channels
     member: Member
     calibration: _Calibration | None = dataclasses.field(default=None, repr=False)
@@ -109,19 +110,24 @@ class ImportancePass(CalibratedScorePass):
         self.importance, self.batches = importance, batches
 
     def scores(self) -> dict[int, np.ndarray]:
-        calibration = (_Calibration(self.model, self.gg, self.data, self.loss_fn, self.batches, self.name)
-                       if self.data is not None else None)
-        modules = dict(self.model.named_modules())
-        out = {}
-        for g in self.gg.prunable_groups:
-            members = [MemberTensor(modules[m.module], m.param, m.dim, m.role, getattr(modules[m.module], m.param).detach(),
-                                    g.size, m, calibration)
-                       for m in g.members if m.param not in ("running_mean", "running_var")]
-            scores = np.asarray(self.importance(g, members), dtype=np.float64).reshape(-1)
-            if scores.shape != (g.size,):
-                raise GraphPruneError(f"importance returned {scores.shape[0]} scores for group {g.id} of {g.size} channels: "
-                                      "it must return one score per channel")
-            if not np.isfinite(scores).all():
-                raise GraphPruneError(f"importance returned scores that are not finite for group {g.id}: rank with finite values")
-            out[g.id] = scores
-        return out
+        return custom_scores(self.model, self.gg, self.importance, self.data, self.loss_fn, self.batches, self.name)
+
+
+def custom_scores(model: torch.nn.Module, gg: GroupGraph, importance: Callable, data: Iterable | None,
+                  loss_fn: Callable | None, batches: int, method: str = "importance") -> dict[int, np.ndarray]:
+    """Per prunable group, ``importance(group, members)``, checked to be one finite score per channel."""
+    calibration = _Calibration(model, gg, data, loss_fn, batches, method) if data is not None else None
+    modules = dict(model.named_modules())
+    out = {}
+    for g in gg.prunable_groups:
+        members = [MemberTensor(modules[m.module], m.param, m.dim, m.role, unmasked(modules[m.module], m.param).detach(),
+                                g.size, m, calibration)
+                   for m in g.members if m.param not in ("running_mean", "running_var")]
+        scores = np.asarray(importance(g, members), dtype=np.float64).reshape(-1)
+        if scores.shape != (g.size,):
+            raise GraphPruneError(f"importance returned {scores.shape[0]} scores for group {g.id} of {g.size} channels: "
+                                  "it must return one score per channel")
+        if not np.isfinite(scores).all():
+            raise GraphPruneError(f"importance returned scores that are not finite for group {g.id}: rank with finite values")
+        out[g.id] = scores
+    return out

@@ -2,11 +2,12 @@
 
 Per prunable group k a keep ratio alpha_k. Channel i keeps with probability
 p_i = 1 / (1 + (b_i / beta1)^-beta2), b_i its base importance (|BN scale| summed over the group's
-BatchNorm members, else the l1 norm of its producers), beta1(alpha) solved by bisection so that
-sum_i p_i = alpha * C (Eq. 2), and the gradient reaching alpha is Eq. 6: C * sum_i dL/dp_i * w_i /
-sum_j w_j with w_i = p_i (1 - p_i) (the implicit derivative of Eq. 5). Masks are sampled from
-Bernoulli(p_i) with a straight-through estimator: the forward pass sees the hard 0/1 masks the
-pruned network will have, the backward pass gives dL/dp_i, which Eq. 6 needs.
+BatchNorm members, else the l1 norm of its producers; or a data-aware criterion, ``importance``
+below), beta1(alpha) solved by bisection so that sum_i p_i = alpha * C (Eq. 2), and the gradient
+reaching alpha is Eq. 6: C * sum_i dL/dp_i * w_i / sum_j w_j with w_i = p_i (1 - p_i) (the implicit
+derivative of Eq. 5). Masks are sampled from Bernoulli(p_i) with a straight-through estimator: the
+forward pass sees the hard 0/1 masks the pruned network will have, the backward pass gives dL/dp_i,
+which Eq. 6 needs.
 
 Weight steps train the network the current allocation describes: ``weight_masks="hard"`` (default)
 keeps each group's round(alpha_k C_k) most important channels, the beta2 -> infinity limit of the
@@ -59,6 +60,15 @@ budget in a 3200-step search), so it is left out.
 ``plan`` keeps the top channels by b_i in each group with counts alpha_k C_k, scaled together so the
 plan meets the budget exactly (<= target, within half a point).
 
+``importance``: b_i from a data-aware criterion instead of BN scales, "taylor", "hessian" (its default
+diagonal, over every sample of the batches) or your function as method "importance" takes it
+(``ranking.py``: each criterion's own code). It is measured at every allocation step, before Eq. 6, on
+``importance_batches`` validation batches, through the masks the weight steps train (a channel they
+drop keeps its last measurement, as its BN scale would; the others average in with ``momentum``), and
+it ranks everything b_i ranks: the keep probabilities, the hard masks and the plan. BN scales then keep
+their weight decay. Each measurement costs ``importance_batches`` forward and backward passes (hessian:
+one per sample) on top of Eq. 6's ``val_batches``.
+
 ``uniform_layers``: the groups of a repeated layer (a role) share one alpha, so their masks keep one
 count throughout the search and in the plan, each group its own most important channels. The ADMM
 runs on the per-group problem restricted to tied ratios: a role's Eq. 6 gradient is the mean of its
@@ -83,13 +93,14 @@ import torch
 
 from graphprune.allocate import Allocation, allocate_by_ratios, tie
 from graphprune.distributed import all_reduce_mean
-from graphprune.errors import GraphPruneError
+from graphprune.errors import GraphPruneError, OptionError
 from graphprune.plan import Plan
 from graphprune.plots import plot_search
 
 from .base import register
 from .importance import member_norms
 from .masks import ChannelMasks
+from .ranking import Ranking
 from .search import ScheduledSearch, exempt_from_weight_decay
 
 
@@ -146,7 +157,8 @@ class DSAPass(ScheduledSearch):
     (1), ``travel`` (1: a whole keep ratio over the search), ``momentum`` of the Eq. 6
     average (0.9), ``pace`` (0.8: the budget is met at this fraction of the search),
     ``initial_keep`` (0.99), ``weight_masks`` ("hard" or "sampled": the masks of the weight steps),
-    ``seed`` (mask sampling)."""
+    ``importance`` (b_i: "bn_scale", "taylor", "hessian" or your function) and ``importance_batches``
+    (2: validation batches it reads per allocation step), ``seed`` (mask sampling)."""
 
     name = "dsa"
     trains = True
@@ -159,14 +171,25 @@ class DSAPass(ScheduledSearch):
         self, *args: Any, val_data: Iterable | None = None, loss_fn: Callable | None = None,
         allocation_steps: int = 100, val_batches: int = 2, beta2: float = 0.05, final_beta2: float = 1000.0,
         rho2: float = 1.0, travel: float = 1.0, momentum: float = 0.9, pace: float = 0.8,
-        initial_keep: float = 0.99, weight_masks: str = "hard", seed: int = 0, **kwargs: Any,
+        initial_keep: float = 0.99, weight_masks: str = "hard", importance: str | Callable = "bn_scale",
+        importance_batches: int = 2, seed: int = 0, **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         if not 0 < pace <= 1 or allocation_steps < 1 or val_batches < 1 or not 0 < initial_keep < 1:
             raise GraphPruneError("dsa: need 0 < pace <= 1, allocation_steps >= 1, val_batches >= 1 and 0 < initial_keep < 1")
         if weight_masks not in ("sampled", "hard"):
             raise GraphPruneError(f"dsa: weight_masks is 'sampled' or 'hard', got {weight_masks!r}")
+        if not isinstance(importance_batches, int) or importance_batches < 1:
+            raise OptionError(f"dsa: importance_batches is how many validation batches a data-aware importance reads per "
+                              f"allocation step, an int >= 1; got {importance_batches!r}")
         self.weight_masks = weight_masks
+        # the base importance b_i: None for BN scales (the paper's); a data-aware criterion, measured per allocation step
+        self.ranking = None if importance == "bn_scale" else Ranking(importance, "dsa", "bn_scale")
+        self.importance_batches = importance_batches
+        self._measured: dict[int, torch.Tensor] = {}  # its running scores per group
+        self._measuring = False  # while it measures, the masks stay as they are
+        if self.ranking is not None:
+            self.unready_source = f"{self.ranking.name} scores and keep ratios of a search that has not finished"
         self.val_data, self.loss_fn = val_data, loss_fn
         self.allocation_steps, self.val_batches = allocation_steps, val_batches
         self.initial_beta2, self.final_beta2, self.beta2 = beta2, final_beta2, beta2
@@ -210,7 +233,12 @@ class DSAPass(ScheduledSearch):
         return found
 
     def importance(self) -> dict[int, torch.Tensor]:
-        """b_i: |BN scale| summed over the group's BatchNorm members; l1 of the producers otherwise."""
+        """b_i: |BN scale| summed over the group's BatchNorm members, l1 of the producers otherwise;
+        with a data-aware ``importance``, its running scores (:meth:`measure_importance`)."""
+        if self.ranking is not None:
+            if not self._measured:
+                self.measure_importance()
+            return {gid: self._measured[gid].clamp_min(1e-12) for gid in self.group_ids}
         totals = {gid: torch.zeros(self.gg.groups[gid].size, dtype=torch.float64) for gid in self.group_ids}
         with_bn = set()
         for gid, m, bn in self._bn_scales():
@@ -222,6 +250,29 @@ class DSAPass(ScheduledSearch):
             for gid in set(self.group_ids) - with_bn:
                 totals[gid] = torch.from_numpy(norms[gid])
         return {gid: t.clamp_min(1e-12) for gid, t in totals.items()}
+
+    def measure_importance(self) -> None:
+        """A data-aware ``importance`` measured again on ``importance_batches`` validation batches, on the
+        network as it trains: through its current masks, which stay as they are meanwhile. A channel the
+        masks drop carries no signal, so a criterion would read 0 for it: it keeps its last measurement,
+        as its BN scale (the default) keeps its value, which receives no gradient either. The others
+        average in with ``momentum``, like Eq. 6's estimate: one measurement of a few batches is noisy,
+        and the hard masks follow its order. Under torchrun the ranks average their measurements."""
+        batches = [self._next_val_batch() for _ in range(self.importance_batches)]
+        self._measuring = True
+        try:
+            fresh = self.ranking.scores(self.model, self.gg, batches, self.loss_fn)
+        finally:
+            self._measuring = False
+        sizes = [self.gg.groups[gid].size for gid in self.group_ids]
+        flat = all_reduce_mean(torch.from_numpy(np.concatenate([fresh[gid] for gid in self.group_ids])).double())
+        for gid, new in zip(self.group_ids, flat.split(sizes)):
+            old = self._measured.get(gid)
+            if old is None:
+                self._measured[gid] = new
+                continue
+            kept = self.masks[gid].detach().cpu() > 0 if gid in self.masks else torch.ones(len(new), dtype=torch.bool)
+            self._measured[gid] = torch.where(kept, self.momentum * old + (1 - self.momentum) * new, old)
 
     def alphas(self) -> torch.Tensor:
         """The keep ratio of every group (its role's)."""
@@ -260,8 +311,9 @@ class DSAPass(ScheduledSearch):
         return self.masks
 
     def current_masks(self) -> dict[int, torch.Tensor]:
-        """The masks the next forward pass uses: drawn afresh after every weight step, when first read."""
-        if self._stale:
+        """The masks the next forward pass uses: drawn afresh after every weight step, when first read
+        (not while a data-aware importance measures the network they give)."""
+        if self._stale and not self._measuring:
             with torch.no_grad():
                 self.hard_masks() if self.weight_masks == "hard" else self.resample()
         return self.masks
@@ -273,8 +325,9 @@ class DSAPass(ScheduledSearch):
         self._masking.remove()
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """BN scales are the importance: no weight decay on them during the search."""
-        exempt_from_weight_decay(optimizer, [bn.weight for _, _, bn in self._bn_scales()])
+        """Where BN scales are the importance: no weight decay on them during the search."""
+        if self.ranking is None:
+            exempt_from_weight_decay(optimizer, [bn.weight for _, _, bn in self._bn_scales()])
 
     # ------------------------------------------------------------- budget
     def cost(self, alphas: torch.Tensor) -> torch.Tensor:
@@ -357,6 +410,8 @@ class DSAPass(ScheduledSearch):
         """One ADMM iteration (Eq. 8): alpha step, z projection, dual update of u2."""
         if self._start_cost is None:
             self._start_cost = float(self.cost(self.alphas()))
+        if self.ranking is not None:
+            self.measure_importance()
         grad = self.loss_gradient()
         self._sensitivity_sum -= grad  # -dL/dalpha
         self._sensitivity_steps += 1

@@ -6,8 +6,9 @@ which allocates the scores.
 :func:`member_sums` is the one pass over the members: per parameter and dim, a reduction to one
 value per index (a norm, a sum of w * g), then one weighted bincount that adds each member's
 values into its group's channels. :func:`calibration_gradients` runs the loss on calibration
-batches for the criteria that need gradients; :func:`fisher_diagonal` the per-sample squared
-gradients that estimate the Hessian's diagonal; :func:`input_statistics` the mean and variance of
+batches for the criteria that need gradients; :func:`mean_squared_change` squares each channel's
+first-order loss change per batch or sample (taylor, hessian's channel blocks); :func:`fisher_diagonal`
+the per-sample squared gradients that estimate the Hessian's diagonal; :func:`input_statistics` the mean and variance of
 every input feature of the layers that read a group's channels (forward hooks, no loss), for the
 activation-aware criteria (flap, a user's own).
 """
@@ -32,7 +33,7 @@ from graphprune.train import batch_loss, batch_output
 
 from .base import MethodPass
 from .kfac import covered
-from .masks import unmasked
+from .masks import by_tensor_name, unmasked
 
 #: per (parameter tensor, its dim, the other dims): one value per index along the dim
 Reduction = Callable[[str, str, torch.Tensor, int, list[int]], torch.Tensor]
@@ -83,6 +84,26 @@ def member_norms(model: torch.nn.Module, gg, p: int) -> dict[int, np.ndarray]:
     return {gid: total ** (1.0 / p) for gid, total in member_sums(model, gg, reduce).items()}
 
 
+def mean_squared_change(model: torch.nn.Module, gg, each_gradient: Iterable[dict[str, torch.Tensor]]) -> dict[int, np.ndarray]:
+    """Per prunable group, each channel's (sum of w * g over every weight its group holds for it)^2,
+    averaged over the gradients ``each_gradient`` gives (by parameter name): the squared first-order
+    loss change of zeroing the channel. Over single samples' gradients, half of it is the channel's
+    1/2 dw^T F dw with F the empirical Fisher, cross terms included (E[(g . dw)^2] = dw^T E[g g^T] dw)."""
+    total: dict[int, np.ndarray] = {}
+    count = 0
+    for grads in each_gradient:
+        def first_order(module: str, param: str, w: torch.Tensor, dim: int, others: list[int]) -> torch.Tensor:
+            g = grads.get(f"{module}.{param}" if module else param)
+            if g is None:  # a buffer member: no gradient, no first-order change
+                return torch.zeros(w.shape[dim])
+            return (w * g).sum(others) if others else w * g
+
+        for gid, change in member_sums(model, gg, first_order).items():
+            total[gid] = total.get(gid, 0.0) + change ** 2
+        count += 1
+    return {gid: t / count for gid, t in total.items()}
+
+
 def calibration_gradients(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Callable | None, max_batches: int,
                           method: str) -> dict[str, torch.Tensor]:
     """The mean gradient of the loss over up to ``max_batches`` calibration batches, by parameter name."""
@@ -100,12 +121,12 @@ def fisher_diagonal(model: torch.nn.Module, batches: Iterable[Any], loss_fn: Cal
 def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Callable | None, limit: int, method: str,
               per_sample: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """The loss's gradient on each of up to ``limit`` calibration batches (or single samples of
-    them), by parameter name. The model runs in eval mode (norm statistics untouched) and is left
-    as it was, its gradients included."""
+    them), by parameter name (a weight under DSA's masks by its own: ``masks.by_tensor_name``). The
+    model runs in eval mode (norm statistics untouched) and is left as it was, its gradients included."""
     if batches is None:
         raise OptionError(f"{method} ranks channels by the loss on calibration data: pass calib_data= (a DataLoader or a "
                           "list of (input, target) or dict batches) and loss_fn= (dict batches may carry the model's own loss)")
-    params = dict(model.named_parameters())
+    params = by_tensor_name(model)
     saved = {name: p.grad for name, p in params.items()}
     device = next(iter(params.values())).device
     count = 0
@@ -128,7 +149,7 @@ def gradients(model: torch.nn.Module, batches: Iterable[Any] | None, loss_fn: Ca
 def _mean_over(each_batch: Iterator[dict[str, torch.Tensor]], model: torch.nn.Module,
                each: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
     """``each(gradient)`` averaged over the batches, by parameter name (zero where a parameter had none)."""
-    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in model.named_parameters()}
+    total = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in by_tensor_name(model).items()}
     count = 0
     for grads in each_batch:
         for name, g in grads.items():

@@ -47,6 +47,20 @@ def unmasked(owner: nn.Module, name: str) -> torch.Tensor:
     return getattr(owner, name)
 
 
+def by_tensor_name(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters by name, where these masks parametrize a weight its original under the
+    weight's own name ("conv.weight", not "conv.parametrizations.weight.original"): the names the
+    groups' members use, so that a criterion pairs each :func:`unmasked` weight with its gradient."""
+    renamed = {}
+    for prefix, owner in model.named_modules():
+        if parametrize.is_parametrized(owner):
+            for name, chain in owner.parametrizations.items():
+                if all(isinstance(p, _Scale) for p in chain):
+                    at = f"{prefix}." if prefix else ""
+                    renamed[f"{at}parametrizations.{name}.original"] = f"{at}{name}"
+    return {renamed.get(name, name): p for name, p in model.named_parameters()}
+
+
 class ChannelMasks:
     """Parametrizes every consumer weight of ``groups`` so it reads ``source()[group id]`` as a mask."""
 

@@ -14,13 +14,21 @@ magnitude.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
+from graphprune.groups import GroupGraph
+
 from .base import register
-from .importance import CalibratedScorePass, gradients, member_sums
+from .importance import CalibratedScorePass, gradients, mean_squared_change
+
+
+def taylor_scores(model: torch.nn.Module, gg: GroupGraph, data: Iterable[Any] | None, loss_fn: Callable | None, batches: int,
+                  method: str = "taylor") -> dict[int, np.ndarray]:
+    """Per prunable group, each channel's first-order loss change of zeroing it, squared per batch and averaged."""
+    return mean_squared_change(model, gg, gradients(model, data, loss_fn, batches, method))
 
 
 @register
@@ -34,16 +42,4 @@ class TaylorPass(CalibratedScorePass):
         self.batches = batches
 
     def scores(self) -> dict[int, np.ndarray]:
-        total: dict[int, np.ndarray] = {}
-        count = 0
-        for grads in gradients(self.model, self.data, self.loss_fn, self.batches, self.name):
-            def first_order(module: str, param: str, w: torch.Tensor, dim: int, others: list[int]) -> torch.Tensor:
-                g = grads.get(f"{module}.{param}" if module else param)
-                if g is None:  # a buffer member: no gradient, no first-order change
-                    return torch.zeros(w.shape[dim])
-                return (w * g).sum(others) if others else w * g
-
-            for gid, change in member_sums(self.model, self.gg, first_order).items():
-                total[gid] = total.get(gid, 0.0) + change ** 2
-            count += 1
-        return {gid: t / count for gid, t in total.items()}
+        return taylor_scores(self.model, self.gg, self.data, self.loss_fn, self.batches, self.name)

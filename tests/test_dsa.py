@@ -1,5 +1,7 @@
 """DSA against its math (Eq. 2, 5, 6, 9) and end to end under a budget."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -238,3 +240,110 @@ def test_dsa_runs_on_cuda_with_cpu_batches():
     batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 16, 8)]
     result = graphprune.apply(model, "dsa", 0.5, x[:2], train_data=batches, loss_fn=F.cross_entropy, epochs=6, val_data=batches)
     assert 0.495 <= result.report.macs_ratio <= 0.5
+
+
+def bn_spread(model):
+    """BatchNorm scales spread as a trained network's are, so that the default importance ranks too."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 1.5)
+    return model
+
+
+def labelled_batches(n=2, size=16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 3, size, size, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("criterion, options", [("taylor", dict(batches=2)), ("hessian", dict(samples=16))])
+def test_a_data_aware_importance_ranks_the_masks_and_the_plan(criterion, options):
+    """importance="taylor" (or "hessian"): b_i is that method's own score on ``importance_batches``
+    validation batches (hessian: every sample of them), and at the keep ratios DSA allocated each group
+    keeps exactly the channels it ranks highest (the BN-scale default keeps others); the hard masks of
+    the weight steps are the same channels."""
+    torch.manual_seed(0)
+    model, x, val = bn_spread(models.get("resnet20")), torch.randn(2, 3, 16, 16), labelled_batches()
+    reference = graphprune.prepare(model, criterion, 0.5, x, calib_data=val, loss_fn=F.cross_entropy, **options).method.scores()
+    passes = {name: DSAPass(graphprune.analyze(model, x), graphprune.Budget(macs=0.5), model, val_data=val,
+                            loss_fn=F.cross_entropy, importance=name) for name in (criterion, "bn_scale")}
+    for dsa in passes.values():
+        dsa.alpha = torch.linspace(0.3, 0.9, len(dsa.alpha), dtype=torch.float64)
+    dsa = passes[criterion]
+    b = dsa.importance()
+    assert all(torch.equal(b[gid], torch.from_numpy(reference[gid]).clamp_min(1e-12)) for gid in dsa.group_ids)
+    plan = dsa.plan()
+    for gid in dsa.group_ids:
+        kept = len(plan.keep[gid])
+        assert set(plan.keep[gid]) == set(torch.from_numpy(reference[gid]).topk(kept).indices.tolist())
+    assert plan.keep != passes["bn_scale"].plan().keep
+    dsa._stale = True
+    for gid, mask in dsa.current_masks().items():
+        assert set(torch.nonzero(mask).flatten().tolist()) == set(b[gid].topk(int(mask.sum())).indices.tolist())
+
+
+def test_a_data_aware_importance_is_measured_through_the_masks_the_network_trains_with():
+    """Measured again on the masked network: a kept channel's score is taylor's on the network whose dropped
+    channels are zero where they are read (momentum=0: the new measurement alone); a dropped channel, which
+    the criterion would read as 0, keeps its last measurement."""
+    torch.manual_seed(0)
+    model, x, val = bn_spread(models.get("resnet20")), torch.randn(2, 3, 16, 16), labelled_batches()
+    dsa = DSAPass(graphprune.analyze(model, x), graphprune.Budget(macs=0.5), model, val_data=val, loss_fn=F.cross_entropy,
+                  importance="taylor", momentum=0.0)
+    dsa.attach()
+    dsa.importance()  # the first measurement: on the whole network (no masks yet)
+    first = {gid: t.clone() for gid, t in dsa._measured.items()}
+    dsa.alpha = torch.full_like(dsa.alpha, 0.5)
+    dsa._stale = True
+    masks = {gid: m.clone() for gid, m in dsa.current_masks().items()}
+    dsa.measure_importance()
+    dsa.detach()
+    as_trained = copy.deepcopy(model)
+    for gid, mask in masks.items():
+        for m in dsa.gg.groups[gid].members:
+            if m.role == "in":
+                dropped = torch.from_numpy(m.positions[(mask[m.channels] == 0).numpy()])
+                getattr(as_trained.get_submodule(m.module), m.param).data.index_fill_(m.dim, dropped, 0.0)
+    reference = graphprune.prepare(as_trained, "taylor", 0.5, x, calib_data=val, loss_fn=F.cross_entropy, batches=2).method.scores()
+    for gid, mask in masks.items():
+        kept, now = mask.bool(), dsa._measured[gid]
+        assert now[kept].numpy() == pytest.approx(reference[gid][kept.numpy()], rel=1e-5)
+        assert torch.equal(now[~kept], first[gid][~kept]) and bool((~kept).any())
+        assert not torch.equal(now[kept], first[gid][kept])
+
+
+def test_dsa_with_your_importance_prunes_to_the_budget_and_keeps_weight_decay_on_bn_scales():
+    torch.manual_seed(0)
+    model, x = bn_spread(models.get("resnet20", width=0.5)), torch.randn(2, 3, 16, 16)
+    train = labelled_batches(4)
+
+    def taylor(group, members):  # one batch's taylor, as method "importance" takes it
+        return sum(m.per_channel(m.tensor * m.grad) for m in members) ** 2
+
+    result = graphprune.apply(model, "dsa", 0.5, x, train_data=train, val_data=train[:2], loss_fn=F.cross_entropy, epochs=2,
+                              importance=taylor, importance_batches=1)
+    assert 0.495 <= result.report.macs_ratio <= 0.5
+    dsa = result.method
+    assert dsa._measured and set(dsa._measured) == set(dsa.group_ids)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
+    dsa.bind_optimizer(optimizer)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [5e-4]  # BN scales are not the importance here
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(importance="tayler"), r"dsa: importance is 'bn_scale' \(the default\), 'taylor' or 'hessian', or your function "
+                                r"fn\(group, members\).*got 'tayler'"),
+    (dict(importance="taylor", importance_batches=0), r"dsa: importance_batches is how many validation batches .* got 0"),
+])
+def test_dsa_importance_that_cannot_rank_says_what_to_pass(options, message):
+    model, x = models.get("resnet20"), torch.randn(2, 3, 16, 16)
+    with pytest.raises(graphprune.OptionError, match=message):
+        DSAPass(graphprune.analyze(model, x), graphprune.Budget(macs=0.5), model, **options)
+
+
+def test_dsa_refuses_negative_importance_since_it_ranks_by_its_logarithm():
+    model, x = models.get("resnet20"), torch.randn(2, 3, 16, 16)
+    dsa = DSAPass(graphprune.analyze(model, x), graphprune.Budget(macs=0.5), model, val_data=labelled_batches(),
+                  loss_fn=F.cross_entropy, importance=lambda group, members: -torch.arange(group.size, dtype=torch.float64))
+    with pytest.raises(graphprune.GraphPruneError, match=r"logarithm of their importance.*negative scores.*abs\(\) or a square"):
+        dsa.importance()
