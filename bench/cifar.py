@@ -102,12 +102,12 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, loaders, example: tor
         history += train(final, loaders, spec.epochs - pre, spec.lr / 10, seed, spec.device, f"{row} fine-tune seed {seed}")
     final = final.cpu()
     if macs is None:  # the plan is on the model itself
-        macs, params = full.budget.macs(plan.counts() if plan else None), full.budget.params(plan.counts() if plan else None)
+        macs, params = full.cost.macs(plan.counts() if plan else None), full.cost.params(plan.counts() if plan else None)
         kept = plan.kept_per_layer(full) if plan is not None else {}  # network order
     return {
         "row": row, "seed": seed,
         "val_accuracy": graphprune.accuracy(final, loaders[1]),
-        "macs_ratio": macs / full.budget.macs(), "params_ratio": params / full.budget.params(),
+        "macs_ratio": macs / full.cost.macs(), "params_ratio": params / full.cost.params(),
         "seconds_per_epoch": statistics.mean(h.seconds for h in history),
         "kept_per_layer": kept,
         "plan": plan.to_json() if plan is not None else None,

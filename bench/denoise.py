@@ -119,7 +119,7 @@ def run_row(row: str, spec: argparse.Namespace, seed: int, train_patches: torch.
     counts = plan.counts() if plan else None
     return {
         "row": row, "seed": seed, "psnr": psnr(final.cpu(), test),
-        "macs_ratio": full.budget.macs(counts) / full.budget.macs(), "params_ratio": full.budget.params(counts) / full.budget.params(),
+        "macs_ratio": full.cost.macs(counts) / full.cost.macs(), "params_ratio": full.cost.params(counts) / full.cost.params(),
         "seconds": time.perf_counter() - start, **extra,
     }
 

@@ -41,7 +41,7 @@ import torchvision
 import graphprune
 import provenance
 from graphprune import Budget
-from graphprune.budget_target import Runtime
+from graphprune.budget import Runtime
 from graphprune.errors import BudgetError
 from graphprune.latency import OP_REPEATS, batched, measure, profile
 
@@ -89,7 +89,7 @@ def held_out_plans(gg, latency, x, runtime: Runtime, plans: int, rng: np.random.
             counts[g.id] = min(g.size, -(-want // w) * w)
         plan = graphprune.Plan.from_indices(gg, {gid: list(range(n)) for gid, n in counts.items()})
         models.append(graphprune.slim(gg, plan))
-        predicted.append(gg.budget.exact("latency", counts) / 1e9)
+        predicted.append(gg.cost.exact("latency", counts) / 1e9)
     measured = measure(models, [x] * len(models), runtime, max(20, runtime.repeats // 2))
     ratios_measured = np.array(measured[1:]) / measured[0]
     ratios_predicted = np.array(predicted[1:]) / predicted[0]

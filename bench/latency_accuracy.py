@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import graphprune
 import provenance
 from graphprune import data
-from graphprune.budget_target import Runtime
+from graphprune.budget import Runtime
 from graphprune.latency import profile
 from latency import CAPACITY_HEADER, capacity_cells, cpu_name, equal_speed
 from oneshot import CALIBRATION_BATCHES, RECALIBRATION_BATCHES, SUBSET, recalibrated, trained_resnet20

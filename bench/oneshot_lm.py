@@ -137,8 +137,8 @@ def main() -> None:
     traced = dict(attention="heads", specialize_submodules=True)  # the Llama inside the wrapper: along the example's path
     gg = graphprune.analyze(model, example, **traced)
     pruned_groups = [g for g in gg.prunable_groups if _layer_of(g) in (MLP, HEADS)]
-    full = gg.budget.params()
-    removable = full - gg.budget.params({g.id: 0 for g in pruned_groups})
+    full = gg.cost.params()
+    removable = full - gg.cost.params({g.id: 0 for g in pruned_groups})
     whole = structure(pruned_groups, graphprune.Plan({}))
     base = perplexity(model, held_out)
     print(f"unpruned: {full:,} parameters, {removable:,} in MLP and heads groups; held-out perplexity {base:.3f}", flush=True)

@@ -98,7 +98,7 @@ def run_module(module: str, names: list[str], out: "mp.Queue", options: dict) ->
         )
         graphprune.slim(gg, half_plan(gg, exact_only=False))  # inexact groups must slim too, if not exactly
         small = graphprune.slim(gg, plan)
-        report(stage="exactness", macs_ratio=round(gg.budget.macs(plan.counts()) / gg.budget.macs(), 4))
+        report(stage="exactness", macs_ratio=round(gg.cost.macs(plan.counts()) / gg.cost.macs(), 4))
         error = exactness_error(model, gg, plan, (x,), slim_model=small)
         if not error <= TOLERANCE:
             return report(exactness=error, error=f"slim model differs from the zeroed original by {error:.3g} of the output scale")

@@ -6,8 +6,8 @@ derives the exact MACs/params model in the groups' keep ratios.
 
 from . import op_table  # noqa: F401  (defines the built-in ops: every stage looks them up)
 from .api import PruneReport, PruneResult, Session, apply, apply_plan, prepare
-from .budget import BudgetModel
-from .budget_target import Budget, Runtime
+from .budget import Budget, Runtime
+from .cost import CostModel
 from .checkpoint import load
 from .errors import (BudgetError, DistributedError, ExampleInputError, ExportError, GraphPruneError, GuardError, ModelRebuildError,
                      ModelSpecError, NotReadyError, OptionError, PlanError, SlimError, TraceError, WidenError)
@@ -50,7 +50,7 @@ __all__ = [
     "GroupGraph",
     "ChannelGroup",
     "Member",
-    "BudgetModel",
+    "CostModel",
     "GraphPruneError",
     "TraceError",
     "ExampleInputError",

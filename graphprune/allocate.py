@@ -1,4 +1,4 @@
-"""Turn channel scores into a plan that meets a budget, using the exact budget model.
+"""Turn channel scores into a plan that meets a budget, using the exact cost model.
 
 Every method that ranks channels (l1, l2, random, NAP's OBS scores, ...) ends here. Channels are
 removed in increasing order of score across all groups; a binary search over how many to remove
@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from .budget_target import Budget
+from .budget import Budget
 from .errors import BudgetError, GraphPruneError
 from .groups import GroupGraph, set_round_to
 from .plan import Plan
@@ -86,8 +86,8 @@ class Allocation:
         self._ceiling = np.array([min(ceiling[gid] for gid in gids) for gids in self.units], dtype=np.int64)
         self.floors = {g.id: int(self._floor[self.unit_of[i]]) for i, g in enumerate(self.groups)}
         self.ceilings = {g.id: int(self._ceiling[self.unit_of[i]]) for i, g in enumerate(self.groups)}
-        position = {g.id: i for i, g in enumerate(gg.budget.groups)}
-        self.slot = np.array([position[g.id] for g in self.groups], dtype=np.int64)  # index in the budget model
+        position = {g.id: i for i, g in enumerate(gg.cost.groups)}
+        self.slot = np.array([position[g.id] for g in self.groups], dtype=np.int64)  # index in the cost model
         # every unit channel, lowest score first (a stable sort: ties keep unit order)
         combined = self.combine(scores)
         flat = np.concatenate(combined) if combined else np.zeros(0)
@@ -121,8 +121,8 @@ class Allocation:
         return dict(zip(self.ids.tolist(), kept[self.unit_of].tolist()))
 
     def ratios(self, kept: np.ndarray) -> np.ndarray:
-        """Keep ratios in the budget model's order (groups not allocated here stay whole)."""
-        out = np.ones(len(self.gg.budget.groups))
+        """Keep ratios in the cost model's order (groups not allocated here stay whole)."""
+        out = np.ones(len(self.gg.cost.groups))
         out[self.slot] = (kept / self.sizes)[self.unit_of]
         return out
 
@@ -174,9 +174,9 @@ def merge_ties(*partitions: Roles | None) -> list[list[int]]:
 
 def check_reachable(gg: GroupGraph, budget: Budget, floor_counts: dict[int, int]) -> float:
     """The absolute target; BudgetError if even the floors cost more."""
-    full = gg.budget.exact(budget.metric)
+    full = gg.cost.exact(budget.metric)
     target = budget.target(full)
-    lowest = gg.budget.exact(budget.metric, floor_counts)
+    lowest = gg.cost.exact(budget.metric, floor_counts)
     if lowest > target:
         given = budget.describe() if budget.is_ratio else f"{budget.describe()} ({target / full:.2g} of the model's {budget.amount(full)})"
         raise BudgetError(
@@ -199,14 +199,14 @@ def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan]
     ``tolerance`` of the full model under the target. ``steps``: groups whose multiple the user
     gave (``round_to`` per layer), which keep it.
 
-    A measured cost (a latency budget) names the multiple it holds at (``BudgetModel.round_to``):
+    A measured cost (a latency budget) names the multiple it holds at (``CostModel.round_to``):
     every group keeps multiples of it, however far under the target that lands, since finer
     counts run slower than the model can tell (onnxruntime's kernels at widths off their blocks);
     the auto steps are the fallback where its floors are unreachable.
     """
-    full = gg.budget.exact(budget.metric)
+    full = gg.cost.exact(budget.metric)
     target = budget.target(full)
-    measured = gg.budget.round_to(budget.metric)
+    measured = gg.cost.round_to(budget.metric)
     for cap, at_measured in ([(measured, True)] if measured else []) + [(c, False) for c in (8, 4, 2, 1)]:
         set_round_to(gg.groups, cap if at_measured else "auto", cap)
         for gid, step in (steps or {}).items():
@@ -217,7 +217,7 @@ def fitted_rounding(gg: GroupGraph, budget: Budget, allocate: Callable[[], Plan]
             if cap == 1 and not at_measured:
                 raise
             continue
-        if at_measured or gg.budget.exact(budget.metric, plan.counts()) >= target - tolerance * full:
+        if at_measured or gg.cost.exact(budget.metric, plan.counts()) >= target - tolerance * full:
             break
     return plan
 
@@ -233,19 +233,19 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     lo, hi = 0, total  # cost falls as more channels are removed: find the fewest removals that fit
     while lo < hi:
         mid = (lo + hi) // 2
-        if gg.budget.exact(budget.metric, alloc.counts(mid)) <= target:
+        if gg.cost.exact(budget.metric, alloc.counts(mid)) <= target:
             hi = mid
         else:
             lo = mid + 1
     searched = dropped = alloc.dropped(lo)
-    margin = 1e-9 * gg.budget.exact(budget.metric)  # float checks, confirmed exactly below
+    margin = 1e-9 * gg.cost.exact(budget.metric)  # float checks, confirmed exactly below
 
     def fits(d: np.ndarray) -> bool:
-        return float(gg.budget.evaluate(budget.metric, alloc.ratios(alloc.kept(d)))) <= target - margin
+        return float(gg.cost.evaluate(budget.metric, alloc.ratios(alloc.kept(d)))) <= target - margin
 
     order = alloc.ranked_units[:lo][::-1]  # give back, most important first
     try:
-        quadratic = gg.budget.quadratic(budget.metric)
+        quadratic = gg.cost.quadratic(budget.metric)
     except BudgetError:  # not quadratic: try every channel on the full evaluator
         quadratic = None
     if quadratic is None:
@@ -257,7 +257,7 @@ def allocate_by_score(gg: GroupGraph, scores: dict[int, np.ndarray], budget: Bud
     else:
         dropped = _give_back(alloc, dropped, order, quadratic, target - margin, fits)
     kept = alloc.by_id(alloc.kept(dropped))
-    if gg.budget.exact(budget.metric, kept) > target:
+    if gg.cost.exact(budget.metric, kept) > target:
         kept = alloc.by_id(alloc.kept(searched))
     return alloc.plan(kept)
 
@@ -320,7 +320,7 @@ def fill_up(alloc: Allocation, metric: str, counts: dict[int, int], target: floa
     floats, the result is confirmed exactly.
     """
     gg = alloc.gg
-    margin = 1e-9 * gg.budget.exact(metric)
+    margin = 1e-9 * gg.cost.exact(metric)
     row = {gid: i for i, gid in enumerate(alloc.ids.tolist())}
     units = list(dict.fromkeys(int(alloc.unit_of[row[gid]]) for gid in order if gid in row))
     current = dict(counts)
@@ -328,10 +328,10 @@ def fill_up(alloc: Allocation, metric: str, counts: dict[int, int], target: floa
         gids, top, step = alloc.units[u], int(alloc._ceiling[u]), int(alloc._round[u])
         while current[gids[0]] < top:
             trial = {**current, **dict.fromkeys(gids, min(top, current[gids[0]] + step))}
-            if float(gg.budget.evaluate(metric, gg.budget.ratios(trial))) > target - margin:
+            if float(gg.cost.evaluate(metric, gg.cost.ratios(trial))) > target - margin:
                 break
             current = trial
-    return current if gg.budget.exact(metric, current) <= target else counts
+    return current if gg.cost.exact(metric, current) <= target else counts
 
 
 def allocate_by_ratios(gg: GroupGraph, alloc: Allocation, weights: dict[int, float], budget: Budget, order: list[int]) -> Plan:
@@ -351,5 +351,5 @@ def allocate_by_ratios(gg: GroupGraph, alloc: Allocation, weights: dict[int, flo
     lo, hi = 0.0, 1.0 / max(min(weights.values()), 1e-6)  # cost grows with the scale
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if gg.budget.exact(budget.metric, counts(mid)) <= target else (lo, mid)
+        lo, hi = (mid, hi) if gg.cost.exact(budget.metric, counts(mid)) <= target else (lo, mid)
     return alloc.plan(fill_up(alloc, budget.metric, counts(lo), target, order))

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .budget_target import Budget
+from .budget import Budget
 from .controls import Controls, Layer
 from .controls import resolve as resolve_controls
 from .data import hold_out
@@ -109,7 +109,7 @@ def report_for(gg: GroupGraph, plan: Plan, method: str, budget: Budget, seconds:
                reference: GroupGraph | None = None) -> PruneReport:
     """``plan`` on ``gg`` against the model ``reference`` (default ``gg``): LW-DNA plans on a
     widened copy and reports against the original."""
-    b, before = gg.budget, (reference or gg).budget
+    b, before = gg.cost, (reference or gg).cost
     counts = plan.counts()
     full = before.exact(budget.metric)
     latency = None
@@ -318,7 +318,7 @@ def _check_model(model: Any) -> None:
 
 
 def _latency_model(gg: GroupGraph, example_inputs: Any, budget: Budget, pass_cls: type, method: str) -> LatencyModel:
-    """A latency budget's model of ``gg`` (profiled, or read from the cache), made the budget model's "latency" metric."""
+    """A latency budget's model of ``gg`` (profiled, or read from the cache), made the cost model's "latency" metric."""
     if pass_cls.planned_on is not _default_planned_on():
         raise BudgetError(f"method {method!r} plans on another graph than the model's (LW-DNA: a widened copy), whose latency "
                           "graphprune does not measure: give it a macs or params budget, or use another method for a latency budget")

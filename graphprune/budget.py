@@ -1,218 +1,174 @@
-"""The exact cost model: MACs and parameter count as polynomials in the groups' keep ratios.
+"""Budgets: what a pruned model may cost, as a ratio of the full model or an absolute count.
 
-Counting convention (the same as ``torch.utils.flop_counter.FlopCounterMode`` divided by two):
-one MAC per multiply-accumulate of conv, conv-transpose, linear, matmul/bmm and scaled dot-product
-attention; elementwise ops, norms and pooling cost nothing. Parameters are ``model.parameters()``
-(buffers excluded), each counted once.
-
-Every MAC-carrying op costs ``macs_full * prod(count_i(a) / full_i)`` over the channel maps it
-scales with, and each count is linear in the ratios (a concat's count is a sum of parts, frozen
-parts are constants), so the cost is a polynomial, quadratic for all the ops graphprune models.
-
-sympy derives it: each channel map's kept share is a linear polynomial in sympy's sparse ring
-``QQ[a_<group id>, ...]``, a cost term is its cost times the product of its maps' shares, and a
-metric is the sum of its terms, all in exact rationals. That one polynomial per metric is compiled
-once (:class:`Compiled`) into what the methods call: the exact integer evaluator (the polynomial
-in kept counts over one common denominator), the float numpy and torch evaluators (the monomials
-as an index matrix: a gather, a product and a dot product whatever the number of terms, where a
-lambdified expression is one op per term) and the quadratic form; ``expr`` is the polynomial itself.
-
-Other costs of the same shape join as metrics of their own (:meth:`BudgetModel.add_metric`): the
-measured latency model (``latency.py``) is a sum of per-op terms in the same channel maps, so
-every allocator and every method reads it as it reads MACs.
+MACs and parameters are counted exactly; latency is measured on a named runtime (:class:`Runtime`)
+and modelled by ``graphprune/latency.py``.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
-from fractions import Fraction
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+import numbers
+import os
+from typing import Callable
 
-import numpy as np
-import sympy
-import torch
-from sympy.polys.domains import QQ
-from sympy.polys.rings import PolyElement, PolyRing
+from .errors import BudgetError, OptionError
 
-from .errors import BudgetError
-
-if TYPE_CHECKING:
-    from .groups import GroupGraph
-
-Product = tuple[Sequence[np.ndarray], int]  # (channel maps' labels, integer cost at full width)
+#: the runtimes latency can be measured on, and what each is
+RUNTIMES = {
+    "onnxruntime": "onnxruntime, CPU provider",
+    "onnxruntime-cuda": "onnxruntime, CUDA provider",
+    "torch": "PyTorch eager",
+    "torch.compile": "torch.compile (inductor)",
+}
 
 
-class Compiled:
-    """One metric's polynomial and the evaluators compiled from it once, so that the calls in a
-    method's loop do vector or integer arithmetic, never sympy's."""
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where a latency budget is measured: a runtime of :data:`RUNTIMES` and how it runs the model.
 
-    def __init__(self, poly: PolyElement, sizes: Sequence[int]):
-        self.poly = poly
-        #: each term's group positions, a position repeated for its power, in the polynomial's order
-        self.monomials = [tuple(i for i in itertools.compress(range(len(m)), m) for _ in range(m[i])) for m in poly]
-        degree = max(map(len, self.monomials), default=0)
-        #: the monomials padded with len(sizes), the position of the 1 that the evaluators append to the ratios
-        self.index = np.full((len(poly), max(degree, 1)), len(sizes), dtype=np.int64)
-        for row, m in enumerate(self.monomials):
-            self.index[row, : len(m)] = m
-        self.coef = np.array([float(c) for c in poly.values()], dtype=np.float64)
-        # in kept counts (a_i = k_i / size_i) over one common denominator: integer arithmetic, the same rationals
-        per_count = [c / math.prod(sizes[i] for i in m) for m, c in zip(self.monomials, poly.values())]
-        self.denominator = math.lcm(*(int(c.denominator) for c in per_count))
-        self.numerators = [(m, int(c.numerator) * (self.denominator // int(c.denominator))) for m, c in zip(self.monomials, per_count)]
+    ``threads``: intra-op threads on CPU (1 by default: single-thread latency is the one that
+    repeats on a shared machine). ``batch``: the batch size measured (None: the example inputs').
+    ``device``: "cpu" or "cuda" for the PyTorch runtimes (the onnxruntime ones name theirs).
+    ``repeats``: runs of the whole model whose median is its latency. ``cache``: a folder for the
+    per-op measurements (True: ``~/.cache/graphprune/latency``, False: measure every time).
+    ``timer``: replaces the measurement, ``timer(modules, inputs, runtime, repeats) -> seconds``
+    per module (median, runs interleaved): tests give a deterministic one.
+    ``tolerance`` and ``replans``: a method that allocates by score re-plans where the pruned model,
+    measured, misses a ratio target by more than ``tolerance`` (0.01: what the medians of 50
+    interleaved runs vary by at one thread, bench/results/latency.md), up to ``replans`` times, the
+    latency model rescaled to each measurement (docs/latency.md).
+    """
+
+    name: str = "onnxruntime"
+    threads: int = 1
+    batch: int | None = None
+    device: str = "cpu"
+    repeats: int = 50
+    cache: str | os.PathLike | bool = True
+    timer: Callable[..., list[float]] | None = None
+    tolerance: float = 0.01
+    replans: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name not in RUNTIMES:
+            raise OptionError(f"unknown runtime {self.name!r}; latency is measured on one of: "
+                              + ", ".join(f"{k!r} ({v})" for k, v in RUNTIMES.items()))
+        for what, value, low in (("threads", self.threads, 1), ("repeats", self.repeats, 1), ("batch", self.batch, 1),
+                                 ("replans", self.replans, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise OptionError(f"Runtime {what} is an int >= {low}, got {value!r}")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, numbers.Real) or not 0 < self.tolerance < 1:
+            raise OptionError(f"Runtime tolerance is a ratio of the unpruned latency in (0, 1), got {self.tolerance!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise OptionError(f"Runtime device is 'cpu' or 'cuda', got {self.device!r}")
+        if self.name.startswith("onnxruntime"):  # the provider names the device
+            object.__setattr__(self, "device", "cuda" if self.name == "onnxruntime-cuda" else "cpu")
+
+    def describe(self) -> str:
+        """'onnxruntime, CPU provider, 1 thread, batch 1' (batch: as given, else the example's)."""
+        threads = f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.device == "cpu" else ""
+        device = f" on {self.device}" if self.name.startswith("torch") else ""
+        return f"{RUNTIMES[self.name]}{device}{threads}" + (f", batch {self.batch}" if self.batch else "")
 
 
-class BudgetModel:
-    """MACs and params as exact polynomials in one keep-ratio symbol per prunable group."""
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Keep at most ``macs``, ``params`` or ``latency`` of the full model: a ratio in (0, 1] or an absolute amount.
 
-    def __init__(self, gg: "GroupGraph"):
-        self._gg = gg
-        self.groups = gg.prunable_groups
-        self._pos = {g.id: i for i, g in enumerate(self.groups)}
-        self._ring = PolyRing(sympy.symbols([f"a_{g.id}" for g in self.groups]), QQ)
-        self._monomial = {g.id: self._ring.monomial_basis(i) for i, g in enumerate(self.groups)}  # a_<id>'s exponents
-        self._compiled: dict[str, Compiled] = {}
-        self._round_to: dict[str, int | None] = {}
-        self.add_metric("macs", [([f.labels for f in t.factors], t.macs) for t in gg.mac_terms])
-        self.add_metric("params", self._params_products())
+    ``Budget(macs=0.5)`` keeps half the MACs; ``Budget(params=2_000_000)`` keeps at most 2M parameters.
+    A count must be an ``int``: ``1.5`` or ``50.0`` is neither a ratio nor a count, and is refused
+    rather than read as 1.5 MACs (``50%`` was probably meant).
+    ``Budget(latency=0.5)`` halves the unpruned model's latency measured on ``runtime`` (a
+    :class:`Runtime` or its name; onnxruntime on CPU, one thread, by default); ``Budget(latency_ms=12.0)``
+    asks for 12 milliseconds there (see docs/latency.md).
+    """
 
-    # --------------------------------------------------------------- building
-    def _shares(self, maps: list[np.ndarray]) -> list[PolyElement]:
-        """Kept count of each channel map divided by its full count: a linear polynomial with the
-        ratio of each prunable group it holds and 1 for the channels that stay. Maps that are one
-        array (a conv's output channels in its bias and its norm's parameters) share one polynomial."""
-        distinct = list({id(labels): labels for labels in maps}.values())
-        shares = {}
-        for labels, counts in zip(distinct, self._gg.group_counts_many(distinct)):
-            kept: dict[tuple[int, ...], int] = {}
-            for gid, n in counts.items():
-                m = self._monomial.get(gid, self._ring.zero_monom)
-                kept[m] = kept.get(m, 0) + n
-            shares[id(labels)] = self._ring.from_dict({m: QQ(n, len(labels)) for m, n in kept.items()})
-        return [shares[id(labels)] for labels in maps]
+    macs: float | int | None = None
+    params: float | int | None = None
+    latency: float | None = None
+    latency_ms: float | None = None
+    runtime: Runtime | str | None = None
 
-    def _derive(self, products: Sequence[Product]) -> PolyElement:
-        """The sum of ``cost * prod(kept share of each map)`` over ``products``; products of the same
-        maps (a norm's weight and bias) are multiplied out once, with their costs added."""
-        cost: dict[tuple[int, ...], int] = {}
-        maps: dict[tuple[int, ...], Sequence[np.ndarray]] = {}
-        for m, c in products:
-            key = tuple(map(id, m))
-            cost[key], maps[key] = cost.get(key, 0) + c, m
-        shares = iter(self._shares([labels for m in maps.values() for labels in m]))
-        # the cost first, as multiplying by a number is cheaper than by a polynomial; a term of no map is the number
-        terms = (self._ring(math.prod([c, *(next(shares) for _ in maps[key])])) for key, c in cost.items())
-        return sum(terms, self._ring.zero)
+    def __post_init__(self) -> None:
+        given = [(k, v) for k, v in (("macs", self.macs), ("params", self.params), ("latency", self.latency),
+                                     ("latency_ms", self.latency_ms)) if v is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one of Budget(macs=...), Budget(params=...), Budget(latency=...) or Budget(latency_ms=...)")
+        metric, value = given[0]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise BudgetError(f"a budget is a number, got {metric}={value!r}: a ratio in (0, 1] like 0.5, or an int count")
+        if not math.isfinite(value) or value <= 0:
+            raise BudgetError(f"a budget must be a finite number above 0, got {metric}={value}: "
+                              "give a ratio in (0, 1] (0.5 keeps half) or an absolute count as an int")
+        if metric.startswith("latency"):
+            self._latency_fields(metric, value)
+            return
+        if self.runtime is not None:
+            raise BudgetError(f"runtime= is where latency is measured: it goes with latency= or latency_ms=, not {metric}=")
+        if value > 1 and not isinstance(value, numbers.Integral):
+            raise BudgetError(f"{metric}={value} is neither a ratio in (0, 1] nor an absolute count: for {value}% of the "
+                              f"model give {value / 100:g} ('{value:g}%' on the command line); an absolute count is an int "
+                              f"({metric}={math.floor(value)})")
+        object.__setattr__(self, metric, int(value) if isinstance(value, numbers.Integral) else float(value))
 
-    def add_metric(self, name: str, products: Iterable[Product], round_to: int | None = None) -> None:
-        """Add the cost ``name``: a sum of ``cost * prod(kept share of each channel map)`` over
-        ``products``, derived and compiled as the MACs are (a MACs term is its factors' labels and
-        its MACs). The measured latency model installs itself this way; ``exact``, ``evaluate``,
-        ``torch`` and ``quadratic`` then take ``name`` as they take "macs". ``round_to``: the channel
-        multiple the cost holds at (a latency model's measured width; see :meth:`round_to`)."""
-        self._compiled[name] = Compiled(self._derive(list(products)), [g.size for g in self.groups])
-        self._round_to[name] = round_to
-
-    def round_to(self, metric: str) -> int | None:
-        """The channel multiple a measured metric holds at (allocations under ``round_to="auto"``
-        keep multiples of it, allocate.fitted_rounding); None for the exact counts, which hold at every width."""
-        return self._round_to.get(metric)
+    def _latency_fields(self, metric: str, value: float) -> None:
+        if metric == "latency" and value > 1:
+            raise BudgetError(f"latency={value:g} is not a ratio in (0, 1] of the unpruned model's latency: for {value:g} "
+                              f"milliseconds give latency_ms={value:g}, for {value:g}% give latency={value / 100:g}")
+        runtime = self.runtime if self.runtime is not None else Runtime()
+        if isinstance(runtime, str):
+            runtime = Runtime(runtime)
+        if not isinstance(runtime, Runtime):
+            raise OptionError(f"runtime= is a graphprune Runtime or the name of one ({', '.join(RUNTIMES)}), got {runtime!r}")
+        object.__setattr__(self, "runtime", runtime)
+        object.__setattr__(self, metric, float(value))
 
     @property
-    def metrics(self) -> list[str]:
-        return list(self._compiled)
+    def metric(self) -> str:
+        """The cost model's metric the budget limits: "macs", "params" or "latency" (nanoseconds, both latency forms)."""
+        return "macs" if self.macs is not None else "params" if self.params is not None else "latency"
 
-    def _params_products(self) -> list[Product]:
-        """Each parameter tensor as a product: its numel, scaled by the channel maps of its pruned dims."""
-        model = self._gg.traced.model  # the user's model: modules the graph never calls count too
-        modules = dict(self._gg.gm.named_modules())
-        by_tensor: dict[int, dict[int, np.ndarray]] = {}
-        for rec in self._gg.member_records.values():
-            owner = modules[rec.module] if rec.module in modules else self._gg.gm.get_submodule(rec.module)
-            t = getattr(owner, rec.param)
-            if isinstance(t, torch.nn.Parameter):
-                by_tensor.setdefault(id(t), {}).setdefault(rec.dim, rec.labels)
-        return [(list(by_tensor.get(id(p), {}).values()), p.numel()) for p in model.parameters()]
-
-    # --------------------------------------------------------------- symbolic views
     @property
-    def symbols(self) -> list[sympy.Symbol]:
-        """One sympy symbol ``a_<group id>`` per prunable group, in group order."""
-        return list(self._ring.symbols)
+    def value(self) -> float | int:
+        return next(v for v in (self.macs, self.params, self.latency, self.latency_ms) if v is not None)
 
-    def expr(self, metric: str = "macs") -> sympy.Expr:
-        """The exact cost as a sympy expression in the symbols ``a_<group id>``."""
-        return self._metric(metric).poly.as_expr()
+    @property
+    def is_ratio(self) -> bool:
+        if self.metric == "latency":
+            return self.latency is not None
+        return not isinstance(self.value, int) or self.value == 1
 
-    def quadratic(self, metric: str = "macs") -> tuple[np.ndarray, np.ndarray, float]:
-        """``(F_A, F_B, c)`` with cost(a) = aᵀ F_A a + F_Bᵀ a + c, F_A symmetric, in group order."""
-        compiled = self._metric(metric)
-        n = len(self.groups)
-        fa, fb, c = np.zeros((n, n)), np.zeros(n), 0.0
-        for m, coef in zip(compiled.monomials, compiled.coef.tolist()):
-            if len(m) == 0:
-                c += coef
-            elif len(m) == 1:
-                fb[m[0]] += coef
-            elif len(m) == 2:
-                i, j = m
-                fa[i, j] += coef / (1 if i == j else 2)
-                if i != j:
-                    fa[j, i] += coef / 2
-            else:
-                raise BudgetError(f"the {metric} model has a term of degree {len(m)}; it is not quadratic")
-        return fa, fb, c
+    def target(self, full: int) -> float:
+        """The budget as an absolute cost for a model that costs ``full`` (latency: in nanoseconds)."""
+        if self.is_ratio:
+            return self.value * full
+        return self.value * 1e6 if self.metric == "latency" else float(self.value)
 
-    # --------------------------------------------------------------- evaluation
-    def _metric(self, metric: str) -> Compiled:
-        if metric not in self._compiled:
-            hint = " (a latency budget's model is added by graphprune.prepare/apply, see graphprune/latency.py)" if metric == "latency" else ""
-            raise BudgetError(f"unknown metric {metric!r}; use one of {', '.join(self._compiled)}{hint}")
-        return self._compiled[metric]
+    def amount(self, cost: float) -> str:
+        """An absolute cost of this budget's metric as people read it: '12.345 ms', '2,000,000'."""
+        return f"{cost / 1e6:.3f} ms" if self.metric == "latency" else f"{int(cost):,}"
 
-    def exact(self, metric: str, keep: Mapping[int, int] | None = None) -> int:
-        """Exact cost with ``keep`` = {group id: kept channel count}; groups left out stay whole."""
-        keep = keep or {}
-        unknown = set(keep) - set(self._pos)
-        if unknown:
-            raise BudgetError(f"groups {sorted(unknown)} are not prunable groups of this model")
-        compiled = self._metric(metric)
-        counts = [keep.get(g.id, g.size) for g in self.groups]
-        total = 0
-        for m, numerator in compiled.numerators:
-            for i in m:
-                numerator *= counts[i]
-            total += numerator
-        return int(round(Fraction(total, compiled.denominator)))
+    def describe(self) -> str:
+        """The budget as the user gave it: '0.5 of the model's MACs', '2,000,000 params', '12 ms on onnxruntime, ...'."""
+        where = f" on {self.runtime.describe()}" if self.metric == "latency" else ""
+        if self.is_ratio:
+            return f"{self.value:g} of the model's {self.metric}{where}"
+        return f"{self.value:g} ms{where}" if self.metric == "latency" else f"{self.value:,} {self.metric}"
 
-    def macs(self, keep: Mapping[int, int] | None = None) -> int:
-        return self.exact("macs", keep)
+    @classmethod
+    def of(cls, budget: "Budget | float | int") -> "Budget":
+        """A bare number means MACs (a ratio in (0, 1], or an int count)."""
+        return budget if isinstance(budget, Budget) else cls(macs=budget)
 
-    def params(self, keep: Mapping[int, int] | None = None) -> int:
-        return self.exact("params", keep)
-
-    def evaluate(self, metric: str, ratios: np.ndarray) -> np.ndarray:
-        """Fast float cost for keep ratios of shape (n_groups,) or (batch, n_groups)."""
-        compiled = self._metric(metric)
-        r = np.atleast_2d(np.asarray(ratios, dtype=np.float64))
-        padded = np.concatenate([r, np.ones((r.shape[0], 1))], axis=1)
-        vals = padded[:, compiled.index].prod(axis=2) @ compiled.coef
-        return vals if np.ndim(ratios) > 1 else vals[0]
-
-    def torch(self, metric: str, ratios: torch.Tensor) -> torch.Tensor:
-        """Differentiable cost of keep ratios (a tensor of shape (n_groups,))."""
-        compiled = self._metric(metric)
-        padded = torch.cat([ratios, ratios.new_ones(1)])
-        index = torch.from_numpy(compiled.index).to(ratios.device)
-        return (padded[index].prod(dim=1) * torch.as_tensor(compiled.coef, dtype=ratios.dtype, device=ratios.device)).sum()
-
-    def prunable_share(self, metric: str = "macs") -> float:
-        """Share of the full cost that shrinks when the prunable groups shrink (1 - cost(0)/cost(1))."""
-        poly = self._metric(metric).poly
-        full = sum(poly.values(), QQ.zero)
-        return float(1 - poly.get(poly.ring.zero_monom, QQ.zero) / full) if full else 0.0
-
-    def ratios(self, keep: Mapping[int, int] | None = None) -> np.ndarray:
-        keep = keep or {}
-        return np.array([keep.get(g.id, g.size) / g.size for g in self.groups], dtype=np.float64)
+    @classmethod
+    def parse(cls, text: str, metric: str = "macs") -> "Budget":
+        """A budget from the command line: '0.5', '50%' or an absolute count '2000000'."""
+        text = text.strip()
+        try:
+            if text.endswith("%"):
+                return cls(**{metric: float(text[:-1]) / 100})
+            number: float | int = int(text) if text.lstrip("+").isdigit() else float(text)
+        except ValueError:
+            raise BudgetError(f"--budget takes a ratio (0.5), a percentage (50%) or an absolute count (2000000), got {text!r}") from None
+        return cls(**{metric: number})

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from . import passes
 from .api import prepare, untrained_message
-from .budget_target import Budget
+from .budget import Budget
 from .errors import GraphPruneError
 from .export import export_onnx
 from .groups import analyze

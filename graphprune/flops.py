@@ -56,7 +56,7 @@ EXTRA_FORMULAS: dict[Any, Callable] = {torch.ops.aten._scaled_dot_product_flash_
 
 
 def flop_counter(display: bool = False) -> FlopCounterMode:
-    """``FlopCounterMode`` with :data:`EXTRA_FORMULAS`: what the budget model's MACs are checked
+    """``FlopCounterMode`` with :data:`EXTRA_FORMULAS`: what the cost model's MACs are checked
     against (attention costs the same on every device and kernel). Use it like the mode itself."""
     return FlopCounterMode(display=display, custom_mapping=EXTRA_FORMULAS)
 

@@ -72,8 +72,8 @@ def _group_shares(gg: "GroupGraph", metric: str) -> dict[int, float]:
     n = len(gg.prunable_groups)
     if n == 0:
         return {}
-    full = gg.budget.evaluate(metric, np.ones(n))
-    without_each = gg.budget.evaluate(metric, 1 - np.eye(n))
+    full = gg.cost.evaluate(metric, np.ones(n))
+    without_each = gg.cost.evaluate(metric, 1 - np.eye(n))
     return {g.id: float((full - v) / full) for g, v in zip(gg.prunable_groups, without_each)}
 
 
@@ -103,8 +103,8 @@ def to_json(gg: "GroupGraph") -> dict:
     facts = group_facts(gg)
     return {
         "model": type(gg.traced.model).__name__,
-        "macs": gg.budget.macs(),
-        "params": gg.budget.params(),
+        "macs": gg.cost.macs(),
+        "params": gg.cost.params(),
         "prunable_mac_share": gg.prunable_mac_share(),
         "share_meaning": SHARE_MEANING,
         "fallbacks": [{"module": f.module, "error": f.error, "location": f.location} for f in gg.fallbacks],
@@ -156,7 +156,7 @@ def print_summary(gg: "GroupGraph", console=None, plan: "Plan | None" = None) ->
         table.add_row(str(f.id), str(f.size), *kept, shown, _percent(f.macs_share), _percent(f.params_share), status)
     console.print(table)
     console.print(
-        f"MACs {gg.budget.macs():,}  params {gg.budget.params():,}  "
+        f"MACs {gg.cost.macs():,}  params {gg.cost.params():,}  "
         f"MACs that scale with prunable groups: {100 * gg.prunable_mac_share():.2f}%"
     )
     for f in gg.fallbacks:

@@ -93,10 +93,10 @@ class ChannelGroup:
 
 
 class GroupGraph:
-    """The result of analysis: traced graph, channel groups and the exact budget model."""
+    """The result of analysis: traced graph, channel groups and the exact cost model."""
 
     def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray, atom_channel: np.ndarray):
-        from .budget import BudgetModel
+        from .cost import CostModel
 
         self.traced = traced
         self.gm = traced.gm
@@ -104,18 +104,18 @@ class GroupGraph:
         self._analysis = analysis
         self._atom_group = atom_group  # atom -> group id
         self._atom_channel = atom_channel  # atom -> channel index within its group
-        self.budget = BudgetModel(self)
+        self.cost = CostModel(self)
 
     def keeping_whole(self, reasons: dict[int, str]) -> "GroupGraph":
-        """This analysis with the groups in ``reasons`` kept whole for those reasons (the budget
+        """This analysis with the groups in ``reasons`` kept whole for those reasons (the cost
         model follows); this one is left as it was, so that it can be planned on again."""
-        from .budget import BudgetModel
+        from .cost import CostModel
 
         if not reasons:
             return self
         view = copy.copy(self)
         view.groups = [dataclasses.replace(g, reason=reasons[g.id]) if g.id in reasons else g for g in self.groups]
-        view.budget = BudgetModel(view)
+        view.cost = CostModel(view)
         return view
 
     @property
@@ -234,7 +234,7 @@ class GroupGraph:
 
     def prunable_mac_share(self) -> float:
         """Share of MACs that depend on at least one prunable group (the rest is fixed)."""
-        return self.budget.prunable_share("macs")
+        return self.cost.prunable_share("macs")
 
     # rendering lives in group_views.py (table, JSON, dot) and inspector.py (pictures); these are the entry points users look for
     def summary(self, console=None, plan: "Plan | None" = None) -> None:
@@ -430,7 +430,7 @@ def analyze(
     attention: str = "head_dims",
     specialize_submodules: bool = False,
 ) -> GroupGraph:
-    """Trace ``model`` on ``example_inputs`` and find its channel groups and budget model.
+    """Trace ``model`` on ``example_inputs`` and find its channel groups and cost model.
 
     ``leaf_modules``: module names or types to keep opaque (their channels are frozen).
     ``round_to``: the channel multiple every group keeps (unless it keeps all): an int, or

@@ -12,8 +12,8 @@ The fit. A node's latency is a multilinear polynomial in the kept shares x_i of 
 (1, x_in, x_out, x_in * x_out for a conv: the MACs' bilinear term plus a kernel's fixed and
 per-channel work), least squares in relative error, the non-constant coefficients non-negative so
 that no channel costs less than nothing. Each x_i is linear in the groups' keep ratios, so the
-total is quadratic in them, like MACs: it is installed in the budget model as the metric
-"latency" (integer nanoseconds, ``BudgetModel.add_metric``) and every allocator and method reads
+total is quadratic in them, like MACs: it is installed in the cost model as the metric
+"latency" (integer nanoseconds, ``CostModel.add_metric``) and every allocator and method reads
 it unchanged. A step table at the kernels' preferred widths was the other candidate;
 bench/latency.py measures both on held-out counts (bench/results/latency.md says which won and by
 how much).
@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .budget import BudgetModel, Product
-from .budget_target import Budget, Runtime
+from .cost import CostModel, Product
+from .budget import Budget, Runtime
 from .channels import ChannelMap
 from .distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError
@@ -524,7 +524,7 @@ def fit(case: OpCase, points: list[tuple[tuple[int, ...], float]]) -> Fit:
 class LatencyModel:
     """The fitted latency of a model on a runtime: per op, a polynomial in its maps' kept shares,
     their sum scaled by one measured factor, plus the measured remainder; :meth:`install` makes it
-    the budget model's "latency" metric.
+    the cost model's "latency" metric.
 
     The scale: ops timed alone are not ops inside the model (the runtime fuses their norms and
     activations, keeps its blocked layout between them instead of converting at every op, reuses
@@ -559,14 +559,14 @@ class LatencyModel:
         return self.full_seconds - self.scale * self.ops_seconds
 
     def products(self) -> list[Product]:
-        """The model as the budget model's products: (maps, integer nanoseconds) per op monomial, the remainder with no map."""
+        """The model as the cost model's products: (maps, integer nanoseconds) per op monomial, the remainder with no map."""
         out: list[Product] = []
         for c in self.cases:
             f = self.fits[c.key]
             out += [([c.variables[i] for i in m], round(1e9 * self.scale * coef)) for m, coef in zip(f.basis, f.coefficients) if coef]
         return out + [([], round(1e9 * self.remainder_seconds))]
 
-    def install(self, budget: BudgetModel) -> None:
+    def install(self, budget: CostModel) -> None:
         budget.add_metric("latency", self.products(), self.width)
 
     @property
@@ -578,7 +578,7 @@ class LatencyModel:
 
 def profile(gg: GroupGraph, example_inputs: Any, runtime: Runtime, calibrate: bool = True) -> LatencyModel:
     """Measure (or read from the cache) and fit the latency model of ``gg``'s model on ``runtime``,
-    and install it as ``gg.budget``'s "latency" metric. ``calibrate``: scale the ops' sum to the
+    and install it as ``gg.cost``'s "latency" metric. ``calibrate``: scale the ops' sum to the
     model measured at half width (see :class:`LatencyModel`; False keeps the ops as timed alone).
     Under torchrun rank 0 measures and every rank fits its measurements: one model everywhere."""
     check_available(runtime)
@@ -610,11 +610,11 @@ def profile(gg: GroupGraph, example_inputs: Any, runtime: Runtime, calibrate: bo
         advance()
     full, at_half = broadcast_object((cache.get(f"{key}:full"), cache.get(f"{key}:half")))
     model = LatencyModel(runtime, cases, fits, width, slowdown, full, at_half, half, 1.0, len(configs), measured, 0.0)
-    model.install(gg.budget)
-    predicted = gg.budget.exact("latency", half) / 1e9 - full  # the ops' change, as timed alone
+    model.install(gg.cost)
+    predicted = gg.cost.exact("latency", half) / 1e9 - full  # the ops' change, as timed alone
     if calibrate and predicted < 0:
         model.scale = max((at_half - full) / predicted, 0.0)
-        model.install(gg.budget)
+        model.install(gg.cost)
     model.seconds = time.perf_counter() - started
     return model
 
@@ -689,7 +689,7 @@ def meet_measured(model: LatencyModel, gg: GroupGraph, budget: Budget, allocate:
     runtime = model.runtime
     timer: Timer = runtime.timer or measure
     inputs = batched(example_inputs, runtime)
-    full = gg.budget.exact("latency")
+    full = gg.cost.exact("latency")
     target = budget.target(full) / full
     aimed, plan = target, allocate(budget)
     tried: list[tuple[float, float, Plan]] = []  # (target allocated to, measured ratio, plan)

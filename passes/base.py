@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from graphprune.allocate import fitted_rounding, floor_of, merge_ties
-from graphprune.budget_target import Budget
+from graphprune.budget import Budget
 from graphprune.controls import Controls
 from graphprune.errors import GraphPruneError, OptionError
 from graphprune.groups import GroupGraph, layer_roles, set_round_to

@@ -20,7 +20,7 @@ search takes 5-10% of a 300-epoch run; here lambda follows from the window (``re
 drops below ``tau`` once the summed thresholds reach its *exit time* (l1: ``|z| - tau``; l2:
 ``||z_g|| (1 - tau / |z|)``), and both operators lower every exit time by exactly the step's
 threshold. So each search step the distance D still to go is read off the latents (the exit time of
-the last latent that must go for the budget, on the exact budget model, plus tau / 2) and the step
+the last latent that must go for the budget, on the exact cost model, plus tau / 2) and the step
 takes the share of D that a cumulative schedule growing as progress² gives it: lambda_k = D_k *
 (p_{k+1}² - p_k²) / (1 - p_k²) / lr_k. Early steps shrink little, so the task gradient still
 re-ranks the latents; D is re-read every step, so gradients pushing latents up are answered; the
@@ -39,7 +39,7 @@ An explicit ``reg`` (the paper's CIFAR value is 2e-4) instead shrinks by ``reg *
 window's start until the budget is met, however long that takes.
 
 Search (Sec. 3.3): a channel survives while |latent| >= ``tau``; the search stops at the first
-step whose surviving counts cost at most ``tolerance`` above the target on the exact budget model,
+step whose surviving counts cost at most ``tolerance`` above the target on the exact cost model,
 and its latents are kept as the result. ``plan`` keeps that mask if it lands in [target -
 tolerance, target]; otherwise it moves the cut along the global |latent| ranking
 (``allocate_by_score``), the order the l1 search itself removes channels in (every latent shrinks
@@ -128,7 +128,7 @@ class DHPPass(ScheduledSearch):
         self.latents = Reparameterization(self.gg, self.model, "dhp", embedding=embedding, latent_init=latent_init,
                                           keep_classifier_input=keep_classifier_input, seed=seed)
         self.group_ids = self.latents.group_ids
-        self._full = self.gg.budget.exact(self.budget.metric)
+        self._full = self.gg.cost.exact(self.budget.metric)
         self._target = self.budget.target(self._full)
         self._check_reachable()
         self.trajectory: list[float] = []  # masked cost per search step, % of the full model
@@ -190,7 +190,7 @@ class DHPPass(ScheduledSearch):
         """Summed thresholds still needed to meet the budget: the exit time of the last latent that must go.
 
         The fewest removals (along the |latent| ranking, floors applied) whose cost is within
-        ``tolerance`` of the target, on the exact budget model; that many latents must fall below
+        ``tolerance`` of the target, on the exact cost model; that many latents must fall below
         ``tau``, the ones with the earliest exit times. tau / 2 more takes the last one clearly below.
         """
         scores = self.magnitudes()
@@ -199,7 +199,7 @@ class DHPPass(ScheduledSearch):
         lo, hi = 0, len(alloc.ranked_units)
         while lo < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if self.gg.budget.exact(self.budget.metric, alloc.counts(mid)) <= limit else (mid + 1, hi)
+            lo, hi = (lo, mid) if self.gg.cost.exact(self.budget.metric, alloc.counts(mid)) <= limit else (mid + 1, hi)
         if lo == 0:
             return 0.0
         exits = np.partition(np.concatenate(alloc.combine({gid: self.exit_times(s) for gid, s in scores.items()})), lo - 1)
@@ -243,7 +243,7 @@ class DHPPass(ScheduledSearch):
         if not all(np.isfinite(s).all() for s in scores.values()):
             raise GraphPruneError("dhp: the latent vectors are no longer finite (training diverged); lower the learning rate")
         _, self.kept_counts = self._masked(scores)
-        cost = self.gg.budget.exact(self.budget.metric, self.kept_counts)
+        cost = self.gg.cost.exact(self.budget.metric, self.kept_counts)
         self.trajectory.append(100 * cost / self._full)
         if agree(cost <= self._target + self.tolerance * self._full):  # rank 0 decides when the search stops
             self.result = scores
@@ -253,7 +253,7 @@ class DHPPass(ScheduledSearch):
         """The search's mask if it meets the budget within tolerance, else the exact cut by |latent|."""
         scores = self.result if self.result is not None else self.magnitudes()
         alloc, counts = self._masked(scores)
-        if self._target - self.tolerance * self._full <= self.gg.budget.exact(self.budget.metric, counts) <= self._target:
+        if self._target - self.tolerance * self._full <= self.gg.cost.exact(self.budget.metric, counts) <= self._target:
             return alloc.plan(counts)
         return allocate_by_score(self.gg, scores, self.budget, self.min_channels, self.min_ratio, roles=self.roles, **self.bounds)
 

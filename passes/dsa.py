@@ -215,7 +215,7 @@ class DSAPass(ScheduledSearch):
         self.step = 0
         self._start_cost: float | None = None
         self._sensitivity_sum, self._sensitivity_steps = torch.zeros_like(self.alpha), 0
-        b = self.gg.budget
+        b = self.gg.cost
         self._full = b.exact(self.budget.metric)
         self._target = 100 * self.budget.target(self._full) / self._full
         self._budget_index = torch.tensor([b.groups.index(self.gg.groups[gid]) for gid in self.group_ids], dtype=torch.long)
@@ -331,9 +331,9 @@ class DSAPass(ScheduledSearch):
 
     # ------------------------------------------------------------- budget
     def cost(self, alphas: torch.Tensor) -> torch.Tensor:
-        """F(alpha) in percent of the full model, through the budget model's differentiable evaluator."""
-        full = torch.ones(len(self.gg.budget.groups), dtype=alphas.dtype)
-        return 100 * self.gg.budget.torch(self.budget.metric, full.index_copy(0, self._budget_index, alphas)) / self._full
+        """F(alpha) in percent of the full model, through the cost model's differentiable evaluator."""
+        full = torch.ones(len(self.gg.cost.groups), dtype=alphas.dtype)
+        return 100 * self.gg.cost.torch(self.budget.metric, full.index_copy(0, self._budget_index, alphas)) / self._full
 
     def ready(self) -> bool:
         return self.schedule is not None and self.step >= self.schedule.end_step
@@ -346,7 +346,7 @@ class DSAPass(ScheduledSearch):
     # ------------------------------------------------------------- ADMM allocation (Eq. 7-8)
     def project(self, v: torch.Tensor, bound: float) -> torch.Tensor:
         """z = argmin ||z - v|| s.t. F(z) <= bound, floor <= z <= 1: the z-step of Eq. 8 solved exactly
-        (to 1e-12 by SLSQP on the budget model's quadratic form; Eq. 9's inner loop approximates it).
+        (to 1e-12 by SLSQP on the cost model's quadratic form; Eq. 9's inner loop approximates it).
         Over roles the distance counts each role once per group (the per-group problem with tied ratios)."""
         quadratic, linear, constant = self._cost_form
         cost = lambda z: float(z @ quadratic @ z + linear @ z + constant)  # noqa: E731
@@ -368,7 +368,7 @@ class DSAPass(ScheduledSearch):
     @functools.cached_property
     def _cost_form(self) -> tuple[np.ndarray, np.ndarray, float]:
         """F(alpha) in percent = alpha^T Q alpha + q^T alpha + c over this pass's roles (the other groups kept whole)."""
-        full_a, full_b, c = self.gg.budget.quadratic(self.budget.metric)
+        full_a, full_b, c = self.gg.cost.quadratic(self.budget.metric)
         mine = self._budget_index.numpy()
         rest = np.setdiff1d(np.arange(len(full_b)), mine)
         scale = 100 / self._full

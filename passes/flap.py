@@ -23,7 +23,7 @@ input, after any activation function) make true for elementwise activations; not
 meet a normalization across them on the way (LayerNorm, an RMS norm: removing one rescales the
 others; the analysis flags these), so such groups are left uncompensated. A convolution's
 compensation is exact where its window lies inside the input (zero padding reads no mean). Layers
-without a bias are not given one (the analysis and the budget model do not know the parameter, and
+without a bias are not given one (the analysis and the cost model do not know the parameter, and
 a Hugging Face config could not state it): their removed inputs stay uncompensated. The report
 lists what was and was not compensated, and why. Statistics come from the unpruned model, as in
 FLAP: layers downstream of a pruned one see inputs shifted by its pruning.

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from graphprune.allocate import allocate_by_score
-from graphprune.budget_target import Budget
+from graphprune.budget import Budget
 from graphprune.errors import OptionError
 from graphprune.groups import GroupGraph
 from graphprune.modes import in_eval

@@ -13,7 +13,7 @@ matches or beats the hand-designed uniform widths, and one mini-batch finds it. 
    does: it ranks by where two steps moved the random latents, so it mostly keeps the initially
    large ones; the gradient ranks by sensitivity at initialization, as single-shot pruning does);
 4. the cut: channels go in increasing score across all groups, binary-searched to the budget on the
-   exact budget model of the widened network (``allocate_by_score``), within the floors of Eq. 11:
+   exact cost model of the widened network (``allocate_by_score``), within the floors of Eq. 11:
    each group keeps at least ``conv_floor`` (rho, 0.4) of its *original* channels, and a group
    feeding the final classifier at least ``linear_floor`` (tau, 0.45); with ``uniform_layers``, a
    repeated layer's groups are cut as one role (one count, the strictest floor);
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from graphprune.allocate import Allocation, allocate_by_score, check_reachable, floor_of
-from graphprune.budget_target import Budget
+from graphprune.budget import Budget
 from graphprune.distributed import all_reduce_gradients
 from graphprune.errors import BudgetError, GraphPruneError
 from graphprune.groups import GroupGraph
@@ -94,7 +94,7 @@ class LWDNAPass(MethodPass):
         metric = self.budget.metric
         reference = self.gg if relative_to == "original" else self.wide_gg
         # absolute: what the report measures against
-        self.budget = Budget(**{metric: math.floor(self.budget.target(reference.budget.exact(metric)))})
+        self.budget = Budget(**{metric: math.floor(self.budget.target(reference.cost.exact(metric)))})
         lowest = self._allocation({gid: np.zeros(self.wide_gg.groups[gid].size) for gid in self.group_ids})
         try:
             check_reachable(self.wide_gg, self.budget, lowest.counts(len(lowest.ranked_units)))

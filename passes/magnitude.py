@@ -3,7 +3,7 @@
 A channel's importance is the norm of its slices summed over *all* members of its group (the
 producer's filters, the consumers' input columns, norm scales): what removing the channel takes
 away. Scores are divided by their group's mean, so groups of different scales rank on one list
-(each group's average channel scores 1); the budget model then decides how many of the globally
+(each group's average channel scores 1); the cost model then decides how many of the globally
 lowest channels go. With ``uniform_layers`` a repeated layer's groups are ranked as one role (the
 mean of their k-th scores, see ``allocate.Allocation``) and keep one count.
 """

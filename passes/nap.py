@@ -11,7 +11,7 @@ Structured mode (``granularity="channel"``, default; Sec. 3.3). A channel's ΔL 
 parameter tied to it in its group: its producers' rows (weight and bias), its consumers' input
 slices, its channelwise parameters (BatchNorm scale and shift, which get a diagonal Fisher), across
 residual stages as one unit exactly as the paper's "virtual channels" of ResNet-50. The importance is
-ΔL / Δcost, Δcost what removing one channel of its group saves on the exact budget model at the
+ΔL / Δcost, Δcost what removing one channel of its group saves on the exact cost model at the
 current sizes (MACs for a MACs budget). Each iteration removes the fraction ``fraction`` (p, 1%) of
 the remaining channels with the lowest importance (within ``min_channels``/``min_ratio``/``round_to``):
 their slices are zeroed in every member and kept zero through training, and the remaining weights
@@ -56,7 +56,7 @@ The pruning ends by ``search_end`` = 20% of training (the paper: under 8 epochs 
 30 of fine-tuning). The statistics update on every step of the window, and an iteration happens
 every T steps (the first after T steps of statistics, Algorithm 1): T follows from the window, the
 time left divided by the iterations still needed at p (estimated by running the p-steps on the
-current importances against the budget model, re-estimated after every iteration; the first
+current importances against the cost model, re-estimated after every iteration; the first
 estimate uses the criterion with unit curvature). ResNet-56 at 50% MACs, 391 steps per epoch: 54
 iterations about 408 steps (an epoch) apart on 300 epochs (the paper: 0.2 epoch; its ablation,
 Fig. 6: more is better), 55 about 10 steps apart on 8 epochs. Where even ``min_interval`` steps per iteration

@@ -24,7 +24,7 @@ STATISTICS = ("running_mean", "running_var")
 
 class ChannelPruning:
     """A unit is a channel of a prunable group: its ΔL sums over every member's slice (a residual stage is
-    one unit), ranked per unit of what removing it saves on the exact budget model."""
+    one unit), ranked per unit of what removing it saves on the exact cost model."""
 
     unit = "channels"
     default_fraction = 0.01
@@ -40,12 +40,12 @@ class ChannelPruning:
         self.diagonal = list(dict.fromkeys((m.module, m.param) for m in members if m.param not in STATISTICS
                                            and isinstance(getattr(modules[m.module], m.param), nn.Parameter)
                                            and not (m.module in self.layers and m.param in ("weight", "bias"))))
-        self.full = self.gg.budget.exact(self.metric)
+        self.full = self.gg.cost.exact(self.metric)
         self.target = self._reachable()
         self.cost_name = {"macs": "MACs", "latency": "latency"}.get(self.metric, "params")
         self.alive = {gid: np.ones(self.gg.groups[gid].size, dtype=bool) for gid in self.group_ids}
         self.final_plan: Plan | None = None
-        self._budget_index = {g.id: i for i, g in enumerate(self.gg.budget.groups)}
+        self._budget_index = {g.id: i for i, g in enumerate(self.gg.cost.groups)}
 
     def _reachable(self) -> float:
         floors = self._allocation({gid: np.zeros(self.gg.groups[gid].size) for gid in self.group_ids})
@@ -85,8 +85,8 @@ class ChannelPruning:
         return {gid: int(a.sum()) for gid, a in self.alive.items()}
 
     def _marginal_costs(self) -> dict[int, float]:
-        """What removing one channel of each group saves on the budget model, at the current sizes."""
-        b = self.gg.budget
+        """What removing one channel of each group saves on the cost model, at the current sizes."""
+        b = self.gg.cost
         ratios = b.ratios(self._counts())
         rows = np.repeat(ratios[None], len(self.group_ids), 0)
         for r, gid in enumerate(self.group_ids):
@@ -111,7 +111,7 @@ class ChannelPruning:
         while n < 100_000:
             n += 1
             removed = min(total, removed + max(1, math.ceil(fraction * (total - removed))))
-            if removed >= total or self.gg.budget.exact(self.metric, alloc.counts(removed)) <= self.target:
+            if removed >= total or self.gg.cost.exact(self.metric, alloc.counts(removed)) <= self.target:
                 break
         return n
 
@@ -129,7 +129,7 @@ class ChannelPruning:
         while counts == current and removed + n < total:  # rounding (round_to) or floors swallowed the step
             n *= 2
             counts = alloc.counts(min(total, removed + n))
-        if final or counts == current or self.gg.budget.exact(self.metric, counts) <= self.target:
+        if final or counts == current or self.gg.cost.exact(self.metric, counts) <= self.target:
             keep, final = self._final_keep(scores), True
             self.final_plan = Plan.from_indices(self.gg, keep)
         else:
@@ -154,10 +154,10 @@ class ChannelPruning:
         plan = allocate_by_score(self.gg, live, nap.budget, nap.min_channels, nap.min_ratio, floors=nap.bounds["floors"],
                                  ceilings=ceilings, roles=nap.roles)
         keep = {gid: list(plan.keep.get(gid, range(self.gg.groups[gid].size))) for gid in self.group_ids}
-        cost = self.gg.budget.exact(self.metric, {g: len(k) for g, k in keep.items()})
+        cost = self.gg.cost.exact(self.metric, {g: len(k) for g, k in keep.items()})
         if self.target - cost > 0.005 * self.full:  # a coarse channel overshot: fill the cut with finer ones
             filled = self._fill(scores, 0.005 * self.full)
-            if filled is not None and self.gg.budget.exact(self.metric, {g: len(k) for g, k in filled.items()}) > cost:
+            if filled is not None and self.gg.cost.exact(self.metric, {g: len(k) for g, k in filled.items()}) > cost:
                 return filled
         return keep
 
@@ -169,7 +169,7 @@ class ChannelPruning:
             return None
         alloc = self._allocation({gid: np.where(self.alive[gid], scores[gid], -np.inf) for gid in self.group_ids})
         kept = np.array([min(int(self.alive[gid].sum()) for gid in gids) for gids in alloc.units], dtype=np.int64)
-        cost = self.gg.budget.exact(self.metric, alloc.by_id(kept))
+        cost = self.gg.cost.exact(self.metric, alloc.by_id(kept))
         for u in alloc.ranked_units[alloc.below(-np.inf, inclusive=True):].tolist():
             if cost <= self.target:
                 break
@@ -177,7 +177,7 @@ class ChannelPruning:
                 continue
             trial = kept.copy()
             trial[u] -= 1
-            after = self.gg.budget.exact(self.metric, alloc.by_id(trial))
+            after = self.gg.cost.exact(self.metric, alloc.by_id(trial))
             if after >= self.target - tolerance:
                 kept, cost = trial, after
         if cost > self.target:
@@ -223,7 +223,7 @@ class ChannelPruning:
 
     # ------------------------------------------------------------- the result
     def cost(self) -> float:
-        return 100 * self.gg.budget.exact(self.metric, self._counts()) / self.full
+        return 100 * self.gg.cost.exact(self.metric, self._counts()) / self.full
 
     def plan(self) -> Plan:
         return self.final_plan

@@ -9,7 +9,7 @@ the largest l1 norm (over all members) stay.
 from __future__ import annotations
 
 from graphprune.allocate import Allocation, allocate_by_ratios
-from graphprune.budget_target import Budget
+from graphprune.budget import Budget
 from graphprune.plan import Plan
 
 from .base import MethodPass, register

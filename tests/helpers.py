@@ -97,8 +97,8 @@ def slim_at_budget(gg, plan: graphprune.Plan, x) -> torch.nn.Module:
     slim = graphprune.slim(gg, plan)
     with flop_counter() as counter:
         slim(x)
-    assert counter.get_total_flops() // 2 == gg.budget.macs(plan.counts())
-    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert counter.get_total_flops() // 2 == gg.cost.macs(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.cost.params(plan.counts())
     return slim
 
 

@@ -89,7 +89,7 @@ ZOO_MODELS = [
 ]
 TORCHVISION = ["resnet18", "mobilenet_v2"]
 TRANSFORMERS = ["llama", "gpt2", "bert"]
-LWDNA = ["digits_cnn", "lenet5", "cifarnet"]  # widens, then cuts on the widened graph's budget model (1-3 s each)
+LWDNA = ["digits_cnn", "lenet5", "cifarnet"]  # widens, then cuts on the widened graph's cost model (1-3 s each)
 
 
 def _cases() -> list[Case]:

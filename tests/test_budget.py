@@ -1,4 +1,4 @@
-"""The budget model against physically smaller models built by hand, and its symbolic views."""
+"""The cost model against physically smaller models built by hand, and its symbolic views."""
 
 import numpy as np
 import pytest
@@ -51,7 +51,7 @@ def analyzed():
 
 def test_full_model_counts_are_exact(analyzed):
     model, x, gg = analyzed
-    assert (gg.budget.macs(), gg.budget.params()) == macs_and_params(model, x)
+    assert (gg.cost.macs(), gg.cost.params()) == macs_and_params(model, x)
 
 
 def test_groups_of_the_width_model(analyzed):
@@ -70,12 +70,12 @@ def test_budget_matches_a_hand_built_smaller_model(analyzed, seed):
     small = Widths(w1=k["stem"], w2=k["c1"], w3=k["branch"], conv_groups=k["d"], hidden=k["fc1"]).eval()
     small.se1 = nn.Conv2d(small.se1.in_channels, k["se1"], 1)
     small.se2 = nn.Conv2d(k["se1"], small.se2.out_channels, 1)
-    assert (gg.budget.macs(keep), gg.budget.params(keep)) == macs_and_params(small, x)
+    assert (gg.cost.macs(keep), gg.cost.params(keep)) == macs_and_params(small, x)
 
 
 def test_quadratic_form_sympy_and_evaluators_agree(analyzed):
     _, _, gg = analyzed
-    b = gg.budget
+    b = gg.cost
     rng = np.random.default_rng(0)
     a = rng.uniform(0.1, 1.0, len(b.groups))
     for metric in ("macs", "params"):
@@ -96,8 +96,8 @@ def test_quadratic_form_sympy_and_evaluators_agree(analyzed):
 
 def test_expr_is_polynomial_in_group_symbols(analyzed):
     _, _, gg = analyzed
-    expr = gg.budget.expr("macs")
-    poly = sympy.Poly(expr, *gg.budget.symbols)
+    expr = gg.cost.expr("macs")
+    poly = sympy.Poly(expr, *gg.cost.symbols)
     assert poly.total_degree() == 2
     assert {str(s) for s in expr.free_symbols} <= {f"a_{g.id}" for g in gg.prunable_groups}
 
@@ -106,12 +106,12 @@ def test_unknown_group_and_metric_raise(analyzed):
     _, _, gg = analyzed
     frozen = next(g for g in gg.groups if not g.prunable)
     with pytest.raises(graphprune.BudgetError, match="not prunable groups"):
-        gg.budget.macs({frozen.id: 1})
+        gg.cost.macs({frozen.id: 1})
     with pytest.raises(graphprune.BudgetError, match="unknown metric"):
-        gg.budget.expr("latency")
+        gg.cost.expr("latency")
 
 
 def test_prunable_share_counts_what_scales(analyzed):
     _, _, gg = analyzed
     assert gg.prunable_mac_share() == 1.0
-    assert gg.budget.prunable_share("params") < 1.0  # the logits' bias is fixed
+    assert gg.cost.prunable_share("params") < 1.0  # the logits' bias is fixed

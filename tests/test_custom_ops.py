@@ -87,7 +87,7 @@ X = torch.randn(2, 3, 8, 8)
 
 
 def measured_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """The MACs FlopCounterMode counts: what the budget model's prediction must equal."""
+    """The MACs FlopCounterMode counts: what the cost model's prediction must equal."""
     with torch.no_grad(), flop_counter() as counter:
         model(x)
     return counter.get_total_flops() // 2

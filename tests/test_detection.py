@@ -38,8 +38,8 @@ def check_counts(model: torch.nn.Module, gg: graphprune.GroupGraph, inputs: tupl
     """The budget counts what the model computes: MACs as FlopCounterMode counts them, parameters."""
     with flop_counter() as counter, torch.no_grad():
         model(*inputs)
-    assert gg.budget.macs() == counter.get_total_flops() // 2
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.macs() == counter.get_total_flops() // 2
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     for g in gg.groups:
         assert g.prunable or g.reason
 

@@ -186,7 +186,7 @@ def test_removing_the_hypernetworks_keeps_the_outputs():
         got = model(x)
     assert torch.equal(want, got)
     assert not any(parametrize.is_parametrized(model.get_submodule(n)) for n in names)
-    assert sum(p.numel() for p in model.parameters()) == session.gg.budget.params()
+    assert sum(p.numel() for p in model.parameters()) == session.gg.cost.params()
 
 
 def test_removing_the_hypernetworks_leaves_frozen_weights_frozen():
@@ -320,7 +320,7 @@ def test_default_lambda_meets_the_budget_inside_the_window(epochs, steps_per_epo
     assert len(dhp.thresholds) == flipped - schedule.start_step + 1  # nothing shrinks during the warm-up
     early = dhp.thresholds[: max(1, len(dhp.thresholds) // 10)]
     assert sum(early) <= 0.05 * sum(dhp.thresholds)  # the first tenth of the window leaves the ranking to the gradients
-    ratio = dhp.gg.budget.macs(dhp.plan().counts()) / dhp.gg.budget.macs()
+    ratio = dhp.gg.cost.macs(dhp.plan().counts()) / dhp.gg.cost.macs()
     assert 0.245 <= ratio <= 0.25
 
 
@@ -387,9 +387,9 @@ def cut_costs(dhp) -> tuple[np.ndarray, np.ndarray]:
     smallest are removed, for every k."""
     scores = dhp.magnitudes()
     alloc = Allocation(dhp.gg, scores)
-    full = dhp.gg.budget.macs()
+    full = dhp.gg.cost.macs()
     z = np.sort(np.concatenate(list(scores.values())))
-    return z, np.array([100 * dhp.gg.budget.macs(alloc.counts(k + 1)) / full for k in range(len(z))])
+    return z, np.array([100 * dhp.gg.cost.macs(alloc.counts(k + 1)) / full for k in range(len(z))])
 
 
 def kept_sets(dhp, plan):
@@ -433,7 +433,7 @@ def test_plan_keeps_the_search_mask_when_it_lands_within_tolerance():
     assert dhp.ready() and dhp.trajectory[-1] == pytest.approx(costs[k])
     plan = dhp.plan()
     assert kept_sets(dhp, plan) == survivors(dhp)
-    assert dhp.gg.budget.macs(plan.counts()) == round(costs[k] / 100 * dhp.gg.budget.macs())
+    assert dhp.gg.cost.macs(plan.counts()) == round(costs[k] / 100 * dhp.gg.cost.macs())
 
 
 @pytest.mark.parametrize("where", ["below", "above"])
@@ -444,7 +444,7 @@ def test_plan_moves_the_cut_along_the_latent_ranking(where):
     dhp._record()
     assert dhp.ready() == (where == "below")
     plan = dhp.plan()
-    ratio = dhp.gg.budget.macs(plan.counts()) / dhp.gg.budget.macs()
+    ratio = dhp.gg.cost.macs(plan.counts()) / dhp.gg.cost.macs()
     assert 0.495 <= ratio <= 0.5  # the default tolerance: half a point
     kept, alive = kept_sets(dhp, plan), survivors(dhp)
     nested = all(alive[g] <= kept[g] for g in kept) if where == "below" else all(kept[g] <= alive[g] for g in kept)

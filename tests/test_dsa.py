@@ -93,7 +93,7 @@ def test_budget_gradient_matches_autograd_through_sympy():
     dsa = make_pass(model, x, 0.5)
     alphas = torch.rand(len(dsa.group_ids), dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(dsa.cost(alphas), alphas)
-    b = dsa.gg.budget
+    b = dsa.gg.cost
     expr = 100 * b.expr("macs") / b.exact("macs")
     values = dict(zip(b.symbols, [1.0] * len(b.symbols)))
     for i, gid in enumerate(dsa.group_ids):

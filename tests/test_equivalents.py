@@ -148,8 +148,8 @@ def test_small_swin_heads_slice_the_relative_position_bias_table(tmp_path):
     gg = graphprune.analyze(model, x, attention="heads")
     with flop_counter() as counter:
         model(x)
-    assert gg.budget.macs() == counter.get_total_flops() // 2
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.macs() == counter.get_total_flops() // 2
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     for block, heads in (("features.1.0", 2), ("features.1.1", 2), ("features.3.0", 4), ("features.3.1", 4)):
         g = group_with(gg, f"{block}.attn.qkv")
         assert g.prunable and not g.inexact and g.size == heads

@@ -87,16 +87,16 @@ def test_the_fit_reproduces_a_bilinear_latency_and_the_remainder(small, tmp_path
     gg = graphprune.analyze(model, x)
     latency = profile(gg, x, fake_budget(tmp_path).runtime)
     assert latency.scale == pytest.approx(1) and latency.remainder_seconds == pytest.approx(REMAINDER, rel=1e-6)
-    assert gg.budget.exact("latency") == pytest.approx(1e9 * FakeTimer.seconds(model), abs=10)
+    assert gg.cost.exact("latency") == pytest.approx(1e9 * FakeTimer.seconds(model), abs=10)
     rng = np.random.default_rng(0)
     for _ in range(5):  # held-out plans: any counts, not the grid's
         counts = random_counts(gg, rng)
         plan = graphprune.Plan.from_indices(gg, {gid: list(range(n)) for gid, n in counts.items()})
-        assert gg.budget.exact("latency", counts) == pytest.approx(1e9 * FakeTimer.seconds(graphprune.slim(gg, plan)), abs=10)
+        assert gg.cost.exact("latency", counts) == pytest.approx(1e9 * FakeTimer.seconds(graphprune.slim(gg, plan)), abs=10)
     # quadratic like MACs: every method's allocation machinery reads it
-    fa, fb, c = gg.budget.quadratic("latency")
-    r = gg.budget.ratios(counts)
-    assert r @ fa @ r + fb @ r + c == pytest.approx(float(gg.budget.evaluate("latency", r)), rel=1e-9)
+    fa, fb, c = gg.cost.quadratic("latency")
+    r = gg.cost.ratios(counts)
+    assert r @ fa @ r + fb @ r + c == pytest.approx(float(gg.cost.evaluate("latency", r)), rel=1e-9)
 
 
 class InGraphTimer(FakeTimer):
@@ -119,7 +119,7 @@ def test_the_ops_are_scaled_to_the_model_measured_at_half_width(small, tmp_path)
     for _ in range(3):
         counts = random_counts(gg, rng)
         plan = graphprune.Plan.from_indices(gg, {gid: list(range(n)) for gid, n in counts.items()})
-        assert gg.budget.exact("latency", counts) == pytest.approx(1e9 * InGraphTimer.seconds(graphprune.slim(gg, plan)), abs=10)
+        assert gg.cost.exact("latency", counts) == pytest.approx(1e9 * InGraphTimer.seconds(graphprune.slim(gg, plan)), abs=10)
 
 
 def test_attention_heads_are_one_variable_and_token_linears_fit(tmp_path):
@@ -134,7 +134,7 @@ def test_attention_heads_are_one_variable_and_token_linears_fit(tmp_path):
     profile(gg, x, fake_budget(tmp_path).runtime)
     counts = random_counts(gg, np.random.default_rng(2))
     plan = graphprune.Plan.from_indices(gg, {gid: list(range(n)) for gid, n in counts.items()})
-    assert gg.budget.exact("latency", counts) == pytest.approx(1e9 * FakeTimer.seconds(graphprune.slim(gg, plan)), abs=10)
+    assert gg.cost.exact("latency", counts) == pytest.approx(1e9 * FakeTimer.seconds(graphprune.slim(gg, plan)), abs=10)
 
 
 def test_one_configuration_is_measured_once(tmp_path):
@@ -245,11 +245,11 @@ def test_an_absolute_latency_in_milliseconds(small, tmp_path):
 
 
 def test_methods_that_train_read_the_latency_metric(small, tmp_path):
-    """DSA and DHP take their cost from the budget model: the latency metric, unchanged."""
+    """DSA and DHP take their cost from the cost model: the latency metric, unchanged."""
     model, x = small
     for method in ("dsa", "dhp"):
         session = graphprune.prepare(model, method, fake_budget(tmp_path), x, total_steps=10)
-        assert session.method._full == session.gg.budget.exact("latency")
+        assert session.method._full == session.gg.cost.exact("latency")
         session.method.detach()
 
 

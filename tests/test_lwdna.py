@@ -29,7 +29,7 @@ def test_the_budget_is_met_relative_to_the_original_and_the_floors_hold():
     model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
     result = lwdna(model, x, 1.0)
     method = result.method
-    assert result.report.macs_before == graphprune.analyze(models.get("resnet20"), x).budget.macs()  # the original's
+    assert result.report.macs_before == graphprune.analyze(models.get("resnet20"), x).cost.macs()  # the original's
     assert 0.995 <= result.report.macs_ratio <= 1.0
     counts = result.plan.counts()
     classifier = classifier_inputs(method.wide_gg, method.widened.model, method.latents.layers)
@@ -48,7 +48,7 @@ def test_relative_to_the_widened_model():
     torch.manual_seed(0)
     model, x = models.get("resnet20"), torch.randn(2, 3, 32, 32)
     result = lwdna(model, x, 0.5, relative_to="widened")
-    wide = result.method.wide_gg.budget.macs()
+    wide = result.method.wide_gg.cost.macs()
     assert 0.495 * wide <= result.report.macs_after <= 0.5 * wide
 
 

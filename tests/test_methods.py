@@ -74,7 +74,7 @@ def test_ceilings_cap_what_the_give_back_returns():
         s[dead[gid]] = -np.inf
     live = {gid: sorted(set(range(len(s))) - set(dead[gid].tolist())) for gid, s in scores.items()}
     budget = graphprune.Budget(macs=0.6)
-    assert gg.budget.macs({gid: len(k) for gid, k in live.items()}) < 0.6 * gg.budget.macs()
+    assert gg.cost.macs({gid: len(k) for gid, k in live.items()}) < 0.6 * gg.cost.macs()
     uncapped = allocate_by_score(gg, scores, budget)
     assert any(set(uncapped.keep[gid]) & set(dead[gid].tolist()) for gid in scores)  # without the cap, dead ones return
     capped = allocate_by_score(gg, scores, budget, ceilings={gid: len(k) for gid, k in live.items()})

@@ -78,12 +78,12 @@ def test_two_budgets_at_once_are_refused():
 def test_an_unreachable_absolute_count_states_the_models_own_and_how_to_give_a_ratio():
     with pytest.raises(BudgetError) as info:
         graphprune.apply(resnet20(), "l1", 50, X)
-    full = graphprune.analyze(resnet20(), X).budget.macs()
+    full = graphprune.analyze(resnet20(), X).cost.macs()
     assert f"of the model's {full:,}" in str(info.value) and "give a number in (0, 1]" in str(info.value)
 
 
 def test_an_absolute_int_count_is_met():
-    full = graphprune.analyze(resnet20(), X).budget.params()
+    full = graphprune.analyze(resnet20(), X).cost.params()
     result = graphprune.apply(resnet20(), "l1", Budget(params=full // 2), X)
     assert full // 2 - 0.005 * full <= result.report.params_after <= full // 2
 

@@ -320,11 +320,11 @@ def test_importance_is_normalized_per_layer_and_summed_over_each_channels_member
     scores = nap.strategy.channel_importance(inverses)
     gg = session.gg
     g = group_with(gg, "conv2")  # conv2's outputs: its rows and bias, fc1's 800 input columns (16 per channel)
-    full = gg.budget.macs()
+    full = gg.cost.macs()
     for c in (0, 7, 49):
         loss = float(dl["conv2", "weight"][c].sum() + dl["conv2", "bias"][c] + dl["fc1", "weight"][:, c * 16 : (c + 1) * 16].sum())
         counts = {g.id: g.size - 1}
-        saves = full - gg.budget.macs(counts)  # what one channel less saves, exactly
+        saves = full - gg.cost.macs(counts)  # what one channel less saves, exactly
         assert scores[g.id][c] == pytest.approx(loss / saves, rel=1e-6)
 
 

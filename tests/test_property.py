@@ -168,7 +168,7 @@ def costs(model, x):
 @given(program=programs, seed=st.integers(0, 2**16))
 def test_random_dags_count_exactly_and_never_leak(program, seed):
     model, x, gg = analyzed(program, seed)
-    assert (gg.budget.macs(), gg.budget.params()) == costs(model, x)
+    assert (gg.cost.macs(), gg.cost.params()) == costs(model, x)
     keep = random_keep(gg, np.random.default_rng(seed))
     assert leak_check(model, gg, keep, (x,), seed) == 0.0
     for g in gg.prunable_groups:
@@ -182,5 +182,5 @@ def test_random_dags_slim_exactly(program, seed):
     model, x, gg = analyzed(program, seed)
     plan = random_plan(gg, np.random.default_rng(seed))
     slim = graphprune.slim(gg, plan)
-    assert costs(slim, x) == (gg.budget.macs(plan.counts()), gg.budget.params(plan.counts()))
+    assert costs(slim, x) == (gg.cost.macs(plan.counts()), gg.cost.params(plan.counts()))
     assert slim_error(model, gg, plan, (x,)) <= EXACT

@@ -115,7 +115,7 @@ def test_shared_module_links_both_calls():
     model, _, gg = analyze("shared_conv")
     g = group_with(gg, "shared")
     assert g is group_with(gg, "a") and g is group_with(gg, "shared", dim=1)
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
 
 
 def test_channel_count_in_arithmetic_freezes_but_in_reshape_does_not():
@@ -292,7 +292,7 @@ def test_sdpa_costs_what_its_matmul_spelling_costs_on_every_kernel():
     assert math_kernel.get_total_flops() // 2 == 2 * 4 * 16 * 16 * (8 + 5)
     x = torch.randn(2, 3, 8, 8)
     sdpa, matmuls = (graphprune.analyze(toy_models.build(name)[0], x) for name in ("attention_sdpa", "attention_reshape"))
-    assert sdpa.budget.macs() == matmuls.budget.macs()
+    assert sdpa.cost.macs() == matmuls.cost.macs()
 
 
 def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
@@ -314,7 +314,7 @@ def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
         slim = graphprune.slim(gg, plan)
         with flop_counter() as counter:
             slim(x)
-        assert counter.get_total_flops() // 2 == gg.budget.macs(keep)
+        assert counter.get_total_flops() // 2 == gg.cost.macs(keep)
 
 
 def test_computed_sizes_of_the_same_channels_stay_prunable():

@@ -33,7 +33,7 @@ def test_slim_is_exact_and_costs_what_the_budget_says(name):
     for seed in range(3):
         plan = exact_plan(gg, seed)
         slim = graphprune.slim(gg, plan)
-        assert slim_costs(slim, x) == (gg.budget.macs(plan.counts()), gg.budget.params(plan.counts()))
+        assert slim_costs(slim, x) == (gg.cost.macs(plan.counts()), gg.cost.params(plan.counts()))
         model, x = toy_models.build(name)
         assert slim_error(model, gg, plan, (x,)) <= EXACT
 

@@ -79,8 +79,8 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     gg = graphprune.analyze(model, x, attention=attention)
     with flop_counter() as counter:
         model(x)
-    assert gg.budget.macs() == counter.get_total_flops() // 2
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.macs() == counter.get_total_flops() // 2
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     heads, dim = model.blocks[0].attn.num_heads, model.embed_dim
     attn = [group_with(gg, f"blocks.{i}.attn.qkv") for i in range(len(model.blocks))]
     assert all(g.prunable and g.size == (heads if attention == "heads" else dim // heads) for g in attn)

@@ -162,7 +162,7 @@ def test_untraceable_submodule_becomes_a_recorded_leaf():
     frozen = group_with(gg, "a")
     assert not frozen.prunable and "'odd' (DataDependent) could not be traced" in frozen.reason
     assert group_with(gg, "b").prunable
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
 
 
 def test_user_leaf_modules_by_name_and_type():
@@ -178,7 +178,7 @@ def test_root_control_flow_is_traced_along_the_example_path():
     gg = graphprune.analyze(model, x)
     (spec,) = gg.traced.specializations
     assert spec.conversion == "bool" and spec.value is True and spec.guarded and "if x.mean() > 0" in spec.location
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     assert torch.equal(gg.gm(x), model(x))
     with pytest.raises(GuardError, match="if x.mean\\(\\) > 0"):
         gg.gm(-x)
@@ -369,7 +369,7 @@ def test_specialize_submodules_traces_a_branching_submodule_along_the_example_pa
     assert [(s.conversion, s.value, s.guarded) for s in gg.traced.specializations] == [("bool", True, True)] * 2
     hidden, stream = group_with(gg, "encoder.fc1"), group_with(gg, "stem")
     assert hidden.prunable and hidden.size == 16 and stream.prunable and stream is group_with(gg, "encoder", "pos")
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     for seed in range(3):
         plan = random_plan(gg, np.random.default_rng(seed))
         torch.manual_seed(0)
@@ -619,7 +619,7 @@ def test_a_top_level_forward_with_training_only_outputs_prunes_what_they_read_an
     gg = analyze_and_check_exactness(TrainingOutputs, (x,))
     assert gg.traced.specializations == [] and gg.traced.fallbacks == []
     assert group_with(gg, "a").prunable and any(m.module == "aux" and m.dim == 1 for m in group_with(gg, "a").members)
-    assert gg.budget.macs() == 2 * 36 * (3 * 8 + 8 * 4)  # a and b: not aux
+    assert gg.cost.macs() == 2 * 36 * (3 * 8 + 8 * 4)  # a and b: not aux
     torch.manual_seed(0)
     result = graphprune.apply(TrainingOutputs().train(), "l1", 0.5, x)
     assert type(result.model) is TrainingOutputs and result.model.aux.in_channels == result.model.b.in_channels < 8

@@ -75,7 +75,7 @@ def test_hidden_stream_is_prunable_through_layernorm_and_rmsnorm(name, norm, tmp
         assert 0.98 < gg.prunable_mac_share() < 1.0
     plan = random_plan(gg, np.random.default_rng(0), 0.5)
     slim = graphprune.slim(gg, plan)
-    assert sum(p.numel() for p in slim.parameters()) == gg.budget.params(plan.counts())
+    assert sum(p.numel() for p in slim.parameters()) == gg.cost.params(plan.counts())
     if name == "gpt2":  # the tied lm_head stays tied: one sliced tensor
         assert slim.get_submodule("lm_head").weight is slim.get_submodule("transformer.wte").weight
     report = graphprune.export_onnx(slim, str(tmp_path / "slim.onnx"), x)
@@ -92,8 +92,8 @@ def test_llama_grouped_query_attention_prunes_whole_kv_heads(tmp_path):
     gg = graphprune.analyze(model.eval(), x, attention="heads")
     with flop_counter() as counter:
         model(x)
-    assert gg.budget.macs() == counter.get_total_flops() // 2
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.macs() == counter.get_total_flops() // 2
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
     heads = [g for g in gg.groups if any(m.module.endswith("self_attn.k_proj") and m.dim == 0 for m in g.members)]
     assert [(g.size, g.prunable, g.inexact) for g in heads] == [(2, True, None)] * 2
     head_dim = HIDDEN // 4
@@ -136,8 +136,8 @@ def test_llama_with_grouped_query_attention_analyzes_on_the_meta_device():
     gg = graphprune.analyze(model.eval(), torch.randint(0, VOCAB, TOKENS))
     h, kv, i, v, layers = HIDDEN, 2 * HIDDEN // 4, INTERMEDIATE, VOCAB, 2
     tokens, seq = TOKENS[0] * TOKENS[1], TOKENS[1]
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters()) == (
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters()) == (
         2 * v * h + layers * (2 * h * h + 2 * h * kv + 3 * h * i + 2 * h) + h)
-    assert gg.budget.macs() == layers * (tokens * (2 * h * h + 2 * h * kv + 3 * h * i) + 2 * tokens * seq * h) + tokens * h * v
+    assert gg.cost.macs() == layers * (tokens * (2 * h * h + 2 * h * kv + 3 * h * i) + 2 * tokens * seq * h) + tokens * h * v
     mlp = [g for g in gg.groups if any(m.module.endswith("mlp.gate_proj") and m.dim == 0 for m in g.members)]
     assert [(g.size, g.prunable, g.inexact) for g in mlp] == [(INTERMEDIATE, True, None)] * layers

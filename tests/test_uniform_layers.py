@@ -50,7 +50,7 @@ def assert_layers_alike(original: torch.nn.Module, slim: torch.nn.Module) -> Non
 
 
 def assert_within_half_a_point(gg, plan: Plan, metric: str, target: float) -> None:
-    ratio = gg.budget.exact(metric, plan.counts()) / gg.budget.exact(metric)
+    ratio = gg.cost.exact(metric, plan.counts()) / gg.cost.exact(metric)
     assert target - 0.005 <= ratio <= target, ratio
 
 
@@ -245,7 +245,7 @@ def test_every_method_ties_the_layers_and_meets_the_budget(method):
     assert set(passes.names()) >= {method} and "uniform_layers" in passes.get(method).options()
     roles = assert_tied(result.groups, result.plan)
     assert any(len(role) == 3 for role in roles)  # resnet20: three blocks per stage
-    report = result.report  # the exact budget model, against the original (lwdna plans on its widened copy)
+    report = result.report  # the exact cost model, against the original (lwdna plans on its widened copy)
     assert report.target == pytest.approx(0.5, abs=1e-6) and 0.495 <= report.achieved <= report.target
     if method == "dsa":  # one keep ratio per role
         assert len(result.method.alpha) == len(set(result.method._role_of.tolist())) < len(result.method.group_ids)

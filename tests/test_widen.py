@@ -65,7 +65,7 @@ def round_trip(model, x, beta=2.0, attention="head_dims", **kwargs):
     for wide, orig in wide_of.items():
         assert wide_gg.groups[wide].size == widened.sizes.get(orig, gg.groups[orig].size)
         assert wide_gg.groups[wide].prunable == gg.groups[orig].prunable
-    assert (gg.budget.macs(widened.sizes), gg.budget.params(widened.sizes)) == (wide_gg.budget.macs(), wide_gg.budget.params())
+    assert (gg.cost.macs(widened.sizes), gg.cost.params(widened.sizes)) == (wide_gg.cost.macs(), wide_gg.cost.params())
     load_into_origin(gg, wide_gg, widened)
     plan = graphprune.Plan({w: widened.origin[o] for w, o in wide_of.items() if o in widened.origin})
     small = graphprune.slim(wide_gg, plan).eval()
@@ -138,9 +138,9 @@ def test_the_wide_model_costs_what_the_budget_predicts(name, beta):
     gg = graphprune.analyze(model, x)
     widened = graphprune.widen(gg, beta)
     wide_gg = graphprune.analyze(widened.model, x)
-    predicted = (gg.budget.macs(widened.sizes), gg.budget.params(widened.sizes))
-    assert predicted == (wide_gg.budget.macs(), wide_gg.budget.params()) == costs(widened.model, x)
-    assert predicted[0] > gg.budget.macs()
+    predicted = (gg.cost.macs(widened.sizes), gg.cost.params(widened.sizes))
+    assert predicted == (wide_gg.cost.macs(), wide_gg.cost.params()) == costs(widened.model, x)
+    assert predicted[0] > gg.cost.macs()
 
 
 def test_sizes_rounding_and_frozen_groups():

@@ -42,8 +42,8 @@ def check_model(model: torch.nn.Module, x: torch.Tensor, name: str, leak_seeds: 
     gg = graphprune.analyze(model, x, **analyze_options)
     with flop_counter() as counter:
         model(x)
-    assert gg.budget.params() == sum(p.numel() for p in model.parameters())
-    assert gg.budget.macs() == counter.get_total_flops() // 2
+    assert gg.cost.params() == sum(p.numel() for p in model.parameters())
+    assert gg.cost.macs() == counter.get_total_flops() // 2
     assert gg.prunable_groups, f"{name}: no prunable group"
     for g in gg.groups:
         assert g.prunable or g.reason, f"{name}: group {g.id} frozen without a reason"
