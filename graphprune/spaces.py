@@ -10,17 +10,22 @@ attention heads, a repeated kv head, a grouped conv's slices). And a channel map
 several spaces (a concat, the weight dim reading it) couples them without linking any channel.
 
 ``space_graph`` is that as a networkx graph: nodes are the spaces (``("space", i)``, the ``i``-th
-block), edges carry ``relation`` "identity" or "composite". networkx does the topological work on
-it, at the scale of spaces (a few hundred for Llama-3-8B, against 1.8 million atoms):
-``resolve_channels`` takes the connected components of the identity edges, one space each. Atoms
-are renamed to those at the same index of the component's first space, so only the composite links
-are left to resolve atom by atom, which a vectorized union-find does (``smallest_connected``;
-ResNet-50 has none left, Llama-3-8B a fifth of its links).
+block) and, in the analysis's graph, the maps holding several spaces (``("map", j)``); edges carry
+``relation`` "identity", "composite" or "holds". networkx does the topological work on it, at the
+scale of spaces (a few hundred for Llama-3-8B, against 1.8 million atoms):
+
+- ``resolve_channels``: the connected components of the identity edges are one space each. Atoms
+  are renamed to those at the same index of the component's first space, so only the composite
+  links are left to resolve atom by atom, which a vectorized union-find does
+  (``smallest_connected``; ResNet-50 has none left, Llama-3-8B a fifth of its links).
+- ``topological_groups``: the connected components of the whole graph, maps included, are the
+  topological groups (DepGraph's term): the spaces whose channels are pruned in view of each
+  other. Each holds whole channel groups, which groups.py records on them.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -97,8 +102,34 @@ def smallest_connected(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             label = jumped
 
 
+def add_maps(graph: nx.Graph, sizes: np.ndarray, maps: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Put the named channel maps ``maps`` into ``graph``: a space takes the ``name`` of the first map
+    holding its atoms only, as many as it has (its producer's output, usually); a map holding atoms
+    of several spaces becomes a ``("map", j)`` node (``name``, ``size``) with a "holds" edge to each."""
+    if not maps:
+        return
+    lengths = np.fromiter((len(m) for _, m in maps), dtype=np.int64, count=len(maps))
+    spaces = space_of_atoms(sizes)[np.concatenate([m for _, m in maps])]
+    key = np.repeat(np.arange(len(maps), dtype=np.int64), lengths) * len(sizes) + spaces
+    key = _distinct(key)  # (map, space) pairs
+    owner, held = key // len(sizes), key % len(sizes)
+    count = np.bincount(owner, minlength=len(maps))
+    for j, i in zip(owner.tolist(), held.tolist()):
+        if count[j] > 1:
+            graph.add_node(("map", j), name=maps[j][0], size=int(lengths[j]))
+            graph.add_edge(("map", j), space(i), relation="holds")
+        elif lengths[j] == sizes[i] and "name" not in graph.nodes[space(i)]:
+            graph.nodes[space(i)]["name"] = maps[j][0]
+
+
+def topological_groups(graph: nx.Graph) -> dict[Hashable, int]:
+    """Topological group of every node: connected components, numbered in order of their first space."""
+    components = sorted(nx.connected_components(graph), key=lambda c: min(i for kind, i in c if kind == "space"))
+    return {node: k for k, component in enumerate(components) for node in component}
+
+
 def _distinct(keys: np.ndarray) -> np.ndarray:
-    """The distinct values of ``keys`` (>= 0), sorted. Consecutive repeats go first: links come in
-    runs of one pair of spaces. (``np.unique`` would import ``numpy.ma`` on its first call: 30 ms.)"""
+    """The distinct values of ``keys`` (>= 0), sorted. Consecutive repeats go first: links and maps
+    come in runs of one pair. (``np.unique`` would import ``numpy.ma`` on its first call: 30 ms.)"""
     keys = np.sort(keys[np.diff(keys, prepend=-1) != 0])
     return keys[np.diff(keys, prepend=-1) != 0]

@@ -1,4 +1,4 @@
-"""The networkx graph of channel spaces: identity edges, composite edges, and the channels they resolve to."""
+"""The networkx graph of channel spaces: identity edges, composite edges, maps, topological groups."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import pytest
 import toy_models
 import graphprune
 from graphprune.spaces import smallest_connected, space
+from helpers import group_with
 
 
 def analyze(name, **options):
@@ -14,25 +15,41 @@ def analyze(name, **options):
 
 
 def named(gg, name):
-    """The space of the producer ``name`` (its output channels)."""
-    (labels,) = [m.labels for node, m in gg.spaces() if node.name == name]
-    return space(gg._analysis.atoms._block_at[int(labels[0])])
+    """The node of the space or map called ``name``."""
+    (node,) = [n for n, d in gg.space_graph.nodes(data=True) if d.get("name") == name]
+    return node
 
 
 def test_residual_add_is_an_identity_of_spaces():
     """The add links two whole spaces index by index: one identity edge, no atom-level link."""
     gg = analyze("residual")
-    g = gg._analysis.atoms.space_graph()
+    g = gg.space_graph
     stem, conv2 = named(gg, "stem"), named(gg, "conv2")
     assert g.edges[stem, conv2]["relation"] == "identity" and g.nodes[stem]["size"] == 8
     assert all(kind == "space" for kind, _ in g.nodes) and not gg._analysis.atoms._links  # one node per producer, not per channel
+    residual, inner = group_with(gg, "stem"), group_with(gg, "conv1")
+    assert residual.component != inner.component
+    assert [residual.id] in gg.topological_groups
+
+
+def test_concat_couples_its_parts_without_merging_their_groups():
+    gg = analyze("dense_concat")
+    g = gg.space_graph
+    (cat,) = [n for n in g if n[0] == "map"]
+    assert g.nodes[cat]["size"] == 12 and set(g[cat]) == {named(gg, "a"), named(gg, "b")}
+    assert all(d["relation"] == "holds" for *_, d in g.edges(cat, data=True))
+    a, b, c = group_with(gg, "a"), group_with(gg, "b"), group_with(gg, "c")
+    assert a is not b and a.component == b.component != c.component
+    assert [a.id, b.id] in gg.topological_groups
+    assert gg.to_json()["groups"][a.id]["component"] == a.component
 
 
 def test_heads_are_composite_links_within_a_space():
     gg = analyze("attention_gqa_repeat_kv")
-    g = gg._analysis.atoms.space_graph()
+    g = gg.space_graph
     q, k = named(gg, "q"), named(gg, "k")
     assert g.edges[q, q]["relation"] == "composite" and g.edges[q, k]["relation"] == "composite"
+    assert group_with(gg, "q").component == group_with(gg, "k").component
 
 
 @pytest.mark.parametrize("name", ["residual", "shared_conv", "channels_last", "grouped", "attention_gqa_repeat_kv", "depthwise"])
