@@ -273,7 +273,7 @@ class Analysis:
         return (
             isinstance(out, ChannelMap)
             and out.dim == dim
-            and scratch.graph.number_of_edges() == 0
+            and scratch.link_count == 0
             and np.array_equal(np.sort(out.labels), probe.labels)
         )
 

@@ -1,10 +1,11 @@
 """Channel atoms, channel maps and label execution: the representation every rule works on.
 
 A *channel map* says which tensor dimension of an fx node carries channels, and, for each index
-along it, which *atom* it holds. Atoms are created by producers (a conv's output channels, a
-parameter's rows). Rules *link* atoms that must be pruned together; the connected components of the
-atom graph are the prunable channels (``AtomGraph.graph`` is the networkx view of it), and channels
-with the same multiplicity in every map form one group (see groups.py).
+along it, which *atom* it holds. Atoms are created by producers, a block at a time (a conv's
+output channels, a parameter's rows: a channel space). Rules *link* atoms that must be pruned
+together; what the links connect are the prunable channels (found on the networkx graph of the
+spaces, spaces.py), and channels with the same multiplicity in every map form one group (see
+groups.py).
 
 Data-movement ops (view, permute, cat, split, pixel shuffle, slicing, pad, ...) are not described
 by hand: they are *executed* on a label tensor (each element holds its atom id) and the result is
@@ -19,6 +20,8 @@ import dataclasses
 import networkx as nx
 import numpy as np
 import torch
+
+from .spaces import resolve_channels, space_graph
 
 #: label of an element that holds a constant (e.g. zero padding), not a channel.
 CONSTANT = -1
@@ -40,26 +43,32 @@ class ChannelMap:
 
 
 class AtomGraph:
-    """Atoms (one per channel position of a producer) and the links between them.
+    """Atoms, made in blocks (one per ``new``: a channel space), and the links between them.
 
-    Links are kept as arrays of atom pairs; the connected components (the channels) are found with
-    a vectorized union-find. ``graph`` builds the networkx graph of the linked atoms on demand, for
-    inspection. ``frozen``/``inexact`` map each atom to the first reason it got.
+    A link of two whole blocks index by index is kept as the pair of blocks (an identity of spaces),
+    any other link as arrays of atom pairs; ``space_graph`` and ``components`` resolve them into
+    channels (spaces.py). ``frozen``/``inexact`` map each atom to the first reason it got.
     """
 
     def __init__(self) -> None:
         self._next = 0
+        self._sizes: list[int] = []
+        self._block_at: dict[int, int] = {}  # first atom of a block -> the block
+        self._identity: list[tuple[int, int]] = []
         self._links: list[tuple[np.ndarray, np.ndarray]] = []
         self._link_count = 0
         self._frozen: list[tuple[np.ndarray, str]] = []
         self._inexact: list[tuple[np.ndarray, str]] = []
-        self._views: dict[str, tuple[int, object]] = {}
+        self._views: dict[str, tuple[object, object]] = {}
 
     def __len__(self) -> int:
         return self._next
 
     def new(self, n: int, frozen: str | None = None) -> np.ndarray:
         ids = np.arange(self._next, self._next + n, dtype=np.int64)
+        if n:
+            self._block_at[self._next] = len(self._sizes)
+            self._sizes.append(n)
         self._next += n
         if frozen is not None:
             self.freeze(ids, frozen)
@@ -72,8 +81,20 @@ class AtomGraph:
         a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
         keep = (a >= 0) & (b >= 0) & (a != b)
         if keep.any():
-            self._links.append((a[keep].ravel(), b[keep].ravel()))
-            self._link_count += int(keep.sum())
+            a, b = a[keep].ravel(), b[keep].ravel()
+            blocks = self._whole_block(a), self._whole_block(b)
+            if None in blocks:
+                self._links.append((a, b))
+            else:
+                self._identity.append(blocks)
+            self._link_count += len(a)
+
+    def _whole_block(self, atoms: np.ndarray) -> int | None:
+        """The block ``atoms`` is, all of it in order; None if it is not one."""
+        block = self._block_at.get(int(atoms[0]))
+        if block is None or self._sizes[block] != len(atoms) or not (np.diff(atoms) == 1).all():
+            return None
+        return block
 
     def link_rows(self, rows: np.ndarray) -> None:
         """Each row of a 2-D array of atoms is one channel."""
@@ -127,27 +148,28 @@ class AtomGraph:
         return first_reasons(self._inexact, key)
 
     @property
-    def graph(self) -> nx.Graph:
-        """The linked atoms as a networkx graph (built on demand; not used by the analysis)."""
-        cached = self._views.get("graph")
-        if cached is not None and cached[0] == len(self._links):
-            return cached[1]
-        g = nx.Graph()
-        for a, b in self._links:
-            g.add_edges_from(zip(a.tolist(), b.tolist()))
-        self._views["graph"] = (len(self._links), g)
-        return g
+    def sizes(self) -> np.ndarray:
+        """How many atoms each block (channel space) holds, in the order they were made."""
+        return np.array(self._sizes, dtype=np.int64)
+
+    def space_graph(self) -> nx.Graph:
+        """The blocks as networkx nodes, linked by identity and composite edges (spaces.space_graph)."""
+        state = (len(self._sizes), len(self._identity), len(self._links))
+        cached = self._views.get("space_graph")
+        if cached is None or cached[0] != state:
+            cached = (state, space_graph(self.sizes, self._identity, *self._composite()))
+            self._views["space_graph"] = cached
+        return cached[1]
 
     def components(self) -> np.ndarray:
-        """Component id of every atom, numbered in order of each component's smallest atom."""
+        """Channel id of every atom, numbered in order of each channel's smallest atom."""
+        return resolve_channels(self.space_graph(), self.sizes, *self._composite())
+
+    def _composite(self) -> tuple[np.ndarray, np.ndarray]:
+        """Both ends of every link that is not an identity of blocks."""
         if not self._links:
-            return np.arange(self._next, dtype=np.int64)
-        u = np.concatenate([a for a, _ in self._links])
-        v = np.concatenate([b for _, b in self._links])
-        smallest = smallest_connected(self._next, u, v)
-        # each component's smallest atom is the one that is its own smallest: rank those (no sort)
-        first = np.cumsum(smallest == np.arange(self._next, dtype=np.int64)) - 1
-        return first[smallest]
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate([a for a, _ in self._links]), np.concatenate([b for _, b in self._links])
 
 
 def first_reasons(chunks: list[tuple[np.ndarray, str]], key: np.ndarray | None) -> dict[int, str]:
@@ -161,28 +183,6 @@ def first_reasons(chunks: list[tuple[np.ndarray, str]], key: np.ndarray | None) 
     uniq, first = np.unique(keys, return_index=True)
     order = np.argsort(first, kind="stable")
     return {k: chunks[w][1] for k, w in zip(uniq[order].tolist(), which[first[order]].tolist())}
-
-
-def smallest_connected(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """For each of ``n`` nodes, the smallest node connected to it by the edges ``(u[i], v[i])``.
-
-    Vectorized union-find: every round hooks the larger root of each edge whose ends have different
-    roots onto the smaller one, then jumps pointers until every node points at its root. A node's
-    pointer never exceeds the node, so a root is the smallest node of its tree.
-    """
-    label = np.arange(n, dtype=np.int64)
-    while True:
-        lu, lv = label[u], label[v]
-        active = lu != lv
-        if not active.any():
-            return label
-        u, v, lu, lv = u[active], v[active], lu[active], lv[active]
-        np.minimum.at(label, np.maximum(lu, lv), np.minimum(lu, lv))
-        while True:
-            jumped = label[label]
-            if np.array_equal(jumped, label):
-                break
-            label = jumped
 
 
 #: positions below this are exact in float32; labels use it when they fit (half the memory traffic)

@@ -116,6 +116,7 @@ def to_json(gg: "GroupGraph") -> dict:
                 "reason": f.reason,
                 "inexact": f.inexact,
                 "round_to": f.round_to,
+                "component": g.component,
                 "macs_share": f.macs_share or 0.0,
                 "params_share": f.params_share or 0.0,
                 "members": [

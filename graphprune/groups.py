@@ -1,10 +1,23 @@
 """Channel groups: the channels that share one keep ratio, one mask, one latent vector.
 
-After the rules have linked atoms, each connected component of the atom graph is one *channel*
-(removed or kept as a whole). Channels that occur equally often in every channel map and every
-parameter dim are interchangeable for every cost and every slice: they form one *group*. For a
-plain conv this is its output channels; a split, slice or non-uniform reuse downstream divides
-them into several groups, and a residual add or shared weight merges producers into one.
+After the rules have linked atoms, the atoms the links connect are one *channel* (removed or kept
+as a whole), resolved on the networkx graph of channel spaces (spaces.py). Channels that occur
+equally often in every channel map and every parameter dim are interchangeable for every cost and
+every slice: they form one *group*. For a plain conv this is its output channels; a split, slice or
+non-uniform reuse downstream divides them into several groups, and a residual add or shared weight
+merges producers into one.
+
+A group is one keep ratio, one mask and one latent vector (DHP; DSA's alpha). Which layers share a
+latent vector is what the space graph (``GroupGraph.space_graph``) says: the spaces joined by
+identity edges read the same element for every channel (a residual stage: DHP's shared vector),
+composite relations give parts of spaces the same elements (a flatten repeats them, heads tie them
+across heads), and a map holding several spaces (a concat) reads their vectors side by side. The
+graph's connected components, the topological groups, each hold whole groups (two channels with
+one signature occur in a common map, and a map's spaces are connected through it): a group's
+``component`` says which coupled layers its pruning reshapes, and the groups of one component (a
+concat's parts, the pieces of a split producer) are pruned in view of each other but keep a ratio
+and a vector each. Groups of one role of a repeated stack (``layer_roles``) may be tied to one
+count, never to one vector.
 
 Attention has two prunable dimensions, but one atom graph holds only one of them: a head's
 channels are linked into one channel for whole-head pruning, a head dim's channels across the heads
@@ -35,12 +48,14 @@ import dataclasses
 import gc
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+import networkx as nx
 import numpy as np
 import torch
 
 from .analysis import Analysis, MacTerm
 from .channels import ChannelMap
 from .heap import release_freed_memory
+from .spaces import add_maps, space, space_of_atoms, topological_groups
 from .trace import Fallback, TracedModel, trace
 
 if TYPE_CHECKING:
@@ -74,7 +89,9 @@ class Member:
 
 @dataclasses.dataclass(eq=False)
 class ChannelGroup:
-    """Channels pruned with one shared keep ratio."""
+    """Channels pruned with one shared keep ratio. ``component``: its topological group, the
+    connected component of ``GroupGraph.space_graph`` its channels are in (the channels no map
+    holds, if any, are one group wherever they are: theirs is that of its first channel)."""
 
     id: int
     size: int
@@ -82,6 +99,7 @@ class ChannelGroup:
     reason: str | None = None
     inexact: str | None = None
     round_to: int = 1
+    component: int = 0
 
     @property
     def prunable(self) -> bool:
@@ -95,12 +113,15 @@ class ChannelGroup:
 class GroupGraph:
     """The result of analysis: traced graph, channel groups and the exact cost model."""
 
-    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray, atom_channel: np.ndarray):
+    def __init__(self, traced: TracedModel, analysis: Analysis, groups: list[ChannelGroup], atom_group: np.ndarray,
+                 atom_channel: np.ndarray, space_graph: nx.Graph):
         from .cost import CostModel
 
         self.traced = traced
         self.gm = traced.gm
         self.groups = groups
+        #: the channel spaces and the relations the groups were found on (spaces.py), for inspection
+        self.space_graph = space_graph
         self._analysis = analysis
         self._atom_group = atom_group  # atom -> group id
         self._atom_channel = atom_channel  # atom -> channel index within its group
@@ -125,6 +146,14 @@ class GroupGraph:
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
+
+    @property
+    def topological_groups(self) -> list[list[int]]:
+        """The ids of the groups of each topological group (``ChannelGroup.component``), in order."""
+        found: dict[int, list[int]] = {}
+        for g in self.groups:
+            found.setdefault(g.component, []).append(g.id)
+        return [found[k] for k in sorted(found)]
 
     @property
     def mac_terms(self) -> list[MacTerm]:
@@ -313,21 +342,26 @@ def set_round_to(groups: Sequence[ChannelGroup], round_to: int | str, cap: int =
         g.round_to = auto_round_to(g.size, cap) if round_to == "auto" else round_to
 
 
-def build_groups(analysis: Analysis, round_to: int | str = 1) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray]:
-    """Partition channels into groups by their multiplicity signature; attach members and reasons."""
+def build_groups(analysis: Analysis, round_to: int | str = 1) -> tuple[list[ChannelGroup], np.ndarray, np.ndarray, nx.Graph]:
+    """Partition channels into groups by their multiplicity signature; attach members, reasons and
+    topological groups. Also returns the graph of the spaces (spaces.py), maps included."""
     atoms = analysis.atoms
     channel = atoms.components()
     n_channels = int(channel.max()) + 1 if len(channel) else 0
-    maps: list[np.ndarray] = [m.labels for _, m in analysis.spaces]
-    maps += [rec.labels for rec in analysis.members.values()]
-    maps += [f.labels for t in analysis.mac_terms for f in t.factors]
-    channel_group = _signature_groups(channel, maps, n_channels)
+    maps = _distinct_maps(analysis)
+    graph = atoms.space_graph().copy()
+    add_maps(graph, atoms.sizes, maps)
+    topological = topological_groups(graph)
+    channel_group = _signature_groups(channel, [m for _, m in maps], n_channels)
     sizes = np.bincount(channel_group, minlength=int(channel_group.max()) + 1 if n_channels else 0)
     # a channel's index in its group: its rank among the group's channels, in channel order
     order = np.argsort(channel_group, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     channel_index = np.empty(n_channels, dtype=np.int64)
     channel_index[order] = np.arange(n_channels, dtype=np.int64) - starts[channel_group[order]]
+    # the topological group of a group: that of the space holding its first channel's first atom
+    first_atom = np.searchsorted(np.maximum.accumulate(channel), order[starts[: len(sizes)]])
+    first_space = space_of_atoms(atoms.sizes)[first_atom].tolist()
 
     atom_group = channel_group[channel]
     reasons = atoms.frozen_by(atom_group)
@@ -357,9 +391,23 @@ def build_groups(analysis: Analysis, round_to: int | str = 1) -> tuple[list[Chan
         reason = reasons.get(g)
         if reason is None and not members[g]:
             reason = "no parameter produces these channels"
-        groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g)))
+        groups.append(ChannelGroup(g, size, members[g], reason, inexact.get(g), component=topological[space(first_space[g])]))
     set_round_to(groups, round_to)
-    return groups, atom_group, channel_index[channel]
+    return groups, atom_group, channel_index[channel], graph
+
+
+def _distinct_maps(analysis: Analysis) -> list[tuple[str, np.ndarray]]:
+    """Every channel map, parameter dim and MAC factor of the analysis, named, once per array (most
+    share theirs with others: a conv's output and its norm's)."""
+    maps: dict[int, tuple[str, np.ndarray]] = {}
+    for node, m in analysis.spaces:
+        maps.setdefault(id(m.labels), (node.name, m.labels))
+    for rec in analysis.members.values():
+        maps.setdefault(id(rec.labels), (f"{rec.module}.{rec.param}:{rec.dim}".lstrip("."), rec.labels))
+    for t in analysis.mac_terms:
+        for f in t.factors:
+            maps.setdefault(id(f.labels), (t.node.name, f.labels))
+    return list(maps.values())
 
 
 def _signature_groups(channel: np.ndarray, maps: list[np.ndarray], n_channels: int) -> np.ndarray:
@@ -373,9 +421,7 @@ def _signature_groups(channel: np.ndarray, maps: list[np.ndarray], n_channels: i
     """
     if n_channels == 0:
         return np.zeros(0, dtype=np.int64)
-    # maps holding the same channel sequence give every channel the same entry: keep one of each,
-    # first of each array (most maps share their array with others: a conv's output and its norm's)
-    maps = list({id(m): m for m in maps}.values())
+    # maps holding the same channel sequence give every channel the same entry: keep one of each
     lengths = np.fromiter((len(m) for m in maps), dtype=np.int64, count=len(maps))
     per_map = channel[np.concatenate(maps)] if maps else np.zeros(0, dtype=np.int64)
     distinct: dict[bytes, np.ndarray] = {}
@@ -448,8 +494,8 @@ def analyze(
         traced = trace(model, example_inputs, leaf_modules, concrete_args, specialize_submodules)
         release_freed_memory()  # what tracing freed, for the slices of an in-place resize (see heap.py)
         analysis = Analysis(traced, attention).run()
-        groups, atom_group, atom_channel = build_groups(analysis, round_to)
-        gg = GroupGraph(traced, analysis, groups, atom_group, atom_channel)
+        groups, atom_group, atom_channel, space_graph = build_groups(analysis, round_to)
+        gg = GroupGraph(traced, analysis, groups, atom_group, atom_channel, space_graph)
     # what re-analyzing the model needs (a checkpoint re-applies its plan to a fresh instance)
     gg.example_inputs = example_inputs
     gg.options = dict(leaf_modules=tuple(leaf_modules), concrete_args=concrete_args, attention=attention,
