@@ -34,7 +34,6 @@ class MethodPass:
     default_round_to: ClassVar[int | str] = 1  # the channel multiple when the caller gives none (groups.auto_round_to for "auto")
     ties_layers: ClassVar[bool] = False  # takes uniform_layers=True: ties its counts per role where it decides them
     takes_controls: ClassVar[bool] = True  # honours per-group floors and fixed counts (self.bounds) where it allocates
-    replans: ClassVar[bool] = False  # has allocate(budget): a latency budget allocates again to targets corrected by measurement
 
     def __init__(self, gg: GroupGraph, budget: Budget, model: torch.nn.Module, min_channels: int = 1, min_ratio: float = 0.0,
                  round_to: int | str | None = None, uniform_layers: bool = False, controls: Controls | None = None,
@@ -135,9 +134,15 @@ class MethodPass:
         raise NotImplementedError
 
     def allocate(self, budget: Budget) -> Plan:
-        """The plan for ``budget`` from what the method knows now, changing nothing (``replans``
-        methods: ``plan()`` is this for their own budget)."""
+        """The plan for ``budget`` from what the method knows now, changing nothing; a method whose
+        plan is such an allocation implements it (``plan()`` is then this for its own budget)."""
         raise NotImplementedError
+
+    @property
+    def replans(self) -> bool:
+        """Whether it implements :meth:`allocate`: a latency budget then allocates again to targets
+        corrected by measurement."""
+        return type(self).allocate is not MethodPass.allocate
 
     def commit(self, plan: Plan) -> None:
         """Called once with the plan every rank slims to, before the model is slimmed: a method that

@@ -261,7 +261,6 @@ class ScorePass(MethodPass):
 
     default_round_to = "auto"  # a one-shot prune is for deployment: widths the kernels run fast
     ties_layers = True
-    replans = True
 
     def scores(self) -> dict[int, np.ndarray]:
         raise NotImplementedError

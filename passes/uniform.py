@@ -21,7 +21,6 @@ class UniformPass(MethodPass):
     name = "uniform"
     default_round_to = "auto"  # as the score methods: widths the kernels run fast
     ties_layers = True  # equal sizes keep equal counts already; fill_up steps a role's groups together
-    replans = True
 
     def plan(self) -> Plan:
         return self.allocate(self.budget)

@@ -264,6 +264,14 @@ def test_an_unknown_runtime_names_the_ones_there_are():
         Budget(latency=0.5, runtime="tensorrt")
 
 
+@pytest.mark.parametrize("options, message", [(dict(tolerance=0), "tolerance is a ratio of the unpruned latency in \\(0, 1\\)"),
+                                              (dict(tolerance=True), "tolerance is a ratio"),
+                                              (dict(replans=-1), "replans is an int >= 0")])
+def test_re_planning_options_are_checked(options, message):
+    with pytest.raises(graphprune.OptionError, match=message):
+        Runtime(**options)
+
+
 def test_latency_budgets_are_ratios_or_milliseconds():
     with pytest.raises(graphprune.BudgetError, match="latency_ms=12"):
         Budget(latency=12)
