@@ -566,8 +566,8 @@ class LatencyModel:
             out += [([c.variables[i] for i in m], round(1e9 * self.scale * coef)) for m, coef in zip(f.basis, f.coefficients) if coef]
         return out + [([], round(1e9 * self.remainder_seconds))]
 
-    def install(self, budget: CostModel) -> None:
-        budget.add_metric("latency", self.products(), self.width)
+    def install(self, cost: CostModel) -> None:
+        cost.add_metric("latency", self.products(), self.width)
 
     @property
     def notes(self) -> list[str]:
