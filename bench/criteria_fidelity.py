@@ -26,7 +26,7 @@ from rich.progress import track
 import graphprune
 import provenance
 from graphprune import data
-from graphprune.exactness import zero_pruned
+from graphprune.slimming.exactness import zero_pruned
 from graphprune.passes.importance import normalized
 from oneshot import CALIBRATION_BATCHES, SUBSET, trained_resnet20
 from oneshot_common import write

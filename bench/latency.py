@@ -4,7 +4,7 @@
 
 For each model (torchvision's, weights=None, and timm's vit_small_patch16_224, pretrained=False;
 batch 1, 224x224) and thread count, with a fresh measurement cache:
-- profiling: the latency model is measured and fitted (``graphprune.latency.profile``); its time;
+- profiling: the latency model is measured and fitted (``graphprune.export.latency.profile``); its time;
 - l1 at ``Budget(latency=0.5)``: the pruned model is timed beside the unpruned one (runs
   interleaved, median of ``--repeats``): measured latency ratio, and its error against the ratio
   the model predicted;
@@ -41,9 +41,9 @@ import torchvision
 import graphprune
 import provenance
 from graphprune import Budget
-from graphprune.budget import Runtime
+from graphprune.budget.targets import Runtime
 from graphprune.errors import BudgetError
-from graphprune.latency import OP_REPEATS, batched, measure, profile
+from graphprune.export.latency import OP_REPEATS, batched, measure, profile
 
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "vit_small_patch16_224")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -240,7 +240,7 @@ def table(rows: list[dict], meta: dict) -> str:
 
 
 def cpu_name() -> str:
-    from graphprune.latency import environment
+    from graphprune.export.latency import environment
 
     return environment(Runtime())["device"]
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 import graphprune
 import provenance
 from graphprune import data
-from graphprune.budget import Runtime
-from graphprune.latency import profile
+from graphprune.budget.targets import Runtime
+from graphprune.export.latency import profile
 from latency import CAPACITY_HEADER, capacity_cells, cpu_name, equal_speed
 from oneshot import CALIBRATION_BATCHES, RECALIBRATION_BATCHES, SUBSET, recalibrated, trained_resnet20
 from oneshot_common import RESULTS, prune_copy, write

@@ -28,8 +28,8 @@ import provenance
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import graphprune  # noqa: E402
-from graphprune.allocate import tie  # noqa: E402
-from graphprune.rebuild import class_fit, user_class_model  # noqa: E402
+from graphprune.budget.allocate import tie  # noqa: E402
+from graphprune.rebuild.user_class import class_fit, user_class_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

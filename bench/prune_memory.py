@@ -55,10 +55,10 @@ PHASES = [
     ("graphprune.passes.magnitude", "member_norms", "l1 scores (member_norms)"),
     ("graphprune.passes.importance.ScorePass", "plan", "plan (scores + allocation)"),
     ("graphprune.passes.base.MethodPass", "build", "slim graph (MethodPass.build)"),
-    ("graphprune.rebuild", "_shared_copy", "user-class copy (_shared_copy)"),
-    ("graphprune.rebuild", "_resize_in_place", "resize in place (_resize_in_place)"),
-    ("graphprune.rebuild", "describe_pruned_config", "config (describe_pruned_config)"),
-    ("graphprune.rebuild", "verify", "verify"),
+    ("graphprune.rebuild.user_class", "_shared_copy", "user-class copy (_shared_copy)"),
+    ("graphprune.rebuild.user_class", "_resize_in_place", "resize in place (_resize_in_place)"),
+    ("graphprune.rebuild.user_class", "describe_pruned_config", "config (describe_pruned_config)"),
+    ("graphprune.rebuild.user_class", "verify", "verify"),
 ]
 
 

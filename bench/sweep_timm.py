@@ -74,7 +74,7 @@ def run_module(module: str, names: list[str], out: "mp.Queue", options: dict) ->
         import timm
 
         import graphprune
-        from graphprune.exactness import exactness_error, half_plan, randomize_small_tensors
+        from graphprune.slimming.exactness import exactness_error, half_plan, randomize_small_tensors
 
         candidates = smallest(names)
         if not candidates:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
 

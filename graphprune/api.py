@@ -11,18 +11,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .budget import Budget
-from .controls import Controls, Layer
-from .controls import resolve as resolve_controls
-from .data import hold_out
-from .distributed import broadcast_object, is_main
+from .budget.targets import Budget
+from .groups.controls import Controls, Layer
+from .groups.controls import resolve as resolve_controls
+from .training.data import hold_out
+from .common.distributed import broadcast_object, is_main
 from .errors import BudgetError, GraphPruneError, ModelRebuildError, NotReadyError, OptionError
-from .groups import GroupGraph, analyze
-from .latency import LatencyModel, LatencyReport, measure_pruned, meet_measured, profile
-from .plan import Plan
-from .rebuild import class_fit, user_class_model
-from .slim import slim
-from .train import EpochRecord, fit, sgd
+from .groups.graph import GroupGraph, analyze
+from .export.latency import LatencyModel, LatencyReport, measure_pruned, meet_measured, profile
+from .groups.plan import Plan
+from .rebuild.user_class import class_fit, user_class_model
+from .slimming.slim import slim
+from .training.train import EpochRecord, fit, sgd
 
 
 @dataclasses.dataclass
@@ -100,7 +100,7 @@ class PruneResult:
     def save(self, path: str) -> None:
         """The plan, how the model was analyzed and the pruned weights, in one file that
         ``torch.load(path, weights_only=True)`` reads; :func:`graphprune.load` rebuilds the model."""
-        from .checkpoint import save
+        from .rebuild.checkpoint import save
 
         save(path, self.model, self.plan, self.groups)
 
@@ -256,7 +256,7 @@ def prepare(
     searches and budget landings work channel by channel as in their papers); under a latency
     budget, None and ``"auto"`` are the width the runtime was measured fast at, for every method
     (docs/latency.md).
-    Per layer (a module, its path or a path prefix, or a class; see ``graphprune/controls.py``):
+    Per layer (a module, its path or a path prefix, or a class; see ``graphprune/groups/controls.py``):
     ``ignored_layers`` keep every group they reach whole; ``ratios={layer: keep ratio}`` fix the
     groups they reach, the method allocating the rest of the budget; ``round_to`` and ``min_ratio``
     also take ``{layer: value}``. The report names each group these options fixed, and why.
@@ -388,7 +388,7 @@ def apply(
     SGD and cosine schedule; the report gives the first and last epochs' loss). Methods that train
     ("dsa", "dhp") train ``model`` in place with ``train_data``/``loss_fn`` (SGD, cosine schedule over
     ``epochs``) until their plan is ready, then the slim model trains for the remaining epochs; their
-    search is placed in this schedule (see ``passes/search.py``). A method that allocates on held-out
+    search is placed in this schedule (see ``graphprune/passes/search.py``). A method that allocates on held-out
     data (dsa) gets a seeded split of ``train_data`` (a DataLoader) unless ``val_data=`` is given, and
     the slim model trains on all of ``train_data`` again.
     ``optimizer(parameters, lr)`` builds another optimizer (e.g. Adam for restoration models); the

@@ -13,12 +13,12 @@ from rich.markup import escape
 
 from . import passes
 from .api import prepare, untrained_message
-from .budget import Budget
+from .budget.targets import Budget
 from .errors import GraphPruneError
-from .export import export_onnx
-from .groups import analyze
+from .export.onnx import export_onnx
+from .groups.graph import analyze
 from .modelspec import build_model, load_weights, parse_shape
-from .plan import Plan
+from .groups.plan import Plan
 
 
 def _inspect(args: argparse.Namespace, console: Console) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import load
+from .rebuild.checkpoint import load
 from .errors import ModelSpecError
-from .records import FORMAT
+from .rebuild.records import FORMAT
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 

@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import equivalents, modes, rules, slim
+from .tracing import equivalents, modes
+from .analysis import rules
+from .slimming import slim
 from .ops import NAMEDTUPLE, OWN_CODE, define
 
 # ------------------------------------------------------------------ modules

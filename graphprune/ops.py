@@ -103,8 +103,8 @@ class Op:
     takes: str | None = None
     #: analysis' RMS-norm pattern (rules.mean): "power" (x ** k, a square with k = 2), "rescale" (a product or quotient)
     arithmetic: str | None = None
-    #: methods: NAP's K-FAC factors its weight (passes/kfac.py); DHP's hypernetworks generate its
-    #: weight (passes/reparam.py). Both read a module class and its subclasses.
+    #: methods: NAP's K-FAC factors its weight (graphprune/passes/kfac.py); DHP's hypernetworks generate its
+    #: weight (graphprune/passes/reparam.py). Both read a module class and its subclasses.
     kfac: bool | None = None
     generated: bool | None = None
     #: the user's register_op declaration
@@ -161,6 +161,11 @@ def inherited(cls: type, field: str, keeps_forward: bool = False) -> Any:
 def module_is(module: torch.nn.Module, field: str) -> bool:
     """Whether ``module``'s class or a base of it has ``field`` set (isinstance semantics)."""
     return bool(inherited(type(module), field))
+
+
+def module_rule(module: torch.nn.Module) -> Any:
+    """The rule for a leaf module: its class's, or a base's whose ``forward`` it does not override."""
+    return inherited(type(module), "rule", keeps_forward=True)
 
 
 def function_op(fn: Any) -> Op | None:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 import graphprune
-from graphprune.exactness import exactness_error, flat_outputs as _flat
+from graphprune.slimming.exactness import exactness_error, flat_outputs as _flat
 
 
 def groups_with(gg: graphprune.GroupGraph, module: str, param: str = "weight", dim: int = 0) -> list[graphprune.ChannelGroup]:
@@ -92,7 +92,7 @@ def random_plan(gg, rng: np.random.Generator, ratio: float | None = None) -> gra
 def slim_at_budget(gg, plan: graphprune.Plan, x) -> torch.nn.Module:
     """The slim model of ``plan``, checked to cost exactly what the budget says: MACs as
     ``flop_counter()`` counts one forward on ``x``, and parameters."""
-    from graphprune.flops import flop_counter
+    from graphprune.tracing.flops import flop_counter
 
     slim = graphprune.slim(gg, plan)
     with flop_counter() as counter:

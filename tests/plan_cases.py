@@ -180,7 +180,7 @@ def write(path: Path) -> None:
     sources = {m.__name__: str(Path(m.__file__).resolve()) for m in (graphprune, passes, zoo, toy_models)}
     print(*(f"{k}: {v}" for k, v in sources.items()), sep="\n")
     assert all(Path(f).is_relative_to(ROOT) for f in sources.values()), f"not all code comes from {ROOT}"
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "graphprune", "passes", "models", "tests/toy_models.py")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "graphprune", "tests/toy_models.py")
     if dirty:
         sys.exit(f"{ROOT} has uncommitted changes; the snapshot must come from a commit:\n{dirty}")
     start, cases = time.perf_counter(), {}

@@ -6,7 +6,7 @@ import sympy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
 from helpers import group_with

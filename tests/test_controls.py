@@ -1,4 +1,4 @@
-"""Per-layer control (graphprune/controls.py): ignored layers, fixed ratios, per-layer floors and
+"""Per-layer control (graphprune/groups/controls.py): ignored layers, fixed ratios, per-layer floors and
 steps act on whole groups, meet the budget on the rest, and say what they did."""
 
 import pytest

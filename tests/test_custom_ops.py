@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import graphprune
 from graphprune.errors import OptionError
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 from helpers import EXACT, random_plan, slim_error
 
 

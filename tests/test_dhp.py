@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 
 import graphprune
 from graphprune import models
-from graphprune.allocate import Allocation
+from graphprune.budget.allocate import Allocation
 from graphprune.passes.dhp import shrink_vectors, soft_threshold
 from graphprune.passes.hypernet import HyperNetwork, fan_in
 from helpers import EXACT, group_with, slim_error

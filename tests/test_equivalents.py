@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
-from graphprune import equivalents
+from graphprune.tracing import equivalents
 from helpers import EXACT, group_with, leak_check, member, random_keep, random_plan, slim_at_budget, slim_error
 from zoo import check_model, check_slim
 
@@ -118,7 +118,7 @@ def small_swin(**kwargs):
 
 @pytest.mark.parametrize("size", [32, 40])  # 40: windows padded, and the last stage is one window (no shift)
 def test_small_swin_traces_through_window_attention_and_patch_merging(size, tmp_path):
-    from graphprune.exactness import randomize_small_tensors
+    from graphprune.slimming.exactness import randomize_small_tensors
 
     model, x = small_swin(), torch.randn(1, 3, size, size)
     randomize_small_tensors(model)
@@ -141,7 +141,7 @@ def test_small_swin_heads_slice_the_relative_position_bias_table(tmp_path):
     """attention="heads": the bias ``table[index].view(N, N, -1).permute(2, 0, 1)`` is indexed by
     heads along the table's columns (the index buffer selects rows only), so the table is a member of
     its block's heads group and every swin head is prunable: slim exact, budget exact, ONNX verified."""
-    from graphprune.exactness import randomize_small_tensors
+    from graphprune.slimming.exactness import randomize_small_tensors
 
     model, x = small_swin(), torch.randn(1, 3, 32, 32)
     randomize_small_tensors(model)

@@ -1,4 +1,4 @@
-"""Shape recording with stand-ins (graphprune/flops.py) gives exactly what a real run under
+"""Shape recording with stand-ins (graphprune/tracing/flops.py) gives exactly what a real run under
 FlopCounterMode gives: every node's spec and FLOPs, and the same errors."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torchvision
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
 import graphprune.models as zoo
 from graphprune.errors import ExampleInputError
 from graphprune.ops import module_op
 
-T = importlib.import_module("graphprune.trace")
+T = importlib.import_module("graphprune.tracing.tracer")
 
 
 class _Reference(fx.Interpreter):
@@ -140,7 +140,7 @@ def test_model_state_is_untouched():
     assert not model.training
 
 
-F = importlib.import_module("graphprune.flops")
+F = importlib.import_module("graphprune.tracing.flops")
 
 
 def _real_output(m: nn.Module, x: torch.Tensor, flops: bool):

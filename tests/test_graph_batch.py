@@ -12,7 +12,7 @@ import torchvision
 
 import graphprune
 from graphprune.errors import GuardError
-from graphprune.exactness import exactness_error
+from graphprune.slimming.exactness import exactness_error
 from helpers import EXACT, random_plan
 
 transformers = pytest.importorskip("transformers")

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
 
     import torch
 
-    from graphprune.heap import release_freed_memory
+    from graphprune.common.heap import release_freed_memory
 
     def rss_kib():
         return int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))

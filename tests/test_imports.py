@@ -1,8 +1,7 @@
-"""The package's import graph is acyclic, no module of it is named like a standard-library module,
-and every exception users see is defined in errors.py.
+"""The package's import graph is acyclic and runs down the stages, no module of it is named like a
+standard-library module, and every exception users see is defined in errors.py.
 
-Every module of the packages pyproject.toml maps (graphprune/, passes/ as graphprune.passes, models/
-as graphprune.models) is parsed, not imported. An import counts wherever it is written, inside a
+Every module of the packages pyproject.toml lists is parsed, not imported. An import counts wherever it is written, inside a
 function too (a deferred import hides a cycle, it does not remove it), except under
 ``if TYPE_CHECKING:``, which never runs. ``from .x import y`` is an edge to ``x.y`` when that is a
 module, else to ``x``; the implicit import of a module's parent packages is not an edge (every
@@ -112,7 +111,7 @@ def test_graph_sees_every_module_and_deferred_imports():
     # a deferred import (inside a function) is an edge: api.py imports the passes inside prepare()
     assert graph.has_edge("graphprune.api", "graphprune.passes")
     # one under `if TYPE_CHECKING:` is not: plan.py names GroupGraph in annotations only
-    assert not graph.has_edge("graphprune.plan", "graphprune.groups")
+    assert not graph.has_edge("graphprune.groups.plan", "graphprune.groups.graph")
 
 
 def _cycles(graph: nx.DiGraph) -> dict[frozenset[str], str]:
@@ -147,22 +146,33 @@ def test_user_facing_exceptions_live_in_errors():
     assert not elsewhere, "subclasses of graphprune's errors outside errors.py"
 
 
-#: modules still named like a standard-library module, each with why it is not renamed yet
-KNOWN_STDLIB_NAMES = {
-    "graphprune.trace": "the stdlib's trace; graphprune.trace is the public home of trace() and TensorSpec, which "
-                        "most modules (rules.py among them) and tests import: renaming it is an API change of its own",
-}
-
-
-def _stdlib_named() -> set[str]:
-    return {m for m in _modules() if m.rpartition(".")[2] in sys.stdlib_module_names}
-
-
-def test_no_new_module_shadows_the_standard_library():
-    assert _stdlib_named() <= set(KNOWN_STDLIB_NAMES), "named like a standard-library module"
-    assert set(KNOWN_STDLIB_NAMES) <= _stdlib_named(), "renamed: remove them from KNOWN_STDLIB_NAMES"
-
-
-@pytest.mark.xfail(bool(KNOWN_STDLIB_NAMES), strict=True, reason="the modules in KNOWN_STDLIB_NAMES")
 def test_no_module_shadows_the_standard_library():
-    assert not _stdlib_named(), "named like a standard-library module"
+    named = {m for m in _modules() if m.rpartition(".")[2] in sys.stdlib_module_names}
+    assert not named, "named like a standard-library module"
+
+
+#: graphprune's stages, in the order a model goes through them (graphprune/__init__.py's docstring)
+STAGES = ["tracing", "analysis", "groups", "budget", "slimming", "training", "passes", "rebuild", "export"]
+#: below every stage: what all of them read; above: the entry points and the built-in ops' table
+BASE = {"errors", "ops", "common", "models"}
+
+
+def _stage(module: str) -> int:
+    part = module.split(".")[1] if "." in module else None
+    if part in BASE:
+        return -1
+    return STAGES.index(part) if part in STAGES else len(STAGES)
+
+
+def test_modules_import_only_their_own_or_earlier_stages():
+    graph = import_graph()
+    upward = [f"{a} -> {b} ({graph.edges[a, b]['where']})" for a, b in graph.edges if _stage(a) < _stage(b)]
+    assert not upward, "imports of a later stage:\n    " + "\n    ".join(upward)
+    assert {_stage(m) for m in graph} == set(range(-1, len(STAGES) + 1)), "a stage without modules, or a new package"
+
+
+def test_the_stage_test_sees_an_upward_import():
+    graph = import_graph()
+    assert _stage("graphprune.tracing.tracer") < _stage("graphprune.analysis.runner")
+    assert graph.has_edge("graphprune.groups.graph", "graphprune.analysis.runner")  # downward: allowed
+    assert _stage("graphprune.api") > _stage("graphprune.export.onnx") > _stage("graphprune.errors")

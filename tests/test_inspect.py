@@ -14,8 +14,8 @@ from rich.console import Console
 
 import graphprune
 from graphprune.cli import main
-from graphprune.group_views import FROZEN, group_colours, group_facts, layer_graph
-from graphprune.inspector import abbreviate, figure, picture
+from graphprune.groups.views import FROZEN, group_colours, group_facts, layer_graph
+from graphprune.groups.inspector import abbreviate, figure, picture
 
 
 def _resnet(name="resnet18"):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune import Budget, Runtime
-from graphprune.latency import MeasurementCache, measure, op_cases, profile
+from graphprune.export.latency import MeasurementCache, measure, op_cases, profile
 
 REMAINDER = 1e-5  # seconds the whole model costs besides its ops
 

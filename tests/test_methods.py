@@ -41,7 +41,7 @@ def test_registry_lists_builtins_and_rejects_unknown():
 def test_third_party_method_through_an_entry_point(tmp_path, monkeypatch):
     (tmp_path / "myprune.py").write_text(textwrap.dedent('''
         from graphprune.passes import MethodPass
-        from graphprune.plan import Plan
+        from graphprune.groups.plan import Plan
 
         class KeepFirst(MethodPass):
             name = "keep_first"
@@ -63,7 +63,7 @@ def test_third_party_method_through_an_entry_point(tmp_path, monkeypatch):
 def test_ceilings_cap_what_the_give_back_returns():
     """NAP's final cut: channels zeroed for good (score -inf, group capped at its live count) never come
     back, even where the budget would pay for them: here it pays for more than every live channel."""
-    from graphprune.allocate import allocate_by_score
+    from graphprune.budget.allocate import allocate_by_score
 
     model = torchvision.models.resnet18(weights=None).eval()
     gg = graphprune.analyze(model, torch.randn(1, 3, 64, 64))

@@ -19,8 +19,8 @@ import graphprune
 import toy_models
 from graphprune import Budget, BudgetError, GraphPruneError, NotReadyError, OptionError, PlanError
 from graphprune import models
-from graphprune.exactness import exactness_error
-from graphprune.groups import auto_round_to
+from graphprune.slimming.exactness import exactness_error
+from graphprune.groups.graph import auto_round_to
 
 X = torch.randn(2, 3, 32, 32)
 

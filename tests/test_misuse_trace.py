@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune.errors import ExampleInputError, TraceError
-from graphprune.exactness import half_plan, randomize_small_tensors
+from graphprune.slimming.exactness import half_plan, randomize_small_tensors
 from helpers import EXACT, group_with, slim_error
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch.nn as nn
 
-from graphprune import ops, rules
+from graphprune import ops
+from graphprune.analysis import rules
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*(ROOT / "graphprune").glob("*.py"), *(ROOT / "passes").glob("*.py")])
+SOURCES = sorted((ROOT / "graphprune").rglob("*.py"))
 #: names of modules whose attributes are ops (torch.nn classes, functions)
 OP_MODULES = {"nn", "F", "torch", "operator"}
 #: torch attributes that are types or constants, not ops

@@ -34,4 +34,4 @@ def test_wheel_maps_subpackages_under_graphprune(tmp_path):
 def test_editable_install_exposes_the_same_names():
     code = "import graphprune.models, graphprune.passes; print(graphprune.models.__file__)"
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd="/", capture_output=True, text=True).stdout
-    assert out.strip().endswith("models/__init__.py") and str(ROOT) in out
+    assert out.strip().endswith("graphprune/models/__init__.py") and str(ROOT) in out

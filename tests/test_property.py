@@ -10,10 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
-from graphprune.exactness import randomize_small_tensors
+from graphprune.slimming.exactness import randomize_small_tensors
 from helpers import EXACT, leak_check, random_keep, random_plan, slim_error
 
 OPS = (

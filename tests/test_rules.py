@@ -281,7 +281,7 @@ def test_sdpa_costs_what_its_matmul_spelling_costs_on_every_kernel():
     both as the two matmuls, so a plan cannot change the cost by changing the kernel."""
     import torch
     import torch.nn.functional as F
-    from graphprune.flops import flop_counter
+    from graphprune.tracing.flops import flop_counter
 
     q, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 5)
     with flop_counter() as fused:
@@ -298,7 +298,7 @@ def test_sdpa_costs_what_its_matmul_spelling_costs_on_every_kernel():
 def test_attention_matmuls_are_quadratic_in_tokens_and_linear_in_head_dims():
     """q@kT and attn@v: B*heads*N*N*head_dim MACs each, in the budget as FlopCounterMode counts them."""
     import torch
-    from graphprune.flops import flop_counter
+    from graphprune.tracing.flops import flop_counter
 
     for side in (4, 8):
         model, x = toy_models.build("attention_separate")

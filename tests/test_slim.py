@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from graphprune.exactness import zero_pruned
-from graphprune.flops import flop_counter
+from graphprune.slimming.exactness import zero_pruned
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
 import toy_models
@@ -80,7 +80,7 @@ def _norm_output(gm: torch.fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
 def test_layernorm_over_pruned_channels_stays_within_its_documented_bound(functional):
     """Per token, with r the pruned share, m the kept channels' mean, s = sqrt((1 - r) var + eps),
     u = m / s and a the slim norm's normalized value: |y_slim - y| <= |weight| (r|u| + r(1-r)u^2|a|/2)
-    (graphprune/slim.py, ``_layer_norm_compensation``), so equal where the kept channels have zero
+    (graphprune/slimming/slim.py, ``_layer_norm_compensation``), so equal where the kept channels have zero
     mean; at the output the slim model is the zeroed original with its norm output replaced."""
     torch.manual_seed(0)
     kept, r = [0, 2, 3, 6], 0.5
@@ -200,7 +200,7 @@ def test_model_copy_is_what_copy_deepcopy_makes():
     classes and attributes, shared objects shared once, tensors equal in new memory."""
     import copy
 
-    from graphprune.slim import _deepcopy
+    from graphprune.slimming.slim import _deepcopy
 
     shared = torch.nn.Conv2d(4, 4, 3, padding=1)
     model = torch.nn.Sequential(

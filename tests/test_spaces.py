@@ -5,7 +5,7 @@ import pytest
 
 import toy_models
 import graphprune
-from graphprune.spaces import smallest_connected, space
+from graphprune.analysis.spaces import smallest_connected, space
 from helpers import group_with
 
 

@@ -68,7 +68,7 @@ def test_vision_transformer_heads_and_head_dims_slim_exactly(name, fused, attent
     """Every attention's heads (or head dims) and every MLP prunable; half of each pruned at once
     (the residual stream too: it is LayerNorm-normalized, so checked for cost only) slims to what
     the budget says and, without the stream, exactly; sdpa (fused) and q@kT/attn@v (not fused)."""
-    from graphprune.flops import flop_counter
+    from graphprune.tracing.flops import flop_counter
 
     from helpers import EXACT, random_plan, slim_at_budget, slim_error
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune.errors import GuardError
-from graphprune.exactness import exactness_error
-from graphprune.modes import run_in_mode
-from graphprune.trace import TensorSpec, guard, trace
+from graphprune.slimming.exactness import exactness_error
+from graphprune.tracing.modes import run_in_mode
+from graphprune.tracing.tracer import TensorSpec, guard, trace
 from helpers import EXACT, group_with, groups_with, random_plan, slim_error
 
 
@@ -713,7 +713,7 @@ class _Attrs(nn.Module):
 
 
 def test_analysis_graph_module_is_the_graph_module_fx_builds():
-    from graphprune.trace import AnalysisGraphModule, analysis_graph_module
+    from graphprune.tracing.tracer import AnalysisGraphModule, analysis_graph_module
 
     model = _Attrs().eval()
     graph = torch.fx.Tracer().trace(model)
@@ -732,7 +732,7 @@ def test_nodes_made_in_a_library_beside_torch_name_its_line():
     """torchvision's directory starts with torch's: its lines are the user's code, not torch's."""
     import torchvision
 
-    from graphprune.locations import FRAME, describe_node
+    from graphprune.common.locations import FRAME, describe_node
 
     gg = graphprune.analyze(torchvision.models.resnet18(weights=None).eval(), torch.randn(1, 3, 32, 32))
     add = next(n for n in gg.gm.graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import graphprune
 from graphprune import data, models, passes
-from graphprune.plan import Plan
+from graphprune.groups.plan import Plan
 
 
 class Recorder:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import graphprune
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 from helpers import EXACT, leak_check, member, random_keep, random_plan, slim_error
 from zoo import check_model, check_slim
 

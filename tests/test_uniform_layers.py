@@ -13,12 +13,12 @@ import torchvision
 
 import graphprune
 from graphprune import models, passes
-from graphprune.allocate import Allocation, allocate_by_score
+from graphprune.budget.allocate import Allocation, allocate_by_score
 from graphprune.cli import main as cli
 from graphprune.errors import OptionError
-from graphprune.groups import layer_pattern, layer_roles
+from graphprune.groups.graph import layer_pattern, layer_roles
 from graphprune.passes import MethodPass
-from graphprune.plan import Plan
+from graphprune.groups.plan import Plan
 
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
 QUIET = dict(verbose=False)

@@ -9,8 +9,8 @@ import torch.fx as fx
 import torch.nn as nn
 
 import graphprune
-from graphprune.exactness import exactness_error, half_plan
-from graphprune.rebuild import class_fit
+from graphprune.slimming.exactness import exactness_error, half_plan
+from graphprune.rebuild.user_class import class_fit
 from helpers import EXACT
 
 
@@ -38,7 +38,7 @@ class MyNet(nn.Module):
 
 
 def _randomized(model: nn.Module) -> nn.Module:
-    graphprune.exactness.randomize_small_tensors(model)
+    graphprune.slimming.exactness.randomize_small_tensors(model)
     return model.eval()
 
 
@@ -251,7 +251,7 @@ def test_generate_with_the_kv_cache_gives_the_zeroed_originals_tokens(name):
     gg = graphprune.analyze(model, ids, attention="heads")
     plan = half_plan(gg)
     slim = graphprune.apply_plan(model, plan, ids, attention="heads")
-    graphprune.exactness.zero_pruned(model, gg, plan)
+    graphprune.slimming.exactness.zero_pruned(model, gg, plan)
     prompt = ids[:1, :5]
     want = model.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=0)
     got = slim.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from graphprune.flops import flop_counter
+from graphprune.tracing.flops import flop_counter
 
 import graphprune
 import toy_models

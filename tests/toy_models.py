@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graphprune.exactness import randomize_small_tensors
+from graphprune.slimming.exactness import randomize_small_tensors
 
 
 def conv(i, o, k=3, **kw):
@@ -246,7 +246,7 @@ class AttentionSDPA(AttentionReshape):
 class AttentionSDPABias(AttentionSDPA):
     """sdpa with a learned per-head attention bias (heads x tokens x tokens) as its additive mask. On
     CPU a mask that requires grad sends sdpa to its math kernel, the analysis' detached run to the
-    fused one: both cost the same in ``graphprune.flops.flop_counter``."""
+    fused one: both cost the same in ``graphprune.tracing.flops.flop_counter``."""
 
     def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 16):
         super().__init__(dim, heads)

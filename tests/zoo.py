@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from graphprune.exactness import exactness_error
-from graphprune.flops import flop_counter
-from graphprune.modes import TRAINING_ONLY
-from graphprune.rebuild import class_fit, user_class_model
+from graphprune.slimming.exactness import exactness_error
+from graphprune.tracing.flops import flop_counter
+from graphprune.tracing.modes import TRAINING_ONLY
+from graphprune.rebuild.user_class import class_fit, user_class_model
 
 import graphprune
 from helpers import leak_check, random_keep

@@ -81,7 +81,7 @@ def _inspector_pictures() -> dict[str, str | bytes]:
     import transformers
 
     import graphprune
-    from graphprune.inspector import figure
+    from graphprune.groups.inspector import figure
 
     resnet18 = graphprune.analyze(torchvision.models.resnet18().eval(), torch.randn(1, 3, 224, 224))
     png = io.BytesIO()

@@ -1,0 +1,1 @@
+"""The training loop, data and plots that the methods and the entry points share."""
