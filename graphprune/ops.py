@@ -1,17 +1,21 @@
 """The op table: everything graphprune knows about each op, in one entry per op.
 
-An op is a module class, a function, a tensor method (by name) or a function of another library
-(by qualified name, so that the library need not be installed). Its :class:`Op` entry holds what
-each stage needs: analysis its channel rule, FLOP counting whether it runs a contraction and how a
-shape-only run stands in for it, slimming its module fix-up and graph-constant rewrite, tracing
-its plain-op form. ``graphprune/op_table.py`` defines the built-in ops; each stage looks its
-field up here, so someone adding an op edits that one entry. :func:`define` refuses to set what
-an entry already says: no op is described twice.
+An op is a module class, a function, a tensor method (``torch.Tensor.view``) or an object of
+another library by qualified name (so that the library need not be installed). Its :class:`Op`
+entry holds what each stage needs: analysis its channel rule, FLOP counting whether it runs a
+contraction and how a shape-only run stands in for it, slimming its module fix-up and
+graph-constant rewrite, tracing its plain-op form; each stage looks its field up here.
+
+:func:`register_op` is the one way into the table, in two forms. The built-in ops
+(``graphprune/op_table.py``) set the entry's own fields (``rule=``, ``cost=``, ``fixup=``, ...),
+each at most once: no op is described twice, so someone adding an op edits one entry. A user's
+layer is usually *declared* instead (``flow=...``), which says what the fields would in terms
+of its tensors.
 
 A module class or function graphprune cannot see into (a custom layer whose ``forward`` is a
 ``torch.autograd.Function``, a CUDA extension, a fused block) is opaque to tracing: every
-channel it touches is frozen. :func:`register_op` declares it once, and every stage reads that
-one declaration:
+channel it touches is frozen. A declaration says how it treats channels, and every stage reads
+that one declaration:
 
 * tracing keeps it a leaf: a ``call_module`` or ``call_function`` node whose code is not traced;
 * analysis links its channels as ``flow`` says and records the tensors ``params`` names as
@@ -118,24 +122,11 @@ NAMEDTUPLE = "collections.namedtuple"
 _FOUND: dict[tuple[str, Any], Op | None] = {}
 
 
-def define(kind: str, targets: Any, **fields: Any) -> None:
-    """Set ``fields`` of the entries of ``targets`` (one or a tuple of them) of ``kind``: "module"
-    (a class, or a qualified name), "function", "method" (a name) or "named" (a function's
-    qualified name). Setting a field an entry already has is an error: each op is described once."""
-    _FOUND.clear()
-    for target in dict.fromkeys(targets if isinstance(targets, tuple) else (targets,)):  # aliases (F.pad is torch's) once
-        entry = _TABLE.setdefault((kind, target), Op())
-        for field, value in fields.items():
-            if getattr(entry, field) is not None:
-                raise ValueError(f"op table: {kind} {target!r} already has {field} = {getattr(entry, field)!r}")
-            setattr(entry, field, value)
-
-
 def module_op(cls: type) -> Op | None:
     """The entry of a module class itself (not of its bases), by class or qualified name."""
     key = ("class", cls)
     if key not in _FOUND:
-        _FOUND[key] = _TABLE.get(("module", cls)) or _TABLE.get(("module", f"{cls.__module__}.{cls.__qualname__}"))
+        _FOUND[key] = _TABLE.get(("module", cls)) or _TABLE.get(("named", f"{cls.__module__}.{cls.__qualname__}"))
     return _FOUND[key]
 
 
@@ -209,31 +200,67 @@ def takes(node: Any) -> str | None:
     return entry.takes if entry is not None else None
 
 
+#: the values the table's string fields take (see :class:`Op`)
+CHOICES = {
+    "cost": ("free", "contraction"),
+    "stand_in": ("alias", "norm", "pool", "binary", "contraction"),
+    "formula": ("conv", "conv_transpose", "linear", "adaptive_pool"),
+    "takes": ("shape", "dim sizes", "split sizes", "chunks", "slice"),
+    "arithmetic": ("power", "rescale"),
+}
+#: the fields only the declaration sets
+_DECLARED = ("declaration",)
+
+
 def register_op(
-    target: type[torch.nn.Module] | Callable,
+    target: Any,
     *,
-    flow: str,
+    flow: str | None = None,
     channel_dim: int = 1,
     params: Mapping[str, int | Mapping[str, int]] | None = None,
     attributes: Mapping[str, str] | None = None,
     onnx_form: Callable | None = None,
-) -> OpDeclaration:
-    """Declare how ``target`` (an ``nn.Module`` subclass, or a function) treats channels.
+    **fields: Any,
+) -> OpDeclaration | None:
+    """Tell graphprune how ``target`` treats channels: declare it (``flow=...``), or set fields of
+    its op-table entry (the form ``graphprune/op_table.py`` uses for the built-in ops).
 
-    ``flow``: ``"channelwise"`` or ``"producer"`` (see the module docstring). ``channel_dim``: the
-    dim of its inputs and output that holds channels (1 for NCHW, -1 for tokens). ``params``: the
-    tensors holding channels, by name (a module's parameters and buffers; a function's argument
-    names), each with its dims: an int for a channelwise op (``{"scale": 0}``; a tuple where
-    several dims hold the channels, ``{"proj.weight": (0, 1)}``, which makes its MACs quadratic in
-    them), a mapping for a producer (``{"weight": {"out": 0, "in": 1}, "bias": {"out": 0}}``).
-    Submodules' tensors and attributes are named with dots. ``attributes``: module
-    attributes that ``forward`` reads as channel counts, with the count each follows
-    (``{"num_features": "channels"}``, ``{"in_features": "in", "out_features": "out"}``).
-    ``onnx_form``: the op in plain PyTorch ops, called as ``onnx_form(module, *inputs)`` for a
-    module or with the function's own arguments, used by :func:`graphprune.export_onnx`.
+    ``target``: an ``nn.Module`` subclass, a function, a tensor method (``torch.Tensor.view``), a
+    qualified name (``"timm.layers.attention.maybe_add_mask"``: the library need not be
+    installed), or a tuple of them.
 
-    Declaring a target again replaces its declaration; :func:`unregister_op` removes it.
+    **A declaration** (a module class or function): ``flow``, ``"channelwise"`` or ``"producer"``
+    (see the module docstring). ``channel_dim``: the dim of its inputs and output that holds
+    channels (1 for NCHW, -1 for tokens). ``params``: the tensors holding channels, by name (a
+    module's parameters and buffers; a function's argument names), each with its dims: an int for
+    a channelwise op (``{"scale": 0}``; a tuple where several dims hold the channels,
+    ``{"proj.weight": (0, 1)}``, which makes its MACs quadratic in them), a mapping for a producer
+    (``{"weight": {"out": 0, "in": 1}, "bias": {"out": 0}}``). Submodules' tensors and attributes
+    are named with dots. ``attributes``: module attributes that ``forward`` reads as channel
+    counts, with the count each follows (``{"num_features": "channels"}``, ``{"in_features":
+    "in", "out_features": "out"}``). ``onnx_form``: the op in plain PyTorch ops, called as
+    ``onnx_form(module, *inputs)`` for a module or with the function's own arguments, used by
+    :func:`graphprune.export_onnx`. Declaring a target again replaces its declaration;
+    :func:`unregister_op` removes it. Returns the declaration.
+
+    **Fields** (the fields of :class:`Op`, e.g. ``rule=rules.movement, cost="free"``): each is set
+    once; describing a field an entry already has is an error.
     """
+    targets = tuple(dict.fromkeys(target if isinstance(target, tuple) else (target,)))  # aliases (F.pad is torch's) once
+    if flow is None:
+        if params or attributes or onnx_form is not None or channel_dim != 1:
+            raise OptionError(f"register_op({_name(target)}): params, attributes, channel_dim and onnx_form are part of "
+                              "a declaration: give flow= too")
+        if not fields:
+            raise OptionError(f"register_op({_name(target)}): give flow= (a declaration) or the op table's fields")
+        for t in targets:
+            _set_fields(t, fields)
+        return None
+    if fields:
+        raise OptionError(f"register_op({_name(target)}): flow= declares the op, {', '.join(fields)} set the op table's "
+                          "fields directly: give one or the other")
+    if len(targets) != 1 or _key(targets[0])[0] not in ("module", "function"):
+        raise OptionError(f"register_op({_name(target)}): a declaration is of one nn.Module subclass or one function")
     declaration = OpDeclaration(target, flow, channel_dim, _checked_params(target, flow, params or {}),
                                 dict(attributes or {}), onnx_form)
     _check(declaration)
@@ -242,13 +269,36 @@ def register_op(
     return declaration
 
 
-def unregister_op(target: type[torch.nn.Module] | Callable) -> None:
-    """Forget ``target``'s declaration: it is opaque again."""
-    entry = _TABLE.get(_key(target))
-    if entry is None or entry.declaration is None:
-        raise OptionError(f"{_name(target)} was not registered with graphprune.register_op")
+def _set_fields(target: Any, fields: Mapping[str, Any]) -> None:
+    where = f"register_op({_name(target)})"
+    known = [f.name for f in dataclasses.fields(Op) if f.name not in _DECLARED]
+    for field, value in fields.items():
+        if field not in known:
+            raise OptionError(f"{where}: unknown field {field!r}; a declaration takes flow=, params=, attributes=, "
+                              f"onnx_form=; the op table's fields are {', '.join(known)}")
+        if field in CHOICES and value not in CHOICES[field]:
+            raise OptionError(f"{where}: {field}={value!r}; use one of {', '.join(map(repr, CHOICES[field]))}")
     _FOUND.clear()
-    entry.declaration = None
+    entry = _TABLE.setdefault(_key(target), Op())
+    for field, value in fields.items():
+        if getattr(entry, field) is not None:
+            raise OptionError(f"{where}: its {field} is already {getattr(entry, field)!r}; each op is described once "
+                              "(graphprune/op_table.py describes the built-in ones)")
+        setattr(entry, field, value)
+
+
+def unregister_op(target: Any) -> None:
+    """Forget what :func:`register_op` said about ``target``: its declaration where it has one,
+    else its entry's fields. Either way it is opaque again."""
+    key = _key(target)
+    entry = _TABLE.get(key)
+    if entry is None:
+        raise OptionError(f"{_name(target)} is not in graphprune's op table: nothing to unregister")
+    _FOUND.clear()
+    if entry.declaration is not None:
+        entry.declaration = None
+    else:
+        del _TABLE[key]
 
 
 def declaration_of(target: Any) -> OpDeclaration | None:
@@ -266,7 +316,14 @@ def declared_functions() -> tuple[Callable, ...]:
 
 
 def _key(target: Any) -> tuple[str, Any]:
-    return ("module", target) if isinstance(target, type) else ("function", target)
+    if isinstance(target, str):
+        return ("named", target)
+    if isinstance(target, type) and issubclass(target, torch.nn.Module):
+        return ("module", target)
+    name = getattr(target, "__name__", None)
+    if isinstance(name, str) and getattr(torch.Tensor, name, None) is target:
+        return ("method", name)
+    return ("function", target)
 
 
 def _checked_params(target: Any, flow: str, params: Mapping[str, Any]) -> dict[str, dict[str, int]]:

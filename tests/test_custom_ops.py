@@ -186,3 +186,62 @@ def test_torch_prunings_customized_layer_in_one_declaration():
         assert pruned.custom.fc.weight.shape == (pruned.custom.in_dim, pruned.custom.in_dim)
     finally:
         graphprune.unregister_op(NormalizedProjection)
+
+
+class Mirrored(nn.Module):
+    """Channels reversed between two convs: by torch.fliplr, or by the tensor method."""
+
+    def __init__(self, method: bool):
+        super().__init__()
+        self.method = method
+        self.a, self.b, self.head = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1), nn.Linear(64, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        x = x.fliplr() if self.method else torch.fliplr(x)
+        return self.head(torch.relu(self.b(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("op", [torch.fliplr, torch.Tensor.fliplr], ids=["function", "method"])
+def test_an_op_that_moves_channels_joins_the_table_through_its_fields(op):
+    """What the built-ins do in op_table.py, for an op the table lacks: the movement rule runs it on
+    channel labels, so the conv before it prunes channel c where the conv after reads channel 63 - c."""
+    from graphprune.analysis import rules
+    torch.manual_seed(0)
+    model = Mirrored(method=op is torch.Tensor.fliplr).eval()
+    before = graphprune.analyze(model, X)
+    assert not any(g.prunable for g in before.groups if any(m.module == "a" for m in g.members))
+    graphprune.register_op(op, rule=rules.movement, cost="free")
+    try:
+        gg = graphprune.analyze(model, X)
+        mirrored = next(g for g in gg.prunable_groups if any(m.module == "a" for m in g.members))
+        assert {(m.module, m.param, m.dim) for m in mirrored.members} >= {("a", "weight", 0), ("b", "weight", 1)}
+        plan = graphprune.Plan({mirrored.id: [0, 1, 2, 5]})
+        assert slim_error(model, gg, plan, (X,)) < EXACT
+        slim = graphprune.slim(gg, plan)  # a keeps 0, 1, 2, 5; fliplr reverses those four onto b's 63, 62, 61, 58
+        assert torch.equal(slim.a.weight, model.a.weight[[0, 1, 2, 5]])
+        assert torch.equal(slim.b.weight, model.b.weight[:, [58, 61, 62, 63]])
+        result = graphprune.apply(model, "l1", graphprune.Budget(macs=0.5), X)
+        assert type(result.model) is Mirrored and result.model.a.out_channels == result.model.b.in_channels < 64
+    finally:
+        graphprune.unregister_op(op)
+    assert not any(g.prunable for g in graphprune.analyze(model, X).groups if any(m.module == "a" for m in g.members))
+
+
+@pytest.mark.parametrize("target, kwargs, error", [
+    (torch.fliplr, dict(rules="movement"), r"unknown field 'rules'; a declaration takes flow=.*the op table's fields are rule, cost"),
+    (torch.fliplr, dict(cost="cheap"), r"cost='cheap'; use one of 'free', 'contraction'"),
+    (torch.fliplr, dict(params={"x": 0}), r"params, attributes, channel_dim and onnx_form are part of a declaration: give flow= too"),
+    (torch.fliplr, dict(), r"give flow= \(a declaration\) or the op table's fields"),
+    (ScaleShift, dict(flow="channelwise", cost="free"), r"flow= declares the op, cost set the op table's fields directly"),
+    (torch.Tensor.fliplr, dict(flow="channelwise"), r"a declaration is of one nn.Module subclass or one function"),
+])
+def test_register_op_errors_say_what_to_pass(target, kwargs, error):
+    with pytest.raises(OptionError, match=error):
+        graphprune.register_op(target, **kwargs)
+    assert graphprune.ops.module_op(nn.Conv2d).rule is graphprune.analysis.rules.conv_module  # unchanged
+
+
+def test_unregistering_what_was_never_registered_says_so():
+    with pytest.raises(OptionError, match="fliplr is not in graphprune's op table: nothing to unregister"):
+        graphprune.unregister_op(torch.fliplr)

@@ -8,6 +8,7 @@ import pytest
 import torch.nn as nn
 
 from graphprune import ops
+from graphprune.errors import OptionError
 from graphprune.analysis import rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +20,8 @@ NOT_OPS = {"Tensor", "Parameter", "dtype", "device", "memory_format", "float16",
 
 
 def test_an_entry_refuses_a_second_description():
-    with pytest.raises(ValueError, match="already has rule"):
-        ops.define("module", nn.Conv2d, rule=rules.elementwise)
+    with pytest.raises(OptionError, match=r"register_op\(Conv2d\): its rule is already .*; each op is described once"):
+        ops.register_op(nn.Conv2d, rule=rules.elementwise)
     assert ops.module_op(nn.Conv2d).rule is rules.conv_module
 
 
