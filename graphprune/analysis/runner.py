@@ -662,12 +662,12 @@ def _size_args(node: fx.Node) -> list | None:
     return list(node.args[1:])
 
 
-def channel_dims(traced: TracedModel) -> Callable[[fx.Node], int | None]:
-    """Which dim of each node holds one parameter channel per position (None: none does): what the
-    tracer needs to drop the guards of values computed from channel counts only."""
+def channel_dims(traced: TracedModel) -> Callable[[fx.Node, int], bool]:
+    """Whether a dim of a node holds one parameter channel per position: what the tracer needs to
+    drop the guards of values computed from channel counts only."""
     analysis = Analysis(traced).run()
 
-    def dim(node: fx.Node) -> int | None:
+    def is_channel_dim(node: fx.Node, dim: int) -> bool:
         m = analysis.map(node)
-        return m.dim if m is not None and len(np.unique(m.labels)) == len(m.labels) else None
-    return dim
+        return m is not None and m.dim == dim and len(np.unique(m.labels)) == len(m.labels)
+    return is_channel_dim

@@ -1014,7 +1014,7 @@ def trace(
     leaf_modules: Iterable[str | type] = (),
     concrete_args: Mapping[str, Any] | None = None,
     specialize_submodules: bool = False,
-    channel_dims: Callable[[TracedModel], Callable[[fx.Node], int | None]] | None = None,
+    channel_dims: Callable[[TracedModel], Callable[[fx.Node, int], bool]] | None = None,
 ) -> TracedModel:
     """Trace ``model`` and propagate the example inputs through the graph.
 
@@ -1031,7 +1031,7 @@ def trace(
     example has batch (or length) 1 and the graph cannot run wider inputs, the model is traced at
     2 instead and kept where it runs the example (its values are still the example's).
     Whatever the model's code stores in the model meanwhile is undone (see :class:`ModelState`).
-    ``channel_dims``: the analysis' answer to which dim of each node holds channels (``analyze``
+    ``channel_dims``: the analysis' answer to whether a dim of a node holds channels (``analyze``
     passes :func:`graphprune.analysis.runner.channel_dims`): values computed from channel counts
     only then lose their guards (see :func:`_unguard_channel_counts`); without it they keep them.
     """
@@ -1057,7 +1057,7 @@ class _Call:
     leaf_modules: Iterable[str | type]
     concrete_args: Mapping[str, Any]
     specialize_submodules: bool
-    channel_dims: Callable[[TracedModel], Callable[[fx.Node], int | None]] | None
+    channel_dims: Callable[[TracedModel], Callable[[fx.Node, int], bool]] | None
 
     def bind(self, args: tuple, kwargs: dict[str, Any]) -> Callable[[list[fx.Node]], list[Any]]:
         """The graph's placeholder values for inputs called as ``model(*args, **kwargs)``."""
@@ -1276,17 +1276,17 @@ def _off_the_batch(node: fx.Node, traced: TracedModel) -> bool:
 
 
 def _unguard_channel_counts(traced: TracedModel, guards: list[tuple[Specialization, fx.Node]],
-                            channel_dim: Callable[[fx.Node], int | None]) -> None:
+                            is_channel_dim: Callable[[fx.Node, int], bool]) -> None:
     """Remove the guards of values computed from channel counts only (and ranks), but for
     ``range()`` bounds: the graph holds their loops unrolled, which a pruned count would not
     change, so their guards stay and the analysis freezes the channels they read (see :class:`_ExampleRange`).
 
     No input changes a model's channel counts, so such a value needs no check; a guard would read
     the channel count where pruning changes it, and the analysis would freeze those channels.
-    Which dims hold channels is the analysis' answer (``channel_dim``).
+    Which dims hold channels is the analysis' answer (``is_channel_dim``).
     """
     def holds_channels(t: fx.Node, dim: int | None) -> bool:
-        return dim is None or channel_dim(t) == dim
+        return dim is None or is_channel_dim(t, dim)
 
     for spec, node in guards:
         value = node.args[0]
