@@ -6,8 +6,9 @@ A refactor of the internals must not slow analysis down (issue #25: within 5%, 1
 and sympy take over work). The base commit is checked out in a temporary worktree; every
 measurement runs in a fresh process importing graphprune from one of the two checkouts
 (tests/checkout.py pins graphprune.passes and graphprune.models to it too). Rounds alternate base
-and current, model by model, so that a change in the machine's load hits both; each side's time
-is its best round. Cases: the representative subset of bench/analysis_speed.py (torchvision,
+and current, model by model, so that a change in the machine's load hits both, each side first in
+every other round (the first process of a run is often the fastest); each side's time is its best
+round, and the medians' ratio is given too. Cases: the representative subset of bench/analysis_speed.py (torchvision,
 224x224) and a Llama-3-8B-shaped config on the meta device (no weights allocated). ``--cpu-time``
 times process CPU time on 1 thread, which other work on a shared machine inflates less than wall
 clock. Writes bench/results/analysis_compare.md and .json.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,9 +95,10 @@ def main() -> None:
         base = Path(tmp) / "base"
         subprocess.run(["git", "worktree", "add", "--detach", str(base), base_rev], cwd=REPO, check=True, capture_output=True)
         try:
-            for _ in track(range(args.rounds), description="rounds"):
+            for round_ in track(range(args.rounds), description="rounds"):
+                sides = (("base", base), ("current", REPO))
                 for name in names:
-                    for side, root in (("base", base), ("current", REPO)):
+                    for side, root in sides if round_ % 2 == 0 else sides[::-1]:  # ABBA: neither side always runs first
                         times[name][side].append(measure(root, name, args.cpu_time))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True)
@@ -104,11 +107,13 @@ def main() -> None:
     lines = [f"# Analysis time: {base_rev[:10]} (base) against {current} (current)", "",
              f"`.venv/bin/python bench/analysis_compare.py --base {args.base} --rounds {args.rounds}"
              f"{' --cpu-time' if args.cpu_time else ''}{' --only ' + ' '.join(args.only) if args.only else ''}`: `graphprune.analyze` in a fresh process per measurement, "
-             f"base and current alternating, best of {args.rounds} rounds each ({clock}).", "",
-             "| model | base (s) | current (s) | current / base |", "|---|---:|---:|---:|"]
+             f"base and current alternating (each first in every other round), best and median of {args.rounds} rounds each "
+             f"({clock}).", "",
+             "| model | base best (s) | current best (s) | current / base, best | current / base, median |", "|---|---:|---:|---:|---:|"]
     for name in names:
         b, c = min(times[name]["base"]), min(times[name]["current"])
-        lines.append(f"| {name} | {b:.2f} | {c:.2f} | **{c / b:.3f}** |")
+        median = statistics.median(times[name]["current"]) / statistics.median(times[name]["base"])
+        lines.append(f"| {name} | {b:.2f} | {c:.2f} | **{c / b:.3f}** | {median:.3f} |")
     lines += ["", f"Load average at the end: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores."]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "analysis_compare.md").write_text("\n".join(lines) + "\n")
