@@ -35,9 +35,9 @@ class Runtime:
     ``timer``: replaces the measurement, ``timer(modules, inputs, runtime, repeats) -> seconds``
     per module (median, runs interleaved): tests give a deterministic one.
     ``tolerance`` and ``replans``: a method that allocates by score re-plans where the pruned model,
-    measured, misses a ratio target by more than ``tolerance`` (0.01: what the medians of 50
-    interleaved runs vary by at one thread, bench/results/latency.md), up to ``replans`` times, the
-    latency model rescaled to each measurement (docs/latency.md).
+    measured, misses a ratio target by more than ``tolerance`` (0.01: about what the medians of
+    50 interleaved runs vary by at one thread on an idle machine, bench/results/latency.md), up to
+    ``replans`` times, the latency model rescaled to each measurement (docs/latency.md).
     """
 
     name: str = "onnxruntime"
