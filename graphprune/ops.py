@@ -208,8 +208,6 @@ CHOICES = {
     "takes": ("shape", "dim sizes", "split sizes", "chunks", "slice"),
     "arithmetic": ("power", "rescale"),
 }
-#: the fields only the declaration sets
-_DECLARED = ("declaration",)
 
 
 def register_op(
@@ -271,7 +269,7 @@ def register_op(
 
 def _set_fields(target: Any, fields: Mapping[str, Any]) -> None:
     where = f"register_op({_name(target)})"
-    known = [f.name for f in dataclasses.fields(Op) if f.name not in _DECLARED]
+    known = [f.name for f in dataclasses.fields(Op) if f.name != "declaration"]  # that one: flow=
     for field, value in fields.items():
         if field not in known:
             raise OptionError(f"{where}: unknown field {field!r}; a declaration takes flow=, params=, attributes=, "
